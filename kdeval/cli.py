@@ -1,0 +1,277 @@
+"""The kdeval command line: each command parses its options, checks them, and delegates.
+
+Known input problems (KdevalError) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kdeval.errors import KdevalError
+
+app = typer.Typer(
+    name="kdeval",
+    help="Train, distil and evaluate RetinaNet detectors, and show what distillation bought, table by table.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Generate datasets (the embedded Shapes benchmark).", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+
+# ---------------------------------------------------------------- shared options
+
+DataOpt = Annotated[str, typer.Option("--data", help="Built-in dataset, generated and cached on first use: 'shapes'.")]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of a COCO-format dataset's images.")]
+AnnotationsOpt = Annotated[Optional[Path], typer.Option("--annotations", help="COCO instances JSON (replaces --data).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default reports/<run>/).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+class Arch(str, Enum):
+    r18 = "r18"
+    r34 = "r34"
+    r50 = "r50"
+    r101 = "r101"
+
+
+class Role(str, Enum):
+    teacher = "teacher"
+    baseline = "baseline"
+    distilled = "distilled"
+
+
+class Recipe(str, Enum):
+    shapes = "shapes"
+    coco_1x = "coco-1x"
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Norm(str, Enum):
+    bn = "bn"
+    gn = "gn"
+    frozen_bn = "frozen-bn"
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdevalError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise KdevalError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return name
+
+
+def reports_dir(out: Path | None, run: str) -> Path:
+    return out if out is not None else Path("reports") / run
+
+
+def user_errors(command):
+    """Turn KdevalError into a one-line message and exit status 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KdevalError as exc:
+            typer.echo(f"kdeval: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- data
+
+
+@data_app.command("shapes")
+@user_errors
+def data_shapes(
+    out: Annotated[Path, typer.Argument(help="Folder to write train/, val/ and annotations/ into.")],
+    train: Annotated[int, typer.Option(help="Training images.", min=1)] = 2000,
+    val: Annotated[int, typer.Option(help="Validation images.", min=1)] = 300,
+    size: Annotated[int, typer.Option(help="Image side in pixels.", min=32)] = 128,
+    seed: Annotated[int, typer.Option(help="Seed; the same arguments give byte-identical files.")] = 0,
+    clutter: Annotated[float, typer.Option(help="Background texture and distractors, 0 (plain) to 1.", min=0.0, max=1.0)] = 0.5,
+):
+    """Write the embedded Shapes benchmark as a COCO-format dataset.
+
+    Example: kdeval data shapes data/shapes --train 2000 --val 300 --size 128
+    """
+    from kdeval.data.shapes import ShapesSpec, generate_shapes
+
+    spec = ShapesSpec(train=train, val=val, size=size, seed=seed, clutter=clutter)
+    generate_shapes(out, spec)
+    typer.echo(f"wrote {train} train and {val} val images to {out}")
+
+
+# ---------------------------------------------------------------- train
+
+
+@app.command()
+@user_errors
+def train(
+    data: DataOpt = "shapes",
+    images: ImagesOpt = None,
+    annotations: AnnotationsOpt = None,
+    arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch.r18,
+    role: Annotated[Role, typer.Option(help="Recorded in the checkpoint.")] = Role.baseline,
+    recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (CPU minutes) or 'coco-1x' (the paper's).")] = Recipe.shapes,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe default).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per iteration (recipe default).")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (recipe default).")] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(help="adamw or sgd (recipe default).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Resize the short side to this (recipe default); long side ≤ max(this, recipe max).")] = None,
+    fpn_channels: Annotated[Optional[int], typer.Option(min=8, help="FPN and head width (recipe default: 64 shapes, 256 coco-1x).")] = None,
+    norm: Annotated[Optional[Norm], typer.Option(help="Backbone normalisation (recipe default).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")] = 0,
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="ImageNet ResNet state_dict on disk (nothing is downloaded).")] = None,
+    amp: Annotated[bool, typer.Option("--amp/--fp32", help="Mixed precision on CUDA (bf16 where supported).")] = True,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    device: DeviceOpt = "auto",
+    out: OutOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over even if --out holds a run.")] = False,
+    progress: ProgressOpt = True,
+):
+    """Train a RetinaNet detector (plain detection training).
+
+    Examples:
+      kdeval train                                   # R18 baseline on Shapes, reports/baseline-r18/model.pt
+      kdeval train --arch r34 --role teacher --epochs 16
+      kdeval train --recipe coco-1x --arch r50 --images coco/train2017 \\
+          --annotations coco/annotations/instances_train2017.json --backbone-weights resnet50-0676ba61.pth
+      kdeval train --resume                          # after a kill: continue where it stopped
+    """
+    from kdeval.data.source import resolve_split
+    from kdeval.engine.train import RECIPES, train as run_training
+
+    split = resolve_split(data, images, annotations, split="train")
+    settings = RECIPES[recipe.value]
+    overrides = {
+        "arch": arch.value,
+        "role": role.value,
+        "seed": seed,
+        "amp": amp,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer.value if optimizer else None,
+        "fpn_channels": fpn_channels,
+        "norm": norm.value if norm else None,
+    }
+    if image_size is not None:
+        overrides["min_size"] = image_size
+        overrides["max_size"] = max(image_size, settings.max_size * image_size // settings.min_size)
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    out_dir = reports_dir(out, f"{role.value}-{arch.value}")
+    result = run_training(
+        settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
+        workers=workers, backbone_weights=backbone_weights, progress=progress,
+    )
+    if result.resumed_from < 0:
+        typer.echo(f"{result.checkpoint} is already finished; nothing to resume")
+    else:
+        typer.echo(f"saved {result.checkpoint} ({result.iterations} iterations in {result.seconds:.0f} s)")
+
+
+# ---------------------------------------------------------------- predict
+
+
+@app.command()
+@user_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint or torchvision's COCO RetinaNet weights.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="COCO results JSON to write.")],
+    data: DataOpt = "shapes",
+    images: ImagesOpt = None,
+    annotations: AnnotationsOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOpt = "auto",
+    cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
+    progress: ProgressOpt = True,
+):
+    """Run a model over a dataset and write its detections as COCO results JSON.
+
+    Examples:
+      kdeval predict reports/baseline-r18/model.pt -o dets.json
+      kdeval predict model.pt --images coco/val2017 --annotations instances_val2017.json -o dets.json
+    """
+    from kdeval.data.source import resolve_split
+    from kdeval.engine.predict import PredictSettings, cached_predict
+    from kdeval.fileio import write_json_atomic
+
+    split = resolve_split(data, images, annotations)
+    split.require_images()
+    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
+    detections = cached_predict(checkpoint, split, settings, use_cache=cache, progress=progress)
+    write_json_atomic(output, detections, indent=None)
+    typer.echo(f"wrote {len(detections)} detections on {split.name} to {output}")
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+@app.command()
+@user_errors
+def evaluate(
+    models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")],
+    data: DataOpt = "shapes",
+    images: ImagesOpt = None,
+    annotations: AnnotationsOpt = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Model name to show gains against.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOpt = "auto",
+    out: OutOpt = None,
+    progress: ProgressOpt = True,
+):
+    """COCO AP, AP50, AP75, APs, APm, APl of models side by side, with gains over a baseline.
+
+    Writes ap_table.csv, .md and .tex and coco_stats.json to --out (default reports/evaluate/).
+
+    Examples:
+      kdeval evaluate baseline=reports/baseline-r18/model.pt teacher=reports/teacher-r34/model.pt --baseline baseline
+      kdeval evaluate mmdet=results.bbox.json --annotations coco/annotations/instances_val2017.json
+    """
+    from kdeval.data.source import resolve_split
+    from kdeval.engine.evaluate import evaluate_models, parse_models, resolve_baseline, write_evaluation
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.report.tables import to_text
+
+    parsed = parse_models(models)
+    baseline = resolve_baseline(parsed, baseline)
+    split = resolve_split(data, images, annotations)
+    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
+    table, stats = evaluate_models(parsed, split, settings, progress=progress)
+    out_dir = reports_dir(out, "evaluate")
+    write_evaluation(table, stats, out_dir, baseline, split)
+    typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
+    typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}")
+
+
+def main() -> None:
+    app(prog_name="kdeval")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""COCO-format ground truth and results: loading, checking, and the dataset that feeds a model.
+
+Every check raises KdevalError with a one-line message that names the file and the field, so a
+malformed input never surfaces as a traceback or, worse, as a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdeval.errors import KdevalError
+
+# ---------------------------------------------------------------- reading JSON
+
+
+def read_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise KdevalError(f"{path}: {what} file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise KdevalError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KdevalError(f"{path}: cannot read {what} file ({exc})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_bbox(bbox: Any, where: str) -> None:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        raise KdevalError(f"{where}.bbox: expected [x, y, width, height] as 4 numbers, got {bbox!r}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise KdevalError(f"{where}.bbox: not finite ({bbox!r})")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise KdevalError(f"{where}.bbox: negative width or height ({bbox!r})")
+
+
+def _require(record: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(record, dict):
+        raise KdevalError(f"{where}: expected an object, got {type(record).__name__}")
+    for key in keys:
+        if key not in record:
+            raise KdevalError(f"{where}: missing field '{key}'")
+
+
+# ---------------------------------------------------------------- ground truth
+
+
+def check_coco_annotations(coco: Any, path: Path | str) -> dict:
+    """Validate a COCO instances dict; returns it unchanged. Raises KdevalError naming the field."""
+    if not isinstance(coco, dict):
+        raise KdevalError(f"{path}: expected a COCO object with images, annotations and categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise KdevalError(f"{path}: missing or malformed '{key}' (expected a list)")
+    image_ids = set()
+    for i, image in enumerate(coco["images"]):
+        where = f"{path}: images[{i}]"
+        _require(image, ("id", "file_name"), where)
+        if not isinstance(image["id"], int) or isinstance(image["id"], bool):
+            raise KdevalError(f"{where}.id: expected an integer, got {image['id']!r}")
+        if image["id"] in image_ids:
+            raise KdevalError(f"{where}.id: duplicate image id {image['id']}")
+        image_ids.add(image["id"])
+    category_ids = set()
+    for i, category in enumerate(coco["categories"]):
+        where = f"{path}: categories[{i}]"
+        _require(category, ("id", "name"), where)
+        if not isinstance(category["id"], int) or isinstance(category["id"], bool):
+            raise KdevalError(f"{where}.id: expected an integer, got {category['id']!r}")
+        if category["id"] in category_ids:
+            raise KdevalError(f"{where}.id: duplicate category id {category['id']}")
+        category_ids.add(category["id"])
+    if not category_ids:
+        raise KdevalError(f"{path}: 'categories' is empty")
+    annotation_ids = set()
+    for i, ann in enumerate(coco["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        _require(ann, ("id", "image_id", "category_id", "bbox"), where)
+        if ann["id"] in annotation_ids:
+            raise KdevalError(f"{where}.id: duplicate annotation id {ann['id']}")
+        annotation_ids.add(ann["id"])
+        if ann["image_id"] not in image_ids:
+            raise KdevalError(f"{where}.image_id: {ann['image_id']!r} is not in 'images'")
+        if ann["category_id"] not in category_ids:
+            raise KdevalError(f"{where}.category_id: {ann['category_id']!r} is not in 'categories'")
+        _check_bbox(ann["bbox"], where)
+        if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
+            raise KdevalError(f"{where}.area: expected a non-negative number, got {ann['area']!r}")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise KdevalError(f"{where}.iscrowd: expected 0 or 1, got {ann['iscrowd']!r}")
+    return coco
+
+
+def load_coco_annotations(path: Path) -> dict:
+    """Read and validate a COCO instances file."""
+    return check_coco_annotations(read_json(path, "annotation"), path)
+
+
+# ---------------------------------------------------------------- results (detections)
+
+
+def check_results(results: Any, gt: dict, path: Path | str) -> list[dict]:
+    """Validate a COCO results list against its ground truth; returns a cleaned copy.
+
+    Each detection keeps image_id, category_id, bbox (xywh, floats) and score; extra keys that
+    other toolkits write (segmentation, id, area) are dropped so they cannot confuse scoring.
+    """
+    if not isinstance(results, list):
+        raise KdevalError(f"{path}: expected a COCO results list of detections, got {type(results).__name__}")
+    image_ids = {image["id"] for image in gt["images"]}
+    category_ids = {category["id"] for category in gt["categories"]}
+    cleaned = []
+    for i, det in enumerate(results):
+        where = f"{path}: [{i}]"
+        _require(det, ("image_id", "category_id", "bbox", "score"), where)
+        if det["image_id"] not in image_ids:
+            raise KdevalError(f"{where}.image_id: {det['image_id']!r} is not an image of the dataset")
+        if det["category_id"] not in category_ids:
+            raise KdevalError(f"{where}.category_id: {det['category_id']!r} is not a category of the dataset")
+        _check_bbox(det["bbox"], where)
+        if not _is_number(det["score"]) or not math.isfinite(det["score"]):
+            raise KdevalError(f"{where}.score: expected a finite number, got {det['score']!r}")
+        cleaned.append(
+            {
+                "image_id": det["image_id"],
+                "category_id": det["category_id"],
+                "bbox": [float(v) for v in det["bbox"]],
+                "score": float(det["score"]),
+            }
+        )
+    return cleaned
+
+
+def load_results(path: Path, gt: dict) -> list[dict]:
+    """Read and validate a COCO results JSON (from kdeval, mmdetection, detectron2, ...)."""
+    return check_results(read_json(path, "results"), gt, path)
+
+
+# ---------------------------------------------------------------- label space
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The map between a model's contiguous labels and a dataset's category ids.
+
+    `category_ids[label]` is the COCO category id of a model label; a negative id marks a label
+    that maps to no category (torchvision's COCO model has 91 labels for 80 categories).
+    """
+
+    category_ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_categories(cls, categories: list[dict]) -> "LabelSpace":
+        ordered = sorted(categories, key=lambda c: c["id"])
+        return cls(tuple(c["id"] for c in ordered), tuple(str(c["name"]) for c in ordered))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label_of(self) -> dict[int, int]:
+        return {cid: label for label, cid in enumerate(self.category_ids) if cid >= 0}
+
+    def check_matches(self, categories: list[dict], where: str) -> None:
+        """The model must know every category of the dataset it is scored on, by id and name."""
+        known = {cid: name for cid, name in zip(self.category_ids, self.names) if cid >= 0}
+        for category in categories:
+            name = known.get(category["id"])
+            if name is None:
+                raise KdevalError(
+                    f"{where}: the model has no category id {category['id']} ('{category['name']}'); "
+                    f"it was trained on {sorted(known.values())}"
+                )
+            if name != str(category["name"]):
+                raise KdevalError(
+                    f"{where}: category id {category['id']} is '{category['name']}' in the dataset but '{name}' in the model"
+                )
+
+
+# ---------------------------------------------------------------- paths
+
+
+def image_path(images_dir: Path, file_name: str) -> Path:
+    """The file of an image, refusing names that would leave the images folder."""
+    images_dir = Path(images_dir)
+    candidate = (images_dir / file_name).resolve()
+    root = images_dir.resolve()
+    if Path(file_name).is_absolute() or not candidate.is_relative_to(root):
+        raise KdevalError(f"{file_name!r}: image file_name points outside the images folder {images_dir}")
+    return candidate

@@ -1,0 +1,70 @@
+"""A COCO split as a torch Dataset of (image, target), as torchvision's detection models take them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from kdeval.data.coco import LabelSpace, image_path
+from kdeval.data.source import Split
+from kdeval.errors import KdevalError
+
+
+def read_rgb(path) -> Image.Image:
+    """Read an image as COCO's loaders do: decoded by PIL, converted to RGB, no EXIF rotation."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise KdevalError(f"{path}: image file not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise KdevalError(f"{path}: cannot read image ({exc})") from None
+
+
+class CocoDetectionDataset(Dataset):
+    """Index → (float image CHW in [0, 1], target {boxes (N, 4) xyxy, labels (N,), image_id}).
+
+    Crowd annotations and boxes thinner than a pixel are left out of training targets.
+    With `hflip > 0`, an index is an (epoch, position) pair and the flip is a function of
+    (seed, epoch, position) alone, so a resumed run sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, split: Split, coco: dict, labels: LabelSpace, hflip: float = 0.0, seed: int = 0):
+        self.images_dir = split.require_images()
+        self.images = sorted(coco["images"], key=lambda image: image["id"])
+        label_of = labels.label_of()
+        self.targets: dict[int, list[tuple[list[float], int]]] = {image["id"]: [] for image in self.images}
+        for ann in coco["annotations"]:
+            x, y, w, h = ann["bbox"]
+            if ann.get("iscrowd", 0) or w < 1 or h < 1 or ann["category_id"] not in label_of:
+                continue
+            self.targets[ann["image_id"]].append(([x, y, x + w, y + h], label_of[ann["category_id"]]))
+        self.hflip = hflip
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def path_of(self, position: int):
+        return image_path(self.images_dir, self.images[position]["file_name"])
+
+    def __getitem__(self, index):
+        epoch, position = index if isinstance(index, tuple) else (0, index)
+        info = self.images[position]
+        image = pil_to_tensor(read_rgb(self.path_of(position))).float().div_(255)
+        objects = self.targets[info["id"]]
+        boxes_xyxy = torch.tensor([box for box, _ in objects], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([label for _, label in objects], dtype=torch.int64)
+        if self.hflip > 0 and np.random.default_rng([self.seed, epoch, position]).random() < self.hflip:
+            width = image.shape[-1]
+            image = image.flip(-1)
+            boxes_xyxy = torch.stack([width - boxes_xyxy[:, 2], boxes_xyxy[:, 1], width - boxes_xyxy[:, 0], boxes_xyxy[:, 3]], dim=1)
+        return image, {"boxes": boxes_xyxy, "labels": labels, "image_id": info["id"]}
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,0 +1,172 @@
+"""kdeval's checkpoint file: one file per model, enough to rebuild and score it anywhere.
+
+A checkpoint is a dict saved with torch.save and read with `weights_only=True`:
+    format, format_version, kdeval_version, model (ModelSpec fields), categories (COCO id, name,
+    supercategory), label_category_ids (model label -> COCO category id), role, train_settings,
+    state_dict.
+torchvision's COCO RetinaNet state_dict (retinanet_resnet50_fpn_coco-*.pth) is read too, mapped to
+COCO's 91-id category space.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models.detection import RetinaNet, RetinaNet_ResNet50_FPN_Weights
+
+from kdeval import __version__
+from kdeval.data.coco import LabelSpace
+from kdeval.errors import KdevalError
+from kdeval.fileio import torch_save_atomic
+from kdeval.models.retinanet import ModelSpec, build_retinanet
+from kdeval.vocab import ROLES
+
+FORMAT = "kdeval-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    model: RetinaNet
+    spec: ModelSpec
+    labels: LabelSpace
+    categories: list[dict]
+    role: str
+    train_settings: dict
+    source: str  # "kdeval" or "torchvision"
+
+
+def torch_load_safely(path: Path) -> Any:
+    """torch.load with weights_only=True: a file that needs arbitrary unpickling is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdevalError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported pickle content"
+        raise KdevalError(f"{path}: refused, it needs full unpickling which could run code ({reason[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdevalError(f"{path}: not a readable PyTorch file ({first[:160]})") from None
+
+
+def save_checkpoint(
+    path: Path,
+    model: RetinaNet,
+    spec: ModelSpec,
+    categories: list[dict],
+    role: str,
+    train_settings: dict | None = None,
+) -> Path:
+    if role not in ROLES:
+        raise KdevalError(f"unknown role '{role}' (expected one of {', '.join(ROLES)})")
+    labels = LabelSpace.from_categories(categories)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kdeval_version": __version__,
+        "model": asdict(spec),
+        "categories": [
+            {"id": c["id"], "name": str(c["name"]), "supercategory": str(c.get("supercategory", c["name"]))}
+            for c in sorted(categories, key=lambda c: c["id"])
+        ],
+        "label_category_ids": list(labels.category_ids),
+        "role": role,
+        "train_settings": dict(train_settings or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return torch_save_atomic(path, payload)
+
+
+def _spec_from_dict(raw: Any, path: Path) -> ModelSpec:
+    if not isinstance(raw, dict):
+        raise KdevalError(f"{path}: field 'model' must be a dict of model settings")
+    known = {f.name for f in fields(ModelSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise KdevalError(f"{path}: field 'model' has unknown settings {unknown}")
+    try:
+        return ModelSpec(**raw)
+    except TypeError as exc:
+        raise KdevalError(f"{path}: field 'model' is incomplete ({exc})") from None
+
+
+def _load_weights(model: RetinaNet, state_dict: Any, spec: ModelSpec, path: Path) -> None:
+    if not isinstance(state_dict, dict):
+        raise KdevalError(f"{path}: field 'state_dict' must be a dict of tensors")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise KdevalError(
+            f"{path}: weights do not fit RetinaNet {spec.arch} with {spec.fpn_channels}-channel FPN "
+            f"and {spec.num_classes} classes ({detail})"
+        ) from None
+
+
+def _kdeval_checkpoint(payload: dict, path: Path) -> LoadedModel:
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise KdevalError(f"{path}: kdeval checkpoint format version {version!r}, this kdeval reads version {FORMAT_VERSION}")
+    for key in ("model", "categories", "label_category_ids", "role", "state_dict"):
+        if key not in payload:
+            raise KdevalError(f"{path}: kdeval checkpoint lacks field '{key}'")
+    spec = _spec_from_dict(payload["model"], path)
+    categories = payload["categories"]
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in categories):
+        raise KdevalError(f"{path}: field 'categories' must be a list of {{id, name}}")
+    label_ids = payload["label_category_ids"]
+    if not isinstance(label_ids, list) or len(label_ids) != spec.num_classes:
+        raise KdevalError(f"{path}: field 'label_category_ids' must list {spec.num_classes} category ids")
+    names = {c["id"]: str(c["name"]) for c in categories}
+    labels = LabelSpace(tuple(int(i) for i in label_ids), tuple(names.get(i, "") for i in label_ids))
+    model = build_retinanet(spec)
+    _load_weights(model, payload["state_dict"], spec, path)
+    return LoadedModel(
+        model, spec, labels, list(categories), str(payload["role"]), dict(payload.get("train_settings") or {}), "kdeval"
+    )
+
+
+def _looks_like_torchvision_retinanet(payload: dict) -> bool:
+    return "backbone.body.conv1.weight" in payload and "head.classification_head.cls_logits.weight" in payload
+
+
+def _torchvision_retinanet(state_dict: dict, path: Path) -> LoadedModel:
+    """torchvision's RetinaNet R50 state_dict; with 91 labels, label i is COCO category id i."""
+    if "backbone.body.layer1.0.conv3.weight" not in state_dict or "backbone.body.layer3.5.conv1.weight" not in state_dict:
+        raise KdevalError(f"{path}: a torchvision RetinaNet state_dict, but not ResNet-50 (the only arch torchvision ships)")
+    arch = "r101" if "backbone.body.layer3.22.conv1.weight" in state_dict else "r50"
+    num_anchors = 9
+    num_classes = state_dict["head.classification_head.cls_logits.weight"].shape[0] // num_anchors
+    spec = ModelSpec(arch=arch, num_classes=num_classes, fpn_channels=256, norm="frozen-bn")
+    if num_classes == 91:
+        names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+        label_ids = tuple(i if name not in ("__background__", "N/A") else -1 for i, name in enumerate(names))
+        labels = LabelSpace(label_ids, tuple(names))
+        categories = [{"id": i, "name": n} for i, n in zip(label_ids, names) if i >= 0]
+    else:
+        raise KdevalError(
+            f"{path}: a torchvision RetinaNet with {num_classes} classes; kdeval can map only the 91-label COCO model"
+        )
+    model = build_retinanet(spec)
+    _load_weights(model, state_dict, spec, path)
+    return LoadedModel(model, spec, labels, categories, "teacher", {}, "torchvision")
+
+
+def load_checkpoint(path: Path) -> LoadedModel:
+    """Rebuild a model from a kdeval checkpoint or torchvision's COCO RetinaNet weights (on the CPU)."""
+    path = Path(path)
+    payload = torch_load_safely(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return _kdeval_checkpoint(payload, path)
+    if isinstance(payload, dict) and _looks_like_torchvision_retinanet(payload):
+        return _torchvision_retinanet(payload, path)
+    raise KdevalError(
+        f"{path}: not a model kdeval can read (expected a kdeval checkpoint, format '{FORMAT}' "
+        f"version {FORMAT_VERSION}, or torchvision's RetinaNet COCO state_dict)"
+    )

@@ -1,0 +1,124 @@
+"""RetinaNet with a ResNet-18/34/50/101 + FPN (P3–P7) backbone, built from torchvision's blocks.
+
+The module layout is torchvision's own (backbone.body, backbone.fpn, head.*), so torchvision's
+COCO RetinaNet checkpoint loads into `r50` unchanged, and every FPN level has `fpn_channels`
+channels (256 as in the paper; narrower for the embedded benchmark, where the head dominates cost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from kdeval.errors import KdevalError
+
+RESNETS = {"r18": resnet.resnet18, "r34": resnet.resnet34, "r50": resnet.resnet50, "r101": resnet.resnet101}
+NORMS = ("bn", "gn", "frozen-bn")
+FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model before its weights are loaded; saved in checkpoints."""
+
+    arch: str
+    num_classes: int
+    fpn_channels: int = 256
+    norm: str = "bn"  # backbone normalisation: trainable BatchNorm, GroupNorm, or frozen BatchNorm
+    min_size: int = 800  # the transform resizes the short side to min_size, the long side to at most max_size
+    max_size: int = 1333
+    anchor_size_per_stride: float = 4.0  # COCO RetinaNet: 32-pixel anchors at stride 8
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        if self.arch not in RESNETS:
+            raise KdevalError(f"unknown arch '{self.arch}' (expected one of {', '.join(RESNETS)})")
+        if self.norm not in NORMS:
+            raise KdevalError(f"unknown norm '{self.norm}' (expected one of {', '.join(NORMS)})")
+        if self.num_classes < 1 or self.fpn_channels < 1:
+            raise KdevalError("num_classes and fpn_channels must be positive")
+
+
+def _norm_layer(norm: str):
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "frozen-bn":
+        return FrozenBatchNorm2d
+    return lambda channels: nn.GroupNorm(min(32, channels), channels)
+
+
+def anchor_generator(spec: ModelSpec) -> AnchorGenerator:
+    # three octave scales per level, as torchvision's RetinaNet (including its rounding down)
+    bases = [spec.anchor_size_per_stride * stride for stride in FPN_STRIDES]
+    sizes = tuple((int(b), int(b * 2 ** (1 / 3)), int(b * 2 ** (2 / 3))) for b in bases)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def build_backbone(spec: ModelSpec) -> BackboneWithFPN:
+    body = RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec.norm))
+    stage2_channels = body.inplanes // 8  # 64 for BasicBlock nets, 256 for Bottleneck nets
+    in_channels = [stage2_channels * 2 ** (layer - 1) for layer in (2, 3, 4)]
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=in_channels,
+        out_channels=spec.fpn_channels,
+        extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels),
+    )
+
+
+def build_retinanet(spec: ModelSpec) -> RetinaNet:
+    return RetinaNet(
+        build_backbone(spec),
+        num_classes=spec.num_classes,
+        min_size=spec.min_size,
+        max_size=spec.max_size,
+        anchor_generator=anchor_generator(spec),
+        score_thresh=spec.score_thresh,
+        nms_thresh=spec.nms_thresh,
+        detections_per_img=spec.detections_per_img,
+    )
+
+
+def load_backbone_weights(model: RetinaNet, path) -> None:
+    """Load an ImageNet ResNet state_dict (torchvision's resnet*-*.pth) into the backbone body."""
+    from kdeval.models.checkpoint import torch_load_safely
+
+    state = torch_load_safely(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "conv1.weight" not in state:
+        raise KdevalError(f"{path}: not a ResNet state_dict (expected keys such as 'conv1.weight', 'layer1.0.conv1.weight')")
+    body = model.backbone.body
+    body_keys = set(body.state_dict())
+    wanted = {k: v for k, v in state.items() if k in body_keys}
+    missing = sorted(k for k in body_keys - set(wanted) if not k.endswith("num_batches_tracked"))
+    if missing:
+        raise KdevalError(
+            f"{path}: does not fit this backbone ({len(missing)} tensors missing, e.g. '{missing[0]}'); "
+            "check --arch, and use --norm bn or frozen-bn with ImageNet weights"
+        )
+    try:
+        body.load_state_dict(wanted, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise KdevalError(f"{path}: does not fit this backbone: {first}") from None
+
+
+def fpn_features(model: RetinaNet, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The FPN maps ('0', '1', '2', 'p6', 'p7' = P3..P7) of a batch, after the model's own transform."""
+    image_list, _ = model.transform(images)
+    return model.backbone(image_list.tensors)
+
+
+__all__ = ["ModelSpec", "build_retinanet", "load_backbone_weights", "fpn_features", "RESNETS", "NORMS"]

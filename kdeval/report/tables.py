@@ -1,0 +1,116 @@
+"""Metric tables as text, CSV, Markdown and LaTeX, in the paper's layout.
+
+A table is a DataFrame indexed by model name with metric columns holding values in 0–1; it is
+shown ×100 with one decimal, and with the gain over a baseline row in brackets.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kdeval.fileio import write_text_atomic
+
+
+def _cell(value: float, gain: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value < 0:
+        return "–"  # COCOeval's -1: no ground truth in this range
+    text = f"{100 * value:.1f}"
+    if gain is not None and not math.isnan(gain):
+        text += f" ({100 * gain:+.1f})"
+    return text
+
+
+def display_cells(table: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Strings ×100, with '(+x.x)' gains over the baseline row for every other row."""
+    if baseline is not None and baseline not in table.index:
+        raise KeyError(baseline)
+    cells = {}
+    for model, row in table.iterrows():
+        gains = None if baseline is None or model == baseline else row - table.loc[baseline]
+        cells[model] = {
+            metric: _cell(float(row[metric]), None if gains is None or row[metric] < 0 else float(gains[metric]))
+            for metric in table.columns
+        }
+    return pd.DataFrame.from_dict(cells, orient="index", columns=list(table.columns))
+
+
+def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None = None) -> str:
+    cells = display_cells(table, baseline)
+    header = ["model", *cells.columns]
+    rows = [[str(model), *row] for model, row in cells.iterrows()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title] if title else []
+    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def to_markdown(table: pd.DataFrame, baseline: str | None = None) -> str:
+    cells = display_cells(table, baseline)
+    lines = ["| model | " + " | ".join(cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
+    for model, row in cells.iterrows():
+        name = str(model).replace("|", "\\|")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def _latex_metric(name: str) -> str:
+    # AP50 → AP$_{50}$, APs → AP$_{S}$, as the paper typesets them
+    suffix = name[2:]
+    if not suffix:
+        return name
+    return f"{name[:2]}$_{{{suffix.upper() if suffix.isalpha() else suffix}}}$"
+
+
+def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None) -> str:
+    cells = display_cells(table, baseline)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * len(cells.columns) + "}",
+        r"\toprule",
+        "Model & " + " & ".join(_latex_metric(c) for c in cells.columns) + r" \\",
+        r"\midrule",
+    ]
+    for model, row in cells.iterrows():
+        name = latex_escape(model)
+        if model == baseline:
+            name = rf"\textit{{{name}}}"
+        lines.append(name + " & " + " & ".join(latex_escape(c).replace("–", "--") for c in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: pd.DataFrame, baseline: str | None = None) -> str:
+    """Raw values (0–1) and, with a baseline, one gain column per metric."""
+    frame = table.copy()
+    if baseline is not None:
+        for metric in table.columns:
+            frame[f"{metric}_gain"] = table[metric] - table.loc[baseline, metric]
+    frame.index.name = "model"
+    return frame.to_csv(float_format="%.6f")
+
+
+def write_tables(table: pd.DataFrame, out_dir: Path, stem: str, baseline: str | None = None, caption: str | None = None) -> list[Path]:
+    """`stem`.csv, .md and .tex under out_dir, each written atomically."""
+    out_dir = Path(out_dir)
+    return [
+        write_text_atomic(out_dir / f"{stem}.csv", to_csv(table, baseline)),
+        write_text_atomic(out_dir / f"{stem}.md", to_markdown(table, baseline)),
+        write_text_atomic(out_dir / f"{stem}.tex", to_latex(table, baseline, caption)),
+    ]

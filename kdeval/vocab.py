@@ -1,0 +1,31 @@
+"""Shared vocabulary, defined once: metric names, COCO area ranges, roles, corruptions."""
+
+# COCOeval.stats, in its order (maxDets 100 for all AP entries).
+COCO_STAT_NAMES = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl",
+    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+# The six columns of the paper's tables.
+TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+# COCO object sizes by annotation area, in pixels²: small < 32², medium 32²–96², large > 96².
+SMALL_MAX_AREA = 32**2
+LARGE_MIN_AREA = 96**2
+AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, float(SMALL_MAX_AREA)),
+    "medium": (float(SMALL_MAX_AREA), float(LARGE_MIN_AREA)),
+    "large": (float(LARGE_MIN_AREA), 1e10),
+}
+
+ROLES = ("teacher", "baseline", "distilled")
+
+BENCHMARK_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast",
+    "elastic_transform", "pixelate", "jpeg_compression",
+)
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+ANALYSIS_SETTINGS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
