@@ -11,6 +11,7 @@ COCO's 91-id category space.
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,14 @@ def torch_load_safely(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported pickle content"
-        raise KdevalError(f"{path}: refused, it needs full unpickling which could run code ({reason[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if match:
+            raise KdevalError(
+                f"{path}: refused, loading it needs full unpickling of {match.group(1)}, which could run code"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        raise KdevalError(f"{path}: not a readable PyTorch file ({detail.group(1).strip() if detail else 'bad pickle'})") from None
+    except Exception as exc:  # torch raises many types for a damaged file (RuntimeError, struct.error, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdevalError(f"{path}: not a readable PyTorch file ({first[:160]})") from None
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny in-memory COCO data with hand-checkable answers, and a tiny Shapes set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdeval.data.shapes import ShapesSpec, generate_shapes
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own kdeval cache, so no test reads another's cached detections."""
+    monkeypatch.setenv("KDEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def tiny_coco() -> dict:
+    """Three 32×32 images, two categories in one supercategory, one crowd region, one empty image."""
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 32, "height": 32},
+            {"id": 2, "file_name": "b.png", "width": 32, "height": 32},
+            {"id": 3, "file_name": "c.png", "width": 32, "height": 32},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [16, 16, 12, 8], "area": 96, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 32, 32], "area": 1024, "iscrowd": 1},
+        ],
+        "categories": [
+            {"id": 1, "name": "cat", "supercategory": "animal"},
+            {"id": 2, "name": "dog", "supercategory": "animal"},
+        ],
+    }
+
+
+def perfect_detections(coco: dict) -> list[dict]:
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.9}
+        for a in coco["annotations"]
+        if not a.get("iscrowd", 0)
+    ]
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+TINY_SHAPES = ShapesSpec(train=8, val=6, size=64, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """A Shapes dataset small enough to train on in a second: 8 train, 6 val images of 64 px."""
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), TINY_SHAPES)
+
+
+# Model options that make a RetinaNet train in about a second per iteration on a 2-core CPU.
+TINY_TRAIN_ARGS = ["--arch", "r18", "--fpn-channels", "16", "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--no-progress"]
+
+
+def shapes_args(root: Path, split: str = "val") -> list[str]:
+    return ["--images", str(root / split), "--annotations", str(root / "annotations" / f"instances_{split}.json")]

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from torchvision.models import resnet18
+from torchvision.models.detection import retinanet_resnet50_fpn
+
+from kdeval.data.coco import LabelSpace
+from kdeval.errors import KdevalError
+from kdeval.models.checkpoint import load_checkpoint, save_checkpoint
+from kdeval.models.retinanet import ModelSpec, build_retinanet, fpn_features, load_backbone_weights
+
+CATEGORIES = [{"id": 3, "name": "a", "supercategory": "x"}, {"id": 7, "name": "b", "supercategory": "x"}]
+
+
+@pytest.mark.parametrize("arch,fpn_channels", [("r18", 16), ("r34", 16), ("r50", 256), ("r101", 32)])
+def test_every_arch_gives_five_fpn_levels(arch, fpn_channels):
+    torch.manual_seed(0)
+    model = build_retinanet(ModelSpec(arch, num_classes=2, fpn_channels=fpn_channels, min_size=64, max_size=64)).eval()
+    with torch.no_grad():
+        features = fpn_features(model, [torch.rand(3, 64, 64)])
+    assert list(features) == ["0", "1", "2", "p6", "p7"]  # P3..P7
+    assert [f.shape[1] for f in features.values()] == [fpn_channels] * 5
+    assert [f.shape[-1] for f in features.values()] == [8, 4, 2, 1, 1]  # strides 8..128 on a 64-px input
+
+
+def test_torchvision_coco_retinanet_weights_load_and_give_the_same_detections(tmp_path):
+    torch.manual_seed(0)
+    reference = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, min_size=96, max_size=96, detections_per_img=100).eval()
+    path = tmp_path / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = load_checkpoint(path)
+    assert loaded.source == "torchvision" and loaded.spec.arch == "r50" and loaded.spec.num_classes == 91
+    assert loaded.labels.category_ids[1] == 1 and loaded.labels.names[1] == "person"
+    assert loaded.labels.category_ids[12] == -1  # an 'N/A' slot of COCO's 91-id space
+    model = loaded.model.eval()
+    model.transform.min_size, model.transform.max_size = (96,), 96
+    image = torch.rand(3, 80, 96)
+    with torch.no_grad():
+        ours, theirs = model([image])[0], reference([image])[0]
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(ours[key], theirs[key])
+    with torch.no_grad():
+        assert torch.equal(model.backbone(torch.rand(1, 3, 64, 64).mul(0) + 0.5)["p7"], reference.backbone(torch.zeros(1, 3, 64, 64) + 0.5)["p7"])
+
+
+def test_imagenet_backbone_weights_load_from_a_path(tmp_path):
+    torch.manual_seed(1)
+    imagenet = resnet18()
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = build_retinanet(ModelSpec("r18", num_classes=2, fpn_channels=16))
+    load_backbone_weights(model, path)
+    assert torch.equal(model.backbone.body.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight)
+    assert torch.equal(model.backbone.body.bn1.running_var, imagenet.bn1.running_var)
+    wrong = build_retinanet(ModelSpec("r50", num_classes=2, fpn_channels=16))
+    with pytest.raises(KdevalError, match="does not fit this backbone"):
+        load_backbone_weights(wrong, path)
+
+
+def test_checkpoint_round_trip_keeps_everything(tmp_path):
+    torch.manual_seed(2)
+    spec = ModelSpec("r18", num_classes=2, fpn_channels=16, min_size=64, max_size=64, anchor_size_per_stride=2.0)
+    model = build_retinanet(spec).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, spec, CATEGORIES, "distilled", {"lr": 0.1})
+    loaded = load_checkpoint(path)
+    assert loaded.spec == spec and loaded.role == "distilled" and loaded.train_settings == {"lr": 0.1}
+    assert loaded.labels == LabelSpace((3, 7), ("a", "b"))
+    assert [c["supercategory"] for c in loaded.categories] == ["x", "x"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key])
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary file
+
+
+def test_foreign_and_mismatched_files_get_one_line_errors(tmp_path):
+    torch.save({"some": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(KdevalError, match="expected a kdeval checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(KdevalError, match="not a readable PyTorch file"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(KdevalError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    spec = ModelSpec("r18", num_classes=2, fpn_channels=16)
+    path = save_checkpoint(tmp_path / "m.pt", build_retinanet(spec), spec, CATEGORIES, "baseline")
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["arch"] = "r34"
+    torch.save(payload, tmp_path / "wrong_arch.pt")
+    with pytest.raises(KdevalError, match="do not fit RetinaNet r34") as info:
+        load_checkpoint(tmp_path / "wrong_arch.pt")
+    assert "\n" not in str(info.value)
+    payload["model"]["arch"], payload["format_version"] = "r18", 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(KdevalError, match="format version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_pickle_that_needs_code_is_refused(tmp_path):
+    import argparse
+
+    # any class outside torch's weights-only allow-list needs full unpickling
+    torch.save({"format": "kdeval-checkpoint", "obj": argparse.Namespace(a=1)}, tmp_path / "evil.pt")
+    with pytest.raises(KdevalError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")

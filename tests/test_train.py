@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+from kdeval.data.source import Split
+from kdeval.engine.train import EpochBatches, TrainSettings, lr_at, train
+from kdeval.errors import KdevalError
+from kdeval.models.checkpoint import load_checkpoint
+
+TINY = TrainSettings(arch="r18", epochs=2, batch_size=4, fpn_channels=16, min_size=64, max_size=64, warmup_iters=2, save_every=1)
+
+
+def _split(root):
+    return Split(root / "annotations" / "instances_train.json", root / "train")
+
+
+def test_lr_schedule_warms_up_then_decays_at_fractions():
+    settings = TrainSettings(lr=0.01, warmup_iters=10, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
+    assert lr_at(settings, 0, 120) == pytest.approx(1e-5)
+    assert lr_at(settings, 5, 120) == pytest.approx(0.01 * (0.001 * 0.5 + 0.5))
+    assert lr_at(settings, 10, 120) == pytest.approx(0.01)
+    assert lr_at(settings, 79, 120) == pytest.approx(0.01)
+    assert lr_at(settings, 80, 120) == pytest.approx(0.001)
+    assert lr_at(settings, 110, 120) == pytest.approx(0.0001)
+
+
+def test_batches_cover_each_epoch_once_and_resume_mid_epoch():
+    full = list(EpochBatches(10, 3, seed=5, start=0, total=6))
+    assert len(full) == 6  # 3 batches per epoch, the incomplete 4th dropped
+    for epoch in (0, 1):
+        positions = [p for batch in full[epoch * 3 : epoch * 3 + 3] for e, p in batch]
+        assert len(set(positions)) == 9 and all(e == epoch for batch in full[epoch * 3 : epoch * 3 + 3] for e, _ in batch)
+    assert list(EpochBatches(10, 3, seed=5, start=4, total=6)) == full[4:]
+    assert full[:3] != full[3:]  # a new order every epoch
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights(tiny_shapes, tmp_path):
+    straight = train(TINY, _split(tiny_shapes), tmp_path / "straight", progress=False)
+    partial = train(TINY, _split(tiny_shapes), tmp_path / "resumed", progress=False, stop_after=3)
+    assert not (tmp_path / "resumed" / "model.pt").exists() and partial.iterations == 3
+    with pytest.raises(KdevalError, match="--resume"):
+        train(TINY, _split(tiny_shapes), tmp_path / "resumed", progress=False)
+    resumed = train(TINY, _split(tiny_shapes), tmp_path / "resumed", progress=False, resume=True)
+    assert resumed.resumed_from == 3 and resumed.iterations == 1
+    a = load_checkpoint(straight.checkpoint).model.state_dict()
+    b = load_checkpoint(resumed.checkpoint).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [0, 1, 2, 3]
+    straight_log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log] == [r["loss"] for r in straight_log]
+    assert set(log[0]) >= {"iter", "epoch", "loss", "classification", "bbox_regression", "lr", "images_per_s"}
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused(tiny_shapes, tmp_path):
+    train(TINY, _split(tiny_shapes), tmp_path / "run", progress=False, stop_after=1)
+    from dataclasses import replace
+
+    with pytest.raises(KdevalError, match="settings differ.*lr"):
+        train(replace(TINY, lr=0.5), _split(tiny_shapes), tmp_path / "run", progress=False, resume=True)
+
+
+@pytest.mark.slow
+def test_the_checkpoint_records_what_made_it(tiny_shapes, tmp_path):
+    result = train(TINY, _split(tiny_shapes), tmp_path / "run", progress=False)
+    loaded = load_checkpoint(result.checkpoint)
+    assert loaded.role == "baseline" and loaded.spec.arch == "r18" and loaded.spec.fpn_channels == 16
+    assert loaded.train_settings["iterations"] == 4 and loaded.train_settings["lr"] == TINY.lr
+    assert [c["name"] for c in loaded.categories][:2] == ["circle", "ellipse"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "model.pt", "settings.json", "train_state.pt"]
