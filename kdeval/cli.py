@@ -100,7 +100,7 @@ def user_errors(command):
 # ---------------------------------------------------------------- data
 
 
-@data_app.command("shapes")
+@data_app.command("shapes", short_help="Write the embedded Shapes benchmark (COCO format).")
 @user_errors
 def data_shapes(
     out: Annotated[Path, typer.Argument(help="Folder to write train/, val/ and annotations/ into.")],
@@ -124,7 +124,7 @@ def data_shapes(
 # ---------------------------------------------------------------- train
 
 
-@app.command()
+@app.command(short_help="Train a RetinaNet detector (teacher or baseline).")
 @user_errors
 def train(
     data: DataOpt = "shapes",
@@ -194,7 +194,7 @@ def train(
 # ---------------------------------------------------------------- predict
 
 
-@app.command()
+@app.command(short_help="Run a model; write COCO results JSON.")
 @user_errors
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint or torchvision's COCO RetinaNet weights.")],
@@ -230,7 +230,7 @@ def predict(
 # ---------------------------------------------------------------- evaluate
 
 
-@app.command()
+@app.command(short_help="COCO AP table of models, with gains over a baseline.")
 @user_errors
 def evaluate(
     models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")],
