@@ -51,6 +51,26 @@ class Role(str, Enum):
     distilled = "distilled"
 
 
+class DistillLoss(str, Enum):
+    ssim = "ssim"
+    ms_ssim = "ms-ssim"
+    l1_ms_ssim = "l1+ms-ssim"
+    smooth_l1 = "smooth-l1"
+    l2 = "l2"
+
+
+class WindowShape(str, Enum):
+    uniform = "uniform"
+    gaussian = "gaussian"
+
+
+class Rescale(str, Enum):
+    channel = "channel"
+    sample = "sample"
+    batch = "batch"
+    none = "none"
+
+
 class Recipe(str, Enum):
     shapes = "shapes"
     coco_1x = "coco-1x"
@@ -112,7 +132,9 @@ def data_shapes(
 ):
     """Write the embedded Shapes benchmark as a COCO-format dataset.
 
-    Example: kdeval data shapes data/shapes --train 2000 --val 300 --size 128
+    \b
+    Example:
+      kdeval data shapes data/shapes --train 2000 --val 300 --size 128
     """
     from kdeval.data.shapes import ShapesSpec, generate_shapes
 
@@ -124,14 +146,14 @@ def data_shapes(
 # ---------------------------------------------------------------- train
 
 
-@app.command(short_help="Train a RetinaNet detector (teacher or baseline).")
+@app.command(short_help="Train a teacher, baseline or distilled student.")
 @user_errors
 def train(
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
     arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch.r18,
-    role: Annotated[Role, typer.Option(help="Recorded in the checkpoint.")] = Role.baseline,
+    role: Annotated[Optional[Role], typer.Option(help="Recorded in the checkpoint (default: distilled with a teacher, else baseline).")] = None,
     recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (CPU minutes) or 'coco-1x' (the paper's).")] = Recipe.shapes,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per iteration (recipe default).")] = None,
@@ -141,6 +163,14 @@ def train(
     fpn_channels: Annotated[Optional[int], typer.Option(min=8, help="FPN and head width (recipe default: 64 shapes, 256 coco-1x).")] = None,
     norm: Annotated[Optional[Norm], typer.Option(help="Backbone normalisation (recipe default).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")] = 0,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint for feature distillation (with --distill).")] = None,
+    distill: Annotated[Optional[DistillLoss], typer.Option(help="Loss between student and teacher FPN maps.")] = None,
+    distill_weight: Annotated[float, typer.Option(min=0.0, help="λ, the weight of the feature loss.")] = 1.0,
+    ssim_window: Annotated[int, typer.Option(min=2, help="SSIM window side P = Q (shrunk on smaller maps).")] = 3,
+    ssim_window_shape: Annotated[WindowShape, typer.Option(help="Uniform P×Q patch (appendix D) or Gaussian (σ 1.5).")] = WindowShape.uniform,
+    ssim_rescale: Annotated[Rescale, typer.Option(help="Min–max rescaling of maps to [0, 1] before SSIM: per sample and channel, sample, batch, or none.")] = Rescale.channel,
+    pseudo_labels: Annotated[Optional[Path], typer.Option(help="Hard output distillation: train on this checkpoint's detections instead of the ground truth.")] = None,
+    pseudo_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score above which a teacher detection becomes a label.")] = 0.3,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="ImageNet ResNet state_dict on disk (nothing is downloaded).")] = None,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="Mixed precision on CUDA (bf16 where supported).")] = True,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
@@ -150,23 +180,39 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Start over even if --out holds a run.")] = False,
     progress: ProgressOpt = True,
 ):
-    """Train a RetinaNet detector (plain detection training).
+    """Train a RetinaNet detector: a teacher, a baseline, or a student distilled from a teacher.
 
+    \b
     Examples:
       kdeval train                                   # R18 baseline on Shapes, reports/baseline-r18/model.pt
       kdeval train --arch r34 --role teacher --epochs 16
       kdeval train --recipe coco-1x --arch r50 --images coco/train2017 \\
           --annotations coco/annotations/instances_train2017.json --backbone-weights resnet50-0676ba61.pth
       kdeval train --resume                          # after a kill: continue where it stopped
+      kdeval train --teacher reports/teacher-r34/model.pt --distill ssim --distill-weight 1
+      kdeval train --pseudo-labels reports/teacher-r34/model.pt --teacher reports/teacher-r34/model.pt --distill ssim
+      torchrun --nproc-per-node 8 -m kdeval train --recipe coco-1x --arch r50 ...   # DistributedDataParallel
     """
     from kdeval.data.source import resolve_split
     from kdeval.engine.train import RECIPES, train as run_training
 
     split = resolve_split(data, images, annotations, split="train")
     settings = RECIPES[recipe.value]
+    if role is None:
+        role = Role.distilled if (distill is not None or pseudo_labels is not None) else Role.baseline
+    if teacher is not None and distill is None:
+        raise KdevalError("--teacher needs --distill LOSS (ssim, ms-ssim, l1+ms-ssim, smooth-l1 or l2)")
     overrides = {
         "arch": arch.value,
         "role": role.value,
+        "teacher": str(teacher) if teacher is not None else None,
+        "distill_loss": distill.value if distill is not None else None,
+        "distill_weight": distill_weight,
+        "ssim_window": ssim_window,
+        "ssim_window_shape": ssim_window_shape.value,
+        "ssim_rescale": ssim_rescale.value,
+        "pseudo_labels": str(pseudo_labels) if pseudo_labels is not None else None,
+        "pseudo_threshold": pseudo_threshold,
         "seed": seed,
         "amp": amp,
         "epochs": epochs,
@@ -180,7 +226,8 @@ def train(
         overrides["min_size"] = image_size
         overrides["max_size"] = max(image_size, settings.max_size * image_size // settings.min_size)
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    out_dir = reports_dir(out, f"{role.value}-{arch.value}")
+    run_name = "-".join(filter(None, [role.value, "pseudo" if pseudo_labels else None, distill.value if distill else None, arch.value]))
+    out_dir = reports_dir(out, run_name)
     result = run_training(
         settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
         workers=workers, backbone_weights=backbone_weights, progress=progress,
@@ -211,6 +258,7 @@ def predict(
 ):
     """Run a model over a dataset and write its detections as COCO results JSON.
 
+    \b
     Examples:
       kdeval predict reports/baseline-r18/model.pt -o dets.json
       kdeval predict model.pt --images coco/val2017 --annotations instances_val2017.json -o dets.json
@@ -249,6 +297,7 @@ def evaluate(
 
     Writes ap_table.csv, .md and .tex and coco_stats.json to --out (default reports/evaluate/).
 
+    \b
     Examples:
       kdeval evaluate baseline=reports/baseline-r18/model.pt teacher=reports/teacher-r34/model.pt --baseline baseline
       kdeval evaluate mmdet=results.bbox.json --annotations coco/annotations/instances_val2017.json

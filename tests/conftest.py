@@ -66,3 +66,17 @@ TINY_TRAIN_ARGS = ["--arch", "r18", "--fpn-channels", "16", "--image-size", "64"
 
 def shapes_args(root: Path, split: str = "val") -> list[str]:
     return ["--images", str(root / split), "--annotations", str(root / "annotations" / f"instances_{split}.json")]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_shapes, tmp_path_factory) -> Path:
+    """A 2-iteration R18 trained through the CLI on tiny Shapes (also the tests' teacher)."""
+    from typer.testing import CliRunner
+
+    from kdeval.cli import app
+
+    out = tmp_path_factory.mktemp("run")
+    args = ["train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out / "model.pt"

@@ -47,15 +47,6 @@ def test_data_shapes_writes_a_coco_dataset(tmp_path):
     assert len(coco["images"]) == 2 and all("supercategory" in c for c in coco["categories"])
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_shapes, tmp_path_factory):
-    """A 2-iteration R18 trained through the CLI on tiny Shapes."""
-    out = tmp_path_factory.mktemp("run")
-    result = run("train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", out, "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return out / "model.pt"
-
-
 def test_train_predict_evaluate_end_to_end(tiny_shapes, trained, tmp_path):
     dets = tmp_path / "dets.json"
     result = run("predict", trained, *shapes_args(tiny_shapes), "-o", dets, "--no-progress")

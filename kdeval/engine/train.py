@@ -14,6 +14,7 @@ uninterrupted run sees from i on; on the CPU the weights come out the same.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,7 +29,8 @@ from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
 from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
-from kdeval.models.checkpoint import save_checkpoint, torch_load_safely
+from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
+from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
 
 
@@ -59,6 +61,22 @@ class TrainSettings:
     seed: int = 0
     amp: bool = True  # only takes effect on CUDA
     save_every: int = 25  # iterations between resumable states
+    # distillation (issue: feature losses between student and teacher FPN maps; hard output labels)
+    teacher: str | None = None  # checkpoint whose FPN maps the student imitates
+    distill_loss: str | None = None  # ssim | ms-ssim | l1+ms-ssim | smooth-l1 | l2
+    distill_weight: float = 1.0  # λ
+    ssim_window: int = 3
+    ssim_window_shape: str = "uniform"
+    ssim_rescale: str = "channel"
+    pseudo_labels: str | None = None  # checkpoint whose detections replace the ground truth
+    pseudo_threshold: float = 0.3
+
+    def feature_loss_settings(self):
+        from kdeval.distill.losses import FeatureLossSettings
+
+        return FeatureLossSettings(
+            loss=self.distill_loss, window=self.ssim_window, window_shape=self.ssim_window_shape, rescale=self.ssim_rescale
+        )
 
     def model_spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec(
@@ -108,11 +126,16 @@ def lr_at(settings: TrainSettings, iteration: int, total_iters: int) -> float:
 
 class EpochBatches(Sampler):
     """Batches of (epoch, image) pairs from iteration `start` to `total`: epoch e's order is a
-    permutation seeded by (seed, e); the last incomplete batch of an epoch is dropped."""
+    permutation seeded by (seed, e); the last incomplete batch of an epoch is dropped.
 
-    def __init__(self, num_images: int, batch_size: int, seed: int, start: int, total: int):
+    Under torchrun, `batch_size` is the global batch and process `rank` of `world` takes every
+    world-th image of it: the images of an iteration are the same whatever the process count,
+    as a DistributedSampler would shard them, and the order stays resumable."""
+
+    def __init__(self, num_images: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.start, self.total = start, total
+        self.rank, self.world = rank, world
         self.per_epoch = num_images // batch_size
 
     def __len__(self) -> int:
@@ -122,7 +145,7 @@ class EpochBatches(Sampler):
         for iteration in range(self.start, self.total):
             epoch, step = divmod(iteration, self.per_epoch)
             order = torch.randperm(self.num_images, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            positions = order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
+            positions = order[step * self.batch_size : (step + 1) * self.batch_size].tolist()[self.rank :: self.world]
             yield [(epoch, p) for p in positions]
 
 
@@ -162,6 +185,61 @@ class TrainResult:
     iterations: int
     seconds: float
     resumed_from: int
+    model: torch.nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (world 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(device: str) -> tuple[Distributed, str]:
+    dist_env = Distributed.from_env()
+    if dist_env.world == 1:
+        return dist_env, device
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        device = f"cuda:{dist_env.local_rank}"
+        torch.cuda.set_device(device)
+    return dist_env, device
+
+
+def _training_labels(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
+    """The annotations the student learns from: ground truth, or the teacher's confident detections."""
+    if settings.pseudo_labels is None:
+        return coco
+    from kdeval.distill.pseudo_labels import pseudo_label_coco
+    from kdeval.engine.predict import PredictSettings, cached_predict
+
+    detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=16, device=device), progress=False)
+    return pseudo_label_coco(coco, detections, settings.pseudo_threshold)
+
+
+def _feature_teacher(settings: TrainSettings, spec: ModelSpec, device: torch.device):
+    if settings.distill_loss is None:
+        return None
+
+    teacher = load_checkpoint(Path(settings.teacher))
+    if teacher.spec.fpn_channels != spec.fpn_channels:
+        raise KdevalError(
+            f"{settings.teacher}: teacher FPN maps have {teacher.spec.fpn_channels} channels, the student's {spec.fpn_channels}; "
+            f"train the student with --fpn-channels {teacher.spec.fpn_channels}"
+        )
+    return FeatureTeacher(teacher.model.to(device), settings.feature_loss_settings(), settings.distill_weight)
 
 
 def train(
@@ -189,6 +267,11 @@ def train(
         raise KdevalError(f"{state_path}: an interrupted run is there; pass --resume to continue it or --overwrite to start over")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    dist_env, device = _start_distributed(device)
+    if settings.batch_size % dist_env.world:
+        raise KdevalError(f"--batch-size {settings.batch_size} (the global batch) must be divisible by the {dist_env.world} processes")
+    if settings.distill_loss is not None and settings.teacher is None:
+        raise KdevalError("--distill needs --teacher CHECKPOINT")
     coco = load_coco_annotations(train_split.annotations)
     labels = LabelSpace.from_categories(coco["categories"])
     dataset = CocoDetectionDataset(train_split, coco, labels, hflip=settings.hflip, seed=settings.seed)
@@ -197,6 +280,8 @@ def train(
     for position in range(len(dataset)):  # fail now, not after an hour, when an image is missing
         if not dataset.path_of(position).is_file():
             raise KdevalError(f"{dataset.path_of(position)}: image file not found")
+    if settings.pseudo_labels is not None:
+        dataset = CocoDetectionDataset(train_split, _training_labels(settings, coco, train_split, device), labels, hflip=settings.hflip, seed=settings.seed)
 
     torch.manual_seed(settings.seed)
     spec = settings.model_spec(labels.num_classes)
@@ -205,6 +290,12 @@ def train(
         load_backbone_weights(model, backbone_weights)
     torch_device = torch.device(device)
     model.to(torch_device)
+    teacher = _feature_teacher(settings, spec, torch_device)
+    student = DetectorWithFeatures(model)
+    if dist_env.world > 1:
+        student = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
+        )
     optimizer = _make_optimizer(settings, model)
     use_scaler = torch_device.type == "cuda" and settings.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -223,10 +314,13 @@ def train(
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["iteration"])
-    _truncate_log(log_path, start)
-    write_json_atomic(out_dir / "settings.json", asdict(settings))
+    if dist_env.is_main:
+        _truncate_log(log_path, start)
+        write_json_atomic(out_dir / "settings.json", asdict(settings))
 
     def save_state(iteration: int) -> None:
+        if not dist_env.is_main:
+            return
         torch_save_atomic(
             state_path,
             {
@@ -242,7 +336,7 @@ def train(
     end = total_iters if stop_after is None else min(total_iters, stop_after)
     loader = DataLoader(
         dataset,
-        batch_sampler=EpochBatches(len(dataset), settings.batch_size, settings.seed, start, end),
+        batch_sampler=EpochBatches(len(dataset), settings.batch_size, settings.seed, start, end, dist_env.rank, dist_env.world),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch_device.type == "cuda",
@@ -250,8 +344,8 @@ def train(
     )
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=total_iters, initial=start, desc=f"train {settings.role} {settings.arch}", disable=not progress, unit="it")
-    with open(log_path, "a", encoding="utf-8") as log:
+    bar = tqdm(total=total_iters, initial=start, desc=f"train {settings.role} {settings.arch}", disable=not (progress and dist_env.is_main), unit="it")
+    with open(log_path if dist_env.is_main else os.devnull, "a", encoding="utf-8") as log:
         iteration = start
         tick = time.perf_counter()
         for images, targets in loader:
@@ -261,7 +355,9 @@ def train(
             images = [image.to(torch_device, non_blocking=True) for image in images]
             targets = [{k: (v.to(torch_device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
             with _autocast(torch_device, settings.amp):
-                losses = model(images, targets)
+                losses, features, image_list = student(images, targets)
+                if teacher is not None:
+                    losses["distill"] = teacher.loss(features, image_list)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise KdevalError(f"training diverged at iteration {iteration} (loss {loss.item()}); lower --lr")
@@ -274,7 +370,7 @@ def train(
             scaler.update()
             iteration += 1
             now = time.perf_counter()
-            images_per_s = len(images) / max(now - tick, 1e-9)
+            images_per_s = len(images) * dist_env.world / max(now - tick, 1e-9)
             tick = now
             record = {
                 "iter": iteration - 1,
@@ -293,10 +389,18 @@ def train(
             if on_iteration is not None:
                 on_iteration(iteration)
     bar.close()
+    seconds = time.perf_counter() - started
+    if dist_env.world > 1:
+        # BatchNorm statistics are updated per process; the model that is kept is rank 0's
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     if iteration < total_iters:
-        return TrainResult(state_path, iteration - start, time.perf_counter() - started, start)
-    train_settings = {**asdict(settings), "iterations": total_iters, "train_annotations": str(train_split.annotations)}
-    save_checkpoint(checkpoint_path, model.cpu(), spec, coco["categories"], settings.role, train_settings)
-    return TrainResult(checkpoint_path, iteration - start, time.perf_counter() - started, start)
+        return TrainResult(state_path, iteration - start, seconds, start, model)
+    if dist_env.is_main:
+        train_settings = {**asdict(settings), "iterations": total_iters, "train_annotations": str(train_split.annotations)}
+        save_checkpoint(checkpoint_path, model, spec, coco["categories"], settings.role, train_settings)
+    if dist_env.world > 1:
+        torch.distributed.barrier()
+    return TrainResult(checkpoint_path, iteration - start, seconds, start, model)
 
 

@@ -1,0 +1,93 @@
+"""Distilled training end to end on tiny Shapes: feature losses, pseudo-labels, torchrun with gloo."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdeval.cli import app
+from kdeval.distill.pseudo_labels import pseudo_label_coco
+from kdeval.models.checkpoint import load_checkpoint
+
+from conftest import TINY_TRAIN_ARGS, shapes_args
+
+runner = CliRunner()
+
+
+def _train(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["ssim", "l2"])
+def test_feature_distillation_adds_its_loss_and_records_it(tiny_shapes, trained, tmp_path, loss):
+    result = _train(*shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--teacher", trained, "--distill", loss, "--distill-weight", 2.0, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    log = _log(tmp_path)
+    assert all(record["distill"] > 0 for record in log)
+    assert all(record["loss"] == pytest.approx(record["classification"] + record["bbox_regression"] + record["distill"], abs=1e-3) for record in log)
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert loaded.role == "distilled"
+    assert loaded.train_settings["distill_loss"] == loss and loaded.train_settings["distill_weight"] == 2.0
+    assert loaded.train_settings["teacher"] == str(trained)
+
+
+def test_teacher_and_student_maps_must_match(tiny_shapes, trained, tmp_path):
+    args = [a if a != "16" else "32" for a in TINY_TRAIN_ARGS]  # a student with a 32-channel FPN
+    result = _train(*shapes_args(tiny_shapes, "train"), *args, "--teacher", trained, "--distill", "ssim", "--out", tmp_path)
+    assert result.exit_code == 2 and "--fpn-channels 16" in result.stderr
+    result = _train(*shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--teacher", trained, "--out", tmp_path)
+    assert result.exit_code == 2 and "--teacher needs --distill" in result.stderr
+
+
+def test_pseudo_labels_keep_only_confident_teacher_detections(tiny_coco):
+    detections = [
+        {"image_id": 1, "category_id": 2, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.3},  # not > 0.3
+        {"image_id": 3, "category_id": 1, "bbox": [2.0, 2.0, 2.0, 2.0], "score": 0.31},
+    ]
+    labelled = pseudo_label_coco(tiny_coco, detections, threshold=0.3)
+    assert [(a["image_id"], a["category_id"], a["bbox"]) for a in labelled["annotations"]] == [(1, 2, [1.0, 2.0, 3.0, 4.0]), (3, 1, [2.0, 2.0, 2.0, 2.0])]
+    assert labelled["images"] == tiny_coco["images"] and len(tiny_coco["annotations"]) == 4  # input untouched
+
+
+@pytest.mark.slow
+def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trained, tmp_path, monkeypatch):
+    import kdeval.engine.train as train_module
+
+    seen = {}
+    original = train_module.CocoDetectionDataset
+
+    def spy(split, coco, *args, **kwargs):
+        seen["annotations"] = coco["annotations"]
+        return original(split, coco, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "CocoDetectionDataset", spy)
+    result = _train(*shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--pseudo-labels", trained, "--pseudo-threshold", 0.05, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    gt = json.loads((tiny_shapes / "annotations" / "instances_train.json").read_text())
+    assert seen["annotations"] != gt["annotations"]
+    assert all(a["score"] > 0.05 for a in seen["annotations"])
+    assert load_checkpoint(tmp_path / "model.pt").train_settings["pseudo_labels"] == str(trained)
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(tiny_shapes, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path)]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = load_checkpoint(tmp_path / "model.pt").model.state_dict()
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    assert len(_log(tmp_path)) == 2  # 8 images, global batch 4: rank 0 alone writes the log
