@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.errors import KdevalError
+from kdeval.vocab import ARCHS, DISTILL_LOSSES, NORMS, OPTIMIZERS, RECIPES, ROLES, SSIM_RESCALES, SSIM_WINDOW_SHAPES
 
 app = typer.Typer(
     name="kdeval",
@@ -38,53 +39,19 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (de
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
-class Arch(str, Enum):
-    r18 = "r18"
-    r34 = "r34"
-    r50 = "r50"
-    r101 = "r101"
+def _choices(name: str, values) -> type[Enum]:
+    """A str Enum of the given choices, for Typer; the choices themselves are defined once elsewhere."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class Role(str, Enum):
-    teacher = "teacher"
-    baseline = "baseline"
-    distilled = "distilled"
-
-
-class DistillLoss(str, Enum):
-    ssim = "ssim"
-    ms_ssim = "ms-ssim"
-    l1_ms_ssim = "l1+ms-ssim"
-    smooth_l1 = "smooth-l1"
-    l2 = "l2"
-
-
-class WindowShape(str, Enum):
-    uniform = "uniform"
-    gaussian = "gaussian"
-
-
-class Rescale(str, Enum):
-    channel = "channel"
-    sample = "sample"
-    batch = "batch"
-    none = "none"
-
-
-class Recipe(str, Enum):
-    shapes = "shapes"
-    coco_1x = "coco-1x"
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Norm(str, Enum):
-    bn = "bn"
-    gn = "gn"
-    frozen_bn = "frozen-bn"
+Arch = _choices("Arch", ARCHS)
+Role = _choices("Role", ROLES)
+Norm = _choices("Norm", NORMS)
+DistillLoss = _choices("DistillLoss", DISTILL_LOSSES)
+WindowShape = _choices("WindowShape", SSIM_WINDOW_SHAPES)
+Rescale = _choices("Rescale", SSIM_RESCALES)
+Recipe = _choices("Recipe", RECIPES)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
 
 
 def _device(name: str) -> str:
@@ -152,9 +119,9 @@ def train(
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
-    arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch.r18,
+    arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch("r18"),
     role: Annotated[Optional[Role], typer.Option(help="Recorded in the checkpoint (default: distilled with a teacher, else baseline).")] = None,
-    recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (CPU minutes) or 'coco-1x' (the paper's).")] = Recipe.shapes,
+    recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (CPU minutes) or 'coco-1x' (the paper's).")] = Recipe("shapes"),
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per iteration (recipe default).")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (recipe default).")] = None,
@@ -167,8 +134,8 @@ def train(
     distill: Annotated[Optional[DistillLoss], typer.Option(help="Loss between student and teacher FPN maps.")] = None,
     distill_weight: Annotated[float, typer.Option(min=0.0, help="λ, the weight of the feature loss.")] = 1.0,
     ssim_window: Annotated[int, typer.Option(min=2, help="SSIM window side P = Q (shrunk on smaller maps).")] = 3,
-    ssim_window_shape: Annotated[WindowShape, typer.Option(help="Uniform P×Q patch (appendix D) or Gaussian (σ 1.5).")] = WindowShape.uniform,
-    ssim_rescale: Annotated[Rescale, typer.Option(help="Min–max rescaling of maps to [0, 1] before SSIM: per sample and channel, sample, batch, or none.")] = Rescale.channel,
+    ssim_window_shape: Annotated[WindowShape, typer.Option(help="Uniform P×Q patch (appendix D) or Gaussian (σ 1.5).")] = WindowShape("uniform"),
+    ssim_rescale: Annotated[Rescale, typer.Option(help="Min–max rescaling of maps to [0, 1] before SSIM: per sample and channel, sample, batch, or none.")] = Rescale("channel"),
     pseudo_labels: Annotated[Optional[Path], typer.Option(help="Hard output distillation: train on this checkpoint's detections instead of the ground truth.")] = None,
     pseudo_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score above which a teacher detection becomes a label.")] = 0.3,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="ImageNet ResNet state_dict on disk (nothing is downloaded).")] = None,
@@ -194,12 +161,12 @@ def train(
       torchrun --nproc-per-node 8 -m kdeval train --recipe coco-1x --arch r50 ...   # DistributedDataParallel
     """
     from kdeval.data.source import resolve_split
-    from kdeval.engine.train import RECIPES, train as run_training
+    from kdeval.engine.train import RECIPES as RECIPE_SETTINGS, train as run_training
 
     split = resolve_split(data, images, annotations, split="train")
-    settings = RECIPES[recipe.value]
+    settings = RECIPE_SETTINGS[recipe.value]
     if role is None:
-        role = Role.distilled if (distill is not None or pseudo_labels is not None) else Role.baseline
+        role = Role("distilled" if (distill is not None or pseudo_labels is not None) else "baseline")
     if teacher is not None and distill is None:
         raise KdevalError("--teacher needs --distill LOSS (ssim, ms-ssim, l1+ms-ssim, smooth-l1 or l2)")
     overrides = {

@@ -20,6 +20,15 @@ AREA_RANGES = {
 
 ROLES = ("teacher", "baseline", "distilled")
 
+# Choices of models and training, named once for the library and the command line.
+ARCHS = ("r18", "r34", "r50", "r101")
+NORMS = ("bn", "gn", "frozen-bn")
+OPTIMIZERS = ("adamw", "sgd")
+RECIPES = ("shapes", "coco-1x")
+DISTILL_LOSSES = ("ssim", "ms-ssim", "l1+ms-ssim", "smooth-l1", "l2")
+SSIM_WINDOW_SHAPES = ("uniform", "gaussian")
+SSIM_RESCALES = ("channel", "sample", "batch", "none")
+
 BENCHMARK_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",

@@ -170,3 +170,10 @@ def test_train_refuses_to_overwrite_a_finished_run(tiny_shapes, trained):
     assert_user_error(result, "already there", "--overwrite")
     result = run("train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", trained.parent, "--resume")
     assert result.exit_code == 0 and "already finished" in result.stdout
+
+
+def test_recipe_names_and_settings_agree():
+    from kdeval.engine.train import RECIPES
+    from kdeval.vocab import RECIPES as RECIPE_NAMES
+
+    assert tuple(RECIPES) == RECIPE_NAMES

@@ -54,6 +54,20 @@ def _require(record: Any, keys: tuple[str, ...], where: str) -> None:
 # ---------------------------------------------------------------- ground truth
 
 
+def _unique_int_ids(records: list, section: str, noun: str, keys: tuple[str, ...], path: Path | str) -> set[int]:
+    """The ids of a COCO section, checked to be integers, present, and unique."""
+    ids: set[int] = set()
+    for i, record in enumerate(records):
+        where = f"{path}: {section}[{i}]"
+        _require(record, keys, where)
+        if not isinstance(record["id"], int) or isinstance(record["id"], bool):
+            raise KdevalError(f"{where}.id: expected an integer, got {record['id']!r}")
+        if record["id"] in ids:
+            raise KdevalError(f"{where}.id: duplicate {noun} id {record['id']}")
+        ids.add(record["id"])
+    return ids
+
+
 def check_coco_annotations(coco: Any, path: Path | str) -> dict:
     """Validate a COCO instances dict; returns it unchanged. Raises KdevalError naming the field."""
     if not isinstance(coco, dict):
@@ -61,24 +75,8 @@ def check_coco_annotations(coco: Any, path: Path | str) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise KdevalError(f"{path}: missing or malformed '{key}' (expected a list)")
-    image_ids = set()
-    for i, image in enumerate(coco["images"]):
-        where = f"{path}: images[{i}]"
-        _require(image, ("id", "file_name"), where)
-        if not isinstance(image["id"], int) or isinstance(image["id"], bool):
-            raise KdevalError(f"{where}.id: expected an integer, got {image['id']!r}")
-        if image["id"] in image_ids:
-            raise KdevalError(f"{where}.id: duplicate image id {image['id']}")
-        image_ids.add(image["id"])
-    category_ids = set()
-    for i, category in enumerate(coco["categories"]):
-        where = f"{path}: categories[{i}]"
-        _require(category, ("id", "name"), where)
-        if not isinstance(category["id"], int) or isinstance(category["id"], bool):
-            raise KdevalError(f"{where}.id: expected an integer, got {category['id']!r}")
-        if category["id"] in category_ids:
-            raise KdevalError(f"{where}.id: duplicate category id {category['id']}")
-        category_ids.add(category["id"])
+    image_ids = _unique_int_ids(coco["images"], "images", "image", ("id", "file_name"), path)
+    category_ids = _unique_int_ids(coco["categories"], "categories", "category", ("id", "name"), path)
     if not category_ids:
         raise KdevalError(f"{path}: 'categories' is empty")
     annotation_ids = set()

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("ssim", "ms-ssim", "l1+ms-ssim", "smooth-l1", "l2")
-RESCALES = ("channel", "sample", "batch", "none")
-WINDOW_SHAPES = ("uniform", "gaussian")
+from kdeval.vocab import DISTILL_LOSSES as LOSSES, SSIM_RESCALES as RESCALES, SSIM_WINDOW_SHAPES as WINDOW_SHAPES
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 
 

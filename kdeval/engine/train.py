@@ -32,6 +32,7 @@ from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomi
 from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
+from kdeval.vocab import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _make_optimizer(settings: TrainSettings, model: torch.nn.Module) -> torch.op
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    raise KdevalError(f"unknown optimizer '{settings.optimizer}' (expected sgd or adamw)")
+    raise KdevalError(f"unknown optimizer '{settings.optimizer}' (expected one of {', '.join(OPTIMIZERS)})")
 
 
 def _autocast(device: torch.device, enabled: bool):

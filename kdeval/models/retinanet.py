@@ -19,9 +19,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from kdeval.errors import KdevalError
+from kdeval.vocab import ARCHS, NORMS
 
-RESNETS = {"r18": resnet.resnet18, "r34": resnet.resnet34, "r50": resnet.resnet50, "r101": resnet.resnet101}
-NORMS = ("bn", "gn", "frozen-bn")
+RESNETS = dict(zip(ARCHS, (resnet.resnet18, resnet.resnet34, resnet.resnet50, resnet.resnet101)))
 FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 
 
@@ -121,4 +121,3 @@ def fpn_features(model: RetinaNet, images: list[torch.Tensor]) -> dict[str, torc
     return model.backbone(image_list.tensors)
 
 
-__all__ = ["ModelSpec", "build_retinanet", "load_backbone_weights", "fpn_features", "RESNETS", "NORMS"]
