@@ -174,10 +174,8 @@ def ms_ssim_value(x: Tensor, y: Tensor, settings: FeatureLossSettings, mask: Ten
     As many scales as the map allows (each halving must still hold the window), at most
     `settings.scales`; with fewer than five, the first weights are renormalised to sum to 1."""
     scales, height, width = 0, x.shape[-2], x.shape[-1]
-    size = min(settings.window, height, width)
-    if settings.window_shape == "gaussian" and size % 2 == 0:
-        size -= 1
-    if size < 2:
+    size = _level_window(settings, height, width)
+    if size == 0:
         return None
     while scales < settings.scales and min(height, width) >= size:
         scales += 1
