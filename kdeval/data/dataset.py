@@ -51,6 +51,12 @@ class CocoDetectionDataset(Dataset):
     def path_of(self, position: int):
         return image_path(self.images_dir, self.images[position]["file_name"])
 
+    def check_images_exist(self) -> None:
+        """Raise for the first missing image file: found before a model runs, not an hour into it."""
+        for position in range(len(self)):
+            if not self.path_of(position).is_file():
+                raise KdevalError(f"{self.path_of(position)}: image file not found")
+
     def __getitem__(self, index):
         epoch, position = index if isinstance(index, tuple) else (0, index)
         info = self.images[position]

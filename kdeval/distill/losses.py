@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdeval.errors import KdevalError
 from kdeval.vocab import DISTILL_LOSSES as LOSSES, SSIM_RESCALES as RESCALES, SSIM_WINDOW_SHAPES as WINDOW_SHAPES
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
@@ -48,8 +49,6 @@ class FeatureLossSettings:
     data_range: float | None = None  # L; None: 1 after rescaling, else the teacher maps' range
 
     def __post_init__(self) -> None:
-        from kdeval.errors import KdevalError
-
         if self.loss not in LOSSES:
             raise KdevalError(f"unknown distillation loss '{self.loss}' (expected one of {', '.join(LOSSES)})")
         if self.rescale not in RESCALES:
@@ -231,8 +230,6 @@ def feature_distillation_loss(
     padded_hw: tuple[int, int] | None = None,
 ) -> Tensor:
     """Mean over FPN levels of the per-level loss; levels too small for the window are skipped."""
-    from kdeval.errors import KdevalError
-
     losses = []
     for name, s in student.items():
         t = teacher[name]

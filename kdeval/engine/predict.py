@@ -18,7 +18,6 @@ from tqdm import tqdm
 from kdeval.data.coco import LabelSpace, load_coco_annotations, read_json
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
-from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
 
@@ -63,9 +62,7 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     coco = load_coco_annotations(split.annotations)
     loaded.labels.check_matches(coco["categories"], str(split.annotations))
     dataset = CocoDetectionDataset(split, coco, loaded.labels)
-    for position in range(len(dataset)):  # a missing image is an input error, found before the model runs
-        if not dataset.path_of(position).is_file():
-            raise KdevalError(f"{dataset.path_of(position)}: image file not found")
+    dataset.check_images_exist()
     device = torch.device(settings.device)
     model = loaded.model.to(device).eval()
     loader = DataLoader(

@@ -219,10 +219,8 @@ def _start_distributed(device: str) -> tuple[Distributed, str]:
     return dist_env, device
 
 
-def _training_labels(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
-    """The annotations the student learns from: ground truth, or the teacher's confident detections."""
-    if settings.pseudo_labels is None:
-        return coco
+def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
+    """The training split labelled by the teacher's confident detections instead of the ground truth."""
     from kdeval.distill.pseudo_labels import pseudo_label_coco
     from kdeval.engine.predict import PredictSettings, cached_predict
 
@@ -233,7 +231,6 @@ def _training_labels(settings: TrainSettings, coco: dict, train_split: Split, de
 def _feature_teacher(settings: TrainSettings, spec: ModelSpec, device: torch.device):
     if settings.distill_loss is None:
         return None
-
     teacher = load_checkpoint(Path(settings.teacher))
     if teacher.spec.fpn_channels != spec.fpn_channels:
         raise KdevalError(
@@ -278,11 +275,9 @@ def train(
     dataset = CocoDetectionDataset(train_split, coco, labels, hflip=settings.hflip, seed=settings.seed)
     if len(dataset) < settings.batch_size:
         raise KdevalError(f"{train_split.annotations}: {len(dataset)} images, fewer than one batch of {settings.batch_size}")
-    for position in range(len(dataset)):  # fail now, not after an hour, when an image is missing
-        if not dataset.path_of(position).is_file():
-            raise KdevalError(f"{dataset.path_of(position)}: image file not found")
+    dataset.check_images_exist()
     if settings.pseudo_labels is not None:
-        dataset = CocoDetectionDataset(train_split, _training_labels(settings, coco, train_split, device), labels, hflip=settings.hflip, seed=settings.seed)
+        dataset = CocoDetectionDataset(train_split, _pseudo_labelled(settings, coco, train_split, device), labels, hflip=settings.hflip, seed=settings.seed)
 
     torch.manual_seed(settings.seed)
     spec = settings.model_spec(labels.num_classes)
