@@ -285,6 +285,56 @@ def evaluate(
     typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}")
 
 
+@app.command(short_help="Error analysis: COCO-analyze curves by object size and TIDE.")
+@user_errors
+def errors(
+    models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")],
+    data: DataOpt = "shapes",
+    images: ImagesOpt = None,
+    annotations: AnnotationsOpt = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Model to compare against (default: the first).")] = None,
+    per_category: Annotated[bool, typer.Option("--per-category", help="Also curves and a table for each category.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOpt = "auto",
+    out: OutOpt = None,
+    progress: ProgressOpt = True,
+):
+    """Where each model loses AP: COCO-analyze PR curves (C75, C50, Loc, Sim, Oth, BG, FN) overall
+    and per object size, and the TIDE breakdown.
+
+    Writes error_analysis.{csv,md,tex}, tide.{csv,md,tex}, error_curves.csv, the appendix's
+    figure1_error_curves and figure2_ap_by_size (PNG and PDF), tide_errors and tidecv's own summary
+    plots to --out (default reports/errors/).
+
+    \b
+    Examples:
+      kdeval errors baseline=reports/baseline-r18/model.pt distilled=reports/distilled-r18/model.pt
+      kdeval errors r50=r50.bbox.json r50kd=r50kd.bbox.json --annotations instances_val2017.json --per-category
+    """
+    from kdeval.data.source import resolve_split
+    from kdeval.engine.errors import analyze_models, write_error_analysis
+    from kdeval.engine.evaluate import parse_models, resolve_baseline
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.report.tables import to_text
+
+    parsed = parse_models(models)
+    baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
+    split = resolve_split(data, images, annotations)
+    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
+    analysis = analyze_models(parsed, split, settings, progress=progress)
+    out_dir = reports_dir(out, "errors")
+    write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
+    for note in analysis.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(to_text(analysis.ap_by_area("all"), baseline, relative=True,
+                       title=f"COCO-analyze AP, all objects, on {split.name} (change against {baseline or '–'})"))
+    typer.echo("")
+    typer.echo(to_text(analysis.tide_table(), baseline, title="TIDE: AP50 and the dAP each error type costs"))
+    typer.echo(f"tables and figures written to {out_dir}/")
+
+
 def main() -> None:
     app(prog_name="kdeval")
 

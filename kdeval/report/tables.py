@@ -14,31 +14,34 @@ import pandas as pd
 from kdeval.fileio import write_text_atomic
 
 
-def _cell(value: float, gain: float | None) -> str:
+def _cell(value: float, base: float | None, relative: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value < 0:
         return "–"  # COCOeval's -1: no ground truth in this range
     text = f"{100 * value:.1f}"
-    if gain is not None and not math.isnan(gain):
-        text += f" ({100 * gain:+.1f})"
-    return text
+    if base is None or math.isnan(base) or base < 0:
+        return text
+    if not relative:
+        return text + f" ({100 * (value - base):+.1f})"
+    return text + (f" ({100 * (value - base) / base:+.1f}%)" if base > 0 else "")
 
 
-def display_cells(table: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Strings ×100, with '(+x.x)' gains over the baseline row for every other row."""
+def display_cells(table: pd.DataFrame, baseline: str | None, relative: bool = False) -> pd.DataFrame:
+    """Strings ×100, with '(+x.x)' gains over the baseline row for every other row; with
+    `relative`, the change in per cent of the baseline's value, '(+11.4%)', as the paper writes it."""
     if baseline is not None and baseline not in table.index:
         raise KeyError(baseline)
     cells = {}
     for model, row in table.iterrows():
-        gains = None if baseline is None or model == baseline else row - table.loc[baseline]
+        compare = baseline is not None and model != baseline
         cells[model] = {
-            metric: _cell(float(row[metric]), None if gains is None or row[metric] < 0 else float(gains[metric]))
+            metric: _cell(float(row[metric]), float(table.loc[baseline, metric]) if compare else None, relative)
             for metric in table.columns
         }
     return pd.DataFrame.from_dict(cells, orient="index", columns=list(table.columns))
 
 
-def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None = None) -> str:
-    cells = display_cells(table, baseline)
+def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None = None, relative: bool = False) -> str:
+    cells = display_cells(table, baseline, relative)
     header = ["model", *cells.columns]
     rows = [[str(model), *row] for model, row in cells.iterrows()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -50,8 +53,8 @@ def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None 
     return "\n".join(lines)
 
 
-def to_markdown(table: pd.DataFrame, baseline: str | None = None) -> str:
-    cells = display_cells(table, baseline)
+def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool = False) -> str:
+    cells = display_cells(table, baseline, relative)
     lines = ["| model | " + " | ".join(cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
     for model, row in cells.iterrows():
         name = str(model).replace("|", "\\|")
@@ -69,13 +72,13 @@ def latex_escape(text: str) -> str:
 def _latex_metric(name: str) -> str:
     # AP50 → AP$_{50}$, APs → AP$_{S}$, as the paper typesets them
     suffix = name[2:]
-    if not suffix:
-        return name
+    if not name.startswith("AP") or not suffix:
+        return latex_escape(name)
     return f"{name[:2]}$_{{{suffix.upper() if suffix.isalpha() else suffix}}}$"
 
 
-def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None) -> str:
-    cells = display_cells(table, baseline)
+def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None, relative: bool = False) -> str:
+    cells = display_cells(table, baseline, relative)
     lines = [
         r"\begin{table}[t]",
         r"\centering",

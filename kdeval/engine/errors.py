@@ -1,0 +1,150 @@
+"""Where each model loses AP: COCO-analyze curves by object size, the TIDE breakdown, their tables
+and the appendix's Figures 1 and 2, written under one folder."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdeval.data.coco import load_coco_annotations
+from kdeval.data.source import Split
+from kdeval.engine.evaluate import ModelInput, detections_of
+from kdeval.engine.predict import PredictSettings
+from kdeval.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.metrics.analyze import ErrorCurves, ap_long_table, curve_long_table, error_curves, supercategories
+from kdeval.metrics.tide import run_tide, tide_context, tide_table
+from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
+from kdeval.report.figures import save_figure
+from kdeval.report.tables import to_csv, to_latex, to_markdown
+from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
+
+
+@dataclass
+class ErrorAnalysis:
+    curves: dict[str, ErrorCurves]  # by model name, in the order given
+    tide: object  # tidecv.TIDE with one run per model
+    notes: list[str]  # things the reader should know, e.g. categories without a supercategory
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.curves)
+
+    def ap(self, per_category: bool = False) -> pd.DataFrame:
+        return ap_long_table(self.curves, per_category)
+
+    def ap_by_area(self, area: str) -> pd.DataFrame:
+        """Models (rows) × settings (columns), AP 0–1, for one area."""
+        return pd.DataFrame({m: [c.ap(s, area) for s in ANALYSIS_SETTINGS] for m, c in self.curves.items()},
+                            index=list(ANALYSIS_SETTINGS)).T
+
+    def tide_table(self) -> pd.DataFrame:
+        return tide_table(self.tide)
+
+
+def analyze_models(models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(),
+                   progress: bool = True) -> ErrorAnalysis:
+    gt = load_coco_annotations(split.annotations)
+    _, lacking = supercategories(gt["categories"])
+    notes = []
+    if lacking:
+        shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+        notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
+    detections = {m.name: detections_of(m, split, gt, settings, progress) for m in models}
+    curves = {name: error_curves(gt, dets) for name, dets in detections.items()}
+    with tide_context():
+        tide = run_tide(gt, detections)
+    return ErrorAnalysis(curves, tide, notes)
+
+
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+
+
+def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
+    """tidecv's own summary plot per model (pie + bars), kept as it draws it, at a lighter resolution."""
+    paths = []
+    with tempfile.TemporaryDirectory() as scratch, tide_context(scratch):
+        from tidecv.plotting import Plotter
+
+        analysis.tide.plotter = Plotter(quality=0.35)  # its scratch folder follows TIDE_PATH
+        runs = analysis.tide.runs
+        main_errors = analysis.tide.get_main_errors()
+        # its pie divides by the sum of the errors: a model without any has no plot to draw
+        renamed = {_safe_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
+        if not renamed:
+            return paths
+        analysis.tide.runs = renamed  # file names come from run names
+        try:
+            with warnings.catch_warnings():  # its seaborn calls warn of seaborn 0.14, which is pinned away
+                warnings.simplefilter("ignore", (FutureWarning, UserWarning))
+                analysis.tide.plot(scratch)
+        finally:
+            analysis.tide.runs = runs
+        for stem in renamed:
+            produced = Path(scratch) / f"{stem}_bbox_summary.png"
+            if produced.is_file():
+                paths.append(write_bytes_atomic(out_dir / "tide" / f"{stem}_tidecv_summary.png", produced.read_bytes()))
+    return paths
+
+
+def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str | None, split: Split,
+                         per_category: bool = False) -> list[Path]:
+    """Tables (CSV, Markdown, LaTeX), Figures 1 and 2 and the TIDE plots, each file written atomically."""
+    out_dir = Path(out_dir)
+    # per-category figures of an earlier run over other categories would mislead: that folder starts afresh
+    shutil.rmtree(out_dir / "per_category", ignore_errors=True)
+    paths = []
+    ap = analysis.ap()
+    relative = ap.copy()
+    if baseline is not None:
+        base = ap[ap["model"] == baseline].set_index(["area", "setting"])["AP"]
+        reference = base.reindex(pd.MultiIndex.from_frame(ap[["area", "setting"]])).to_numpy()
+        valid = (reference > 0) & (ap["AP"].to_numpy() >= 0)
+        change = (ap["AP"].to_numpy() - reference) / np.where(valid, reference, 1.0)
+        relative["change_vs_baseline"] = np.where(valid, change, np.nan)
+    paths.append(write_text_atomic(out_dir / "error_analysis.csv", relative.to_csv(index=False, float_format="%.6f")))
+    markdown, latex = [], []
+    for area in AREA_RANGES:
+        table = analysis.ap_by_area(area)
+        markdown += [f"### {area} objects\n", to_markdown(table, baseline, relative=True)]
+        latex.append(to_latex(table, baseline, caption=f"COCO-analyze AP ({area} objects) on {split.name}", relative=True))
+    paths.append(write_text_atomic(out_dir / "error_analysis.md", "\n".join(markdown)))
+    paths.append(write_text_atomic(out_dir / "error_analysis.tex", "\n".join(latex)))
+
+    tide = analysis.tide_table()
+    paths.append(write_text_atomic(out_dir / "tide.csv", to_csv(tide, baseline)))
+    paths.append(write_text_atomic(out_dir / "tide.md", to_markdown(tide, baseline)))
+    paths.append(write_text_atomic(out_dir / "tide.tex", to_latex(tide, baseline, caption=f"TIDE dAP on {split.name}")))
+
+    curves = curve_long_table(analysis.curves)
+    paths.append(write_text_atomic(out_dir / "error_curves.csv", curves.to_csv(index=False, float_format="%.6f")))
+    models = analysis.models
+    if baseline is not None:
+        models = [baseline] + [m for m in models if m != baseline]
+    paths += save_figure(error_curves_figure(curves, ap, models), out_dir, "figure1_error_curves")
+    paths += save_figure(size_gain_figure(ap, baseline, models), out_dir, "figure2_ap_by_size")
+    paths += save_figure(tide_figure(tide.loc[models]), out_dir, "tide_errors")
+    paths += _tidecv_summary_plots(analysis, out_dir)
+
+    if per_category:
+        per_cat = analysis.ap(per_category=True)
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.csv",
+                                       per_cat.to_csv(index=False, float_format="%.6f")))
+        first = next(iter(analysis.curves.values()))
+        for category_id, name in zip(first.category_ids, first.category_names):
+            curves_c = curve_long_table(analysis.curves, category_id)
+            ap_c = per_cat[per_cat["category_id"] == category_id]
+            figure = error_curves_figure(curves_c, ap_c, models, title=f"{name} (category {category_id})")
+            paths += save_figure(figure, out_dir / "per_category", f"{category_id}_{_safe_stem(name)}")
+    paths.append(write_json_atomic(out_dir / "errors_settings.json", {
+        "annotations": str(split.annotations), "models": models, "baseline": baseline, "notes": analysis.notes,
+    }))
+    return paths
+

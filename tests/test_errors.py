@@ -1,0 +1,242 @@
+"""`kdeval errors`: COCO-analyze curves against the slow per-category reference, TIDE against tidecv's
+own loader, the figures, and the command."""
+
+from __future__ import annotations
+
+import copy
+import json
+import traceback
+
+import matplotlib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import perfect_detections, shapes_args, write_json
+from reference_analyze import detection_problem, reference_precision
+from kdeval.cli import app
+from kdeval.metrics.analyze import ap_long_table, curve_long_table, error_curves
+from kdeval.metrics.coco_ap import coco_stats
+from kdeval.metrics.tide import tide_errors
+from kdeval.report.error_figures import ap_label, error_curves_figure, size_gain_figure
+from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
+
+runner = CliRunner()
+
+
+# ---------------------------------------------------------------- the curves against the reference
+
+PROBLEMS = [
+    # (images, categories, supercategories, detections per image, seed, integer boxes)
+    (30, 6, 2, 30, 0, False),
+    (30, 6, 3, 30, 1, True),  # integer boxes and two-decimal scores: IoU and score ties
+    (8, 2, 1, 260, 2, False),  # more than 100 detections per image and class: maxDets cuts
+    (12, 1, 1, 20, 3, True),  # a single category
+    (20, 9, 9, 15, 4, False),  # every category its own supercategory: Sim == Loc
+]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=[f"seed{p[4]}" for p in PROBLEMS])
+def test_curves_equal_the_per_category_reference(problem):
+    *shape, seed, integer = problem
+    gt, detections = detection_problem(*shape, seed=seed, integer_boxes=integer)
+    curves = error_curves(gt, detections)
+    reference = reference_precision(gt, detections)
+    assert curves.precision.shape == reference.shape
+    np.testing.assert_allclose(curves.precision, reference, rtol=0, atol=1e-6)
+    for s, setting in enumerate(ANALYSIS_SETTINGS):
+        for a, area in enumerate(AREA_RANGES):
+            block = reference[s, :, :, a]
+            expected = float(np.mean(block[block > -1])) if (block > -1).any() else -1.0
+            assert curves.ap(setting, area) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_c75_and_c50_are_exactly_cocoeval_ap75_and_ap50(seed):
+    gt, detections = detection_problem(25, 5, 2, 40, seed=seed, integer_boxes=bool(seed % 2))
+    curves, stats = error_curves(gt, detections), coco_stats(gt, detections)
+    assert curves.ap("C75") == stats["AP75"]
+    assert curves.ap("C50") == stats["AP50"]
+
+
+def test_settings_only_grow_more_permissive():
+    gt, detections = detection_problem(40, 8, 3, 40, seed=7)
+    curves = error_curves(gt, detections)
+    for area in AREA_RANGES:
+        aps = [curves.ap(s, area) for s in ANALYSIS_SETTINGS]
+        assert aps == sorted(aps), area
+        assert aps[-1] == 1.0
+
+
+def test_perfect_detections_score_one_everywhere(tiny_coco):
+    curves = error_curves(tiny_coco, perfect_detections(tiny_coco))
+    table = curves.ap_table()
+    assert (table.loc[:, "all"] == 1.0).all()
+    assert curves.ap("C75", "large") == -1.0  # no large objects: -1, as COCOeval reports
+
+
+def test_sibling_confusion_is_forgiven_by_sim_and_other_confusion_by_oth(tiny_coco):
+    # a 'dog' detection on the cat (same supercategory 'animal'), and a correct dog
+    gt = copy.deepcopy(tiny_coco)
+    gt["categories"].append({"id": 3, "name": "car", "supercategory": "vehicle"})
+    gt["annotations"].append({"id": 5, "image_id": 3, "category_id": 3, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0})
+    dets = [
+        {"image_id": 1, "category_id": 2, "bbox": [16, 16, 12, 8], "score": 0.5},  # the dog, right
+        {"image_id": 1, "category_id": 2, "bbox": [2, 2, 10, 10], "score": 0.9},  # the cat, called dog
+        {"image_id": 3, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.8},  # the car, right
+        {"image_id": 3, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.7},  # duplicate car
+        {"image_id": 2, "category_id": 3, "bbox": [4, 4, 20, 20], "score": 0.95},  # the cat, called car
+    ]
+    curves = error_curves(gt, dets)
+    dog, car = 2, 3
+    # dog: the confused detection ranks first, so precision at recall 1 is 1/2 until Sim ignores it
+    assert curves.ap("Loc", category_id=dog) == pytest.approx(0.5)
+    assert curves.ap("Sim", category_id=dog) == pytest.approx(1.0)
+    # car: a duplicate (never forgiven before BG) and a cross-supercategory confusion (forgiven by Oth)
+    assert curves.ap("Sim", category_id=car) == pytest.approx(0.5)
+    assert curves.ap("Oth", category_id=car) == pytest.approx(1.0)
+    np.testing.assert_allclose(curves.precision, reference_precision(gt, dets), atol=1e-6)
+
+
+def test_empty_detections_and_a_category_without_ground_truth(tiny_coco):
+    gt = copy.deepcopy(tiny_coco)
+    gt["categories"].append({"id": 9, "name": "ghost", "supercategory": "animal"})
+    empty = error_curves(gt, [])
+    assert empty.ap("C50") == 0.0 and empty.ap("FN") == 1.0
+    assert empty.ap("C50", category_id=9) == -1.0
+    # a detection of the category without ground truth stays out of every average
+    dets = perfect_detections(gt) + [{"image_id": 1, "category_id": 9, "bbox": [2, 2, 10, 10], "score": 0.99}]
+    curves = error_curves(gt, dets)
+    np.testing.assert_allclose(curves.precision, reference_precision(gt, dets), atol=1e-6)
+    assert curves.ap("C75") == pytest.approx(1.0)
+
+
+def test_category_without_supercategory_is_its_own(tiny_coco):
+    gt = copy.deepcopy(tiny_coco)
+    del gt["categories"][1]["supercategory"]
+    dets = [
+        {"image_id": 1, "category_id": 2, "bbox": [2, 2, 10, 10], "score": 0.9},  # the cat, called dog
+        {"image_id": 1, "category_id": 2, "bbox": [16, 16, 12, 8], "score": 0.5},  # the dog
+    ]
+    curves = error_curves(gt, dets)
+    assert curves.ap("Sim", category_id=2) == curves.ap("Loc", category_id=2)  # no siblings now
+    assert curves.ap("Oth", category_id=2) > curves.ap("Sim", category_id=2)
+
+
+def test_tables_are_tidy_and_curves_average_to_ap():
+    gt, detections = detection_problem(20, 4, 2, 20, seed=3)
+    curves = {"a": error_curves(gt, detections), "b": error_curves(gt, detections[::2])}
+    ap = ap_long_table(curves)
+    assert len(ap) == 2 * len(AREA_RANGES) * len(ANALYSIS_SETTINGS)
+    lines = curve_long_table(curves)
+    for (model, area, setting), line in lines.groupby(["model", "area", "setting"]):
+        row = ap[(ap.model == model) & (ap.area == area) & (ap.setting == setting)]
+        assert line["precision"].mean() == pytest.approx(float(row["AP"].iloc[0]), abs=1e-9)
+    per_category = ap_long_table(curves, per_category=True)
+    assert set(per_category["category_id"]) == {c["id"] for c in gt["categories"]}
+
+
+# ---------------------------------------------------------------- TIDE
+
+
+def test_tide_matches_tidecvs_own_coco_loader(tmp_path):
+    from tidecv import TIDE, datasets
+
+    gt, detections = detection_problem(25, 5, 2, 20, seed=11)
+    # tidecv's loader needs `segmentation`; give it the box as a polygon so both paths see the same data
+    with_segmentation = copy.deepcopy(gt)
+    for ann in with_segmentation["annotations"]:
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    gt_path = write_json(tmp_path / "gt.json", with_segmentation)
+    dets_path = write_json(tmp_path / "dets.json", detections)
+    before = dict(matplotlib.rcParams)
+    with matplotlib.rc_context():
+        tide = TIDE()
+        tide.evaluate(datasets.COCO(str(gt_path)), datasets.COCOResult(str(dets_path)), mode=TIDE.BOX, name="m")
+        expected = tide.get_all_errors()
+    ours = tide_errors(gt, {"m": detections})
+    for name, value in expected["main"]["m"].items():
+        assert ours.loc["m", name] == pytest.approx(value / 100, abs=1e-12)
+    assert ours.loc["m", "FP"] == pytest.approx(expected["special"]["m"]["FalsePos"] / 100, abs=1e-12)
+    assert ours.loc["m", "FN"] == pytest.approx(expected["special"]["m"]["FalseNeg"] / 100, abs=1e-12)
+    assert ours.loc["m", "AP50"] == pytest.approx(tide.runs["m"].ap / 100)
+    assert dict(matplotlib.rcParams) == before  # tidecv's global style change stayed inside
+
+
+def test_tide_perfect_detections_cost_nothing(tiny_coco):
+    table = tide_errors(tiny_coco, {"perfect": perfect_detections(tiny_coco)})
+    assert table.loc["perfect", "AP50"] == pytest.approx(1.0)
+    assert (table.drop(columns="AP50").loc["perfect"] == 0).all()
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_figure1_legends_carry_the_areas_under_the_curves():
+    gt, detections = detection_problem(20, 4, 2, 20, seed=3)
+    curves = {"baseline": error_curves(gt, detections[::3]), "distilled": error_curves(gt, detections)}
+    ap = ap_long_table(curves)
+    figure = error_curves_figure(curve_long_table(curves), ap)
+    assert len(figure.axes) == 2 * len(AREA_RANGES)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    c75 = curves["baseline"].ap("C75")
+    assert f"[{ap_label(c75)}] C75" in labels and "[1.000] FN" in labels
+    assert ap_label(0.431) == ".431" and ap_label(-1) == "–"
+
+
+def test_figure2_shows_a_loss_as_a_loss():
+    import pandas as pd
+
+    ap = pd.DataFrame(
+        [{"model": m, "area": a, "setting": s, "AP": v}
+         for m, v in (("base", 0.5), ("better", 0.7), ("worse", 0.3))
+         for a in ("all", "small", "medium", "large") for s in ANALYSIS_SETTINGS]
+    )
+    figure = size_gain_figure(ap, "base", ["base", "better", "worse"])
+    better, worse = figure.axes
+    def heights(ax, edge_is_loss):
+        return [p.get_height() for p in ax.patches if (tuple(p.get_edgecolor()[:3]) == matplotlib.colors.to_rgb("#d62728")) == edge_is_loss and p.get_height() > 0]
+    assert heights(better, True) == []  # no loss drawn for a gain
+    assert all(h == pytest.approx(0.2) for h in heights(worse, True)) and len(heights(worse, True)) == 3 * 6
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_errors_command_on_results_files(tmp_path, tiny_coco):
+    ann = write_json(tmp_path / "gt.json", tiny_coco)
+    perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))
+    sloppy = write_json(tmp_path / "sloppy.json", [dict(d, bbox=[v + 3 for v in d["bbox"]]) for d in perfect_detections(tiny_coco)])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["errors", f"base={sloppy}", f"good={perfect}", "--annotations", str(ann), "--out", str(out), "--no-progress", "--per-category"])
+    assert result.exit_code == 0, result.output
+    assert "C75" in result.output and "Miss" in result.output
+    for name in ("error_analysis.csv", "error_analysis.md", "error_analysis.tex", "tide.csv", "tide.md", "tide.tex",
+                 "error_curves.csv", "figure1_error_curves.png", "figure1_error_curves.pdf", "figure2_ap_by_size.png",
+                 "figure2_ap_by_size.pdf", "tide_errors.png", "tide/base_tidecv_summary.png", "per_category/1_cat.png"):
+        assert (out / name).is_file(), name
+    table = (out / "error_analysis.md").read_text()
+    assert "%)" in table  # relative change against the baseline, as the paper writes it
+    settings = json.loads((out / "errors_settings.json").read_text())
+    assert settings["baseline"] == "base"
+
+
+def test_errors_command_on_a_checkpoint(tmp_path, tiny_shapes, trained):
+    result = runner.invoke(app, ["errors", f"m={trained}", *shapes_args(tiny_shapes), "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output + "".join(traceback.format_exception(*result.exc_info))
+    assert (tmp_path / "figure1_error_curves.png").is_file()
+
+
+def test_errors_command_refuses_an_unknown_baseline(tmp_path, tiny_coco):
+    ann = write_json(tmp_path / "gt.json", tiny_coco)
+    perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))
+    result = runner.invoke(app, ["errors", str(perfect), "--annotations", str(ann), "--baseline", "nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "--baseline 'nope'" in result.output
+
+
+def test_tide_survives_a_model_without_detections(tiny_coco):
+    table = tide_errors(tiny_coco, {"silent": [], "perfect": perfect_detections(tiny_coco)})
+    assert table.loc["silent", "AP50"] == 0.0
+    assert table.loc["perfect", "AP50"] == pytest.approx(1.0)
