@@ -6,6 +6,7 @@ Known input problems (KdevalError) become one line on stderr and exit status 2.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from dataclasses import replace
 from enum import Enum
@@ -15,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.errors import KdevalError
-from kdeval.vocab import ARCHS, DISTILL_LOSSES, NORMS, OPTIMIZERS, RECIPES, ROLES, SSIM_RESCALES, SSIM_WINDOW_SHAPES
+from kdeval.vocab import ARCHS, BOX_FORMATS, DISTILL_LOSSES, NORMS, OPTIMIZERS, RECIPES, ROLES, SSIM_RESCALES, SSIM_WINDOW_SHAPES
 
 app = typer.Typer(
     name="kdeval",
@@ -37,6 +38,7 @@ AnnotationsOpt = Annotated[Optional[Path], typer.Option("--annotations", help="C
 DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default reports/<run>/).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+CategoryMapOpt = Annotated[Optional[Path], typer.Option("--category-map", help="JSON/YAML map of the models' category ids (id → id) or names (name → name) to the dataset's.")]
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -52,6 +54,8 @@ WindowShape = _choices("WindowShape", SSIM_WINDOW_SHAPES)
 Rescale = _choices("Rescale", SSIM_RESCALES)
 Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
+BoxFormat = _choices("BoxFormat", BOX_FORMATS)
+BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
 
 def _device(name: str) -> str:
@@ -66,8 +70,29 @@ def _device(name: str) -> str:
     return name
 
 
+def _category_map(path: Path | None):
+    if path is None:
+        return None
+    from kdeval.data.foreign_results import CategoryMap
+
+    return CategoryMap.load(path)
+
+
 def reports_dir(out: Path | None, run: str) -> Path:
     return out if out is not None else Path("reports") / run
+
+
+class _NoteHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"kdeval: note: {record.getMessage()}", err=True)
+
+
+def _notes_to_stderr() -> None:
+    """Library warnings (logger 'kdeval') reach the user as 'kdeval: note: ...' lines."""
+    logger = logging.getLogger("kdeval")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler(level=logging.WARNING))
+        logger.propagate = False
 
 
 def user_errors(command):
@@ -75,10 +100,12 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _notes_to_stderr()
         try:
             return command(*args, **kwargs)
         except KdevalError as exc:
-            typer.echo(f"kdeval: error: {exc}", err=True)
+            for line in str(exc).splitlines() or [""]:
+                typer.echo(f"kdeval: error: {line}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -253,6 +280,9 @@ def evaluate(
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
     baseline: Annotated[Optional[str], typer.Option(help="Model name to show gains against.")] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Also AP, AP50, AP75, APs/m/l of every category.")] = False,
+    category_map: CategoryMapOpt = None,
+    box_format: BoxFormatOpt = BoxFormat.xywh,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
     workers: Annotated[int, typer.Option(min=0)] = 0,
@@ -262,12 +292,15 @@ def evaluate(
 ):
     """COCO AP, AP50, AP75, APs, APm, APl of models side by side, with gains over a baseline.
 
-    Writes ap_table.csv, .md and .tex and coco_stats.json to --out (default reports/evaluate/).
+    Writes ap_table.csv, .md and .tex and coco_stats.json to --out (default reports/evaluate/);
+    with --per-class also per_class.csv, .md and .tex. Results files from other detectors are
+    checked against the dataset first; --category-map and --box-format fix a mismatch explicitly.
 
     \b
     Examples:
       kdeval evaluate baseline=reports/baseline-r18/model.pt teacher=reports/teacher-r34/model.pt --baseline baseline
-      kdeval evaluate mmdet=results.bbox.json --annotations coco/annotations/instances_val2017.json
+      kdeval evaluate mmdet=results.bbox.json --annotations coco/annotations/instances_val2017.json --per-class
+      kdeval evaluate yolo=dets.json --annotations instances_val2017.json --category-map coco80_to_91.yaml
     """
     from kdeval.data.source import resolve_split
     from kdeval.engine.evaluate import evaluate_models, parse_models, resolve_baseline, write_evaluation
@@ -277,12 +310,14 @@ def evaluate(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
     split = resolve_split(data, images, annotations)
-    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
-    table, stats = evaluate_models(parsed, split, settings, progress=progress)
+    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp,
+                               category_map=_category_map(category_map))
+    per_class_tables = {} if per_class else None
+    table, stats = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
     out_dir = reports_dir(out, "evaluate")
-    write_evaluation(table, stats, out_dir, baseline, split)
+    write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
     typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
-    typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}")
+    typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}" + (" and per_class.{csv,md,tex}" if per_class else ""))
 
 
 @app.command(short_help="Error analysis: COCO-analyze curves by object size and TIDE.")
@@ -294,6 +329,8 @@ def errors(
     annotations: AnnotationsOpt = None,
     baseline: Annotated[Optional[str], typer.Option(help="Model to compare against (default: the first).")] = None,
     per_category: Annotated[bool, typer.Option("--per-category", help="Also curves and a table for each category.")] = False,
+    category_map: CategoryMapOpt = None,
+    box_format: BoxFormatOpt = BoxFormat.xywh,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
     workers: Annotated[int, typer.Option(min=0)] = 0,
@@ -322,8 +359,9 @@ def errors(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
     split = resolve_split(data, images, annotations)
-    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
-    analysis = analyze_models(parsed, split, settings, progress=progress)
+    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp,
+                               category_map=_category_map(category_map))
+    analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
     out_dir = reports_dir(out, "errors")
     write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
     for note in analysis.notes:

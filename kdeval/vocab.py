@@ -37,4 +37,7 @@ BENCHMARK_CORRUPTIONS = (
 )
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
+# Box formats a results file may use; COCO results are xywh.
+BOX_FORMATS = ("xywh", "xyxy")
+
 ANALYSIS_SETTINGS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")

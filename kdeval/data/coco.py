@@ -106,41 +106,46 @@ def load_coco_annotations(path: Path) -> dict:
 # ---------------------------------------------------------------- results (detections)
 
 
-def check_results(results: Any, gt: dict, path: Path | str) -> list[dict]:
-    """Validate a COCO results list against its ground truth; returns a cleaned copy.
+def check_results(results: Any, gt: dict, path: Path | str, box_format: str = "xywh") -> list[dict]:
+    """Validate the form of a COCO results list; returns a cleaned copy (xywh boxes).
 
     Each detection keeps image_id, category_id, bbox (xywh, floats) and score; extra keys that
     other toolkits write (segmentation, id, area) are dropped so they cannot confuse scoring.
+    Whether the ids belong to the dataset is checked by foreign_results.check_foreign_results.
     """
     if not isinstance(results, list):
         raise KdevalError(f"{path}: expected a COCO results list of detections, got {type(results).__name__}")
-    image_ids = {image["id"] for image in gt["images"]}
-    category_ids = {category["id"] for category in gt["categories"]}
     cleaned = []
     for i, det in enumerate(results):
         where = f"{path}: [{i}]"
         _require(det, ("image_id", "category_id", "bbox", "score"), where)
-        if det["image_id"] not in image_ids:
-            raise KdevalError(f"{where}.image_id: {det['image_id']!r} is not an image of the dataset")
-        if det["category_id"] not in category_ids:
-            raise KdevalError(f"{where}.category_id: {det['category_id']!r} is not a category of the dataset")
-        _check_bbox(det["bbox"], where)
+        for key in ("image_id", "category_id"):
+            if not isinstance(det[key], int) or isinstance(det[key], bool):
+                raise KdevalError(f"{where}.{key}: expected an integer id, got {det[key]!r}")
+        bbox = det["bbox"]
+        if box_format == "xyxy" and isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
+            bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
+        _check_bbox(bbox, where)
         if not _is_number(det["score"]) or not math.isfinite(det["score"]):
             raise KdevalError(f"{where}.score: expected a finite number, got {det['score']!r}")
         cleaned.append(
             {
                 "image_id": det["image_id"],
                 "category_id": det["category_id"],
-                "bbox": [float(v) for v in det["bbox"]],
+                "bbox": [float(v) for v in bbox],
                 "score": float(det["score"]),
             }
         )
     return cleaned
 
 
-def load_results(path: Path, gt: dict) -> list[dict]:
-    """Read and validate a COCO results JSON (from kdeval, mmdetection, detectron2, ...)."""
-    return check_results(read_json(path, "results"), gt, path)
+def load_results(path: Path, gt: dict, category_map=None, box_format: str = "xywh") -> list[dict]:
+    """Read and validate a COCO results JSON (from kdeval, mmdetection, detectron2, ...): its form,
+    then its ids and boxes against the dataset, every problem named (see foreign_results)."""
+    from kdeval.data.foreign_results import check_foreign_results
+
+    detections = check_results(read_json(path, "results"), gt, path, box_format)
+    return check_foreign_results(detections, gt, path, category_map)
 
 
 # ---------------------------------------------------------------- label space

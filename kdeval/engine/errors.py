@@ -49,14 +49,14 @@ class ErrorAnalysis:
 
 
 def analyze_models(models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(),
-                   progress: bool = True) -> ErrorAnalysis:
+                   progress: bool = True, box_format: str = "xywh") -> ErrorAnalysis:
     gt = load_coco_annotations(split.annotations)
     _, lacking = supercategories(gt["categories"])
     notes = []
     if lacking:
         shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
-    detections = {m.name: detections_of(m, split, gt, settings, progress) for m in models}
+    detections = {m.name: detections_of(m, split, gt, settings, progress, box_format) for m in models}
     curves = {name: error_curves(gt, dets) for name, dets in detections.items()}
     with tide_context():
         tide = run_tide(gt, detections)

@@ -11,9 +11,9 @@ from kdeval.data.coco import load_coco_annotations, load_results
 from kdeval.data.source import Split
 from kdeval.engine.predict import PredictSettings, cached_predict
 from kdeval.errors import KdevalError
-from kdeval.fileio import write_json_atomic
-from kdeval.metrics.coco_ap import coco_stats
-from kdeval.report.tables import write_tables
+from kdeval.fileio import write_json_atomic, write_text_atomic
+from kdeval.metrics.coco_ap import coco_stats, per_category_stats
+from kdeval.report.tables import to_latex, to_markdown, write_tables
 from kdeval.vocab import TABLE_METRICS
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -54,9 +54,12 @@ def parse_models(texts: list[str]) -> list[ModelInput]:
     return models
 
 
-def detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSettings, progress: bool = True) -> list[dict]:
+def detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSettings, progress: bool = True,
+                  box_format: str = "xywh") -> list[dict]:
+    """A model's detections: a results file read and checked against the dataset, or a checkpoint run
+    (from the cache when it ran before). settings.category_map applies to both."""
     if model.is_results_json:
-        return load_results(model.path, gt)
+        return load_results(model.path, gt, settings.category_map, box_format)
     split.require_images()
     return cached_predict(model.path, split, settings, progress=progress)
 
@@ -69,18 +72,58 @@ def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | No
 
 
 def evaluate_models(
-    models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True
+    models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True,
+    box_format: str = "xywh", per_class: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """(table of the paper's six metrics, all 12 COCO stats per model); values 0–1."""
+    """(table of the paper's six metrics, all 12 COCO stats per model); values 0–1. Pass a dict as
+    `per_class` to have it filled with each model's per-category table (per_category_stats)."""
     gt = load_coco_annotations(split.annotations)
     stats = {}
     for model in models:
-        stats[model.name] = coco_stats(gt, detections_of(model, split, gt, settings, progress))
+        detections = detections_of(model, split, gt, settings, progress, box_format)
+        stats[model.name] = coco_stats(gt, detections)
+        if per_class is not None:
+            per_class[model.name] = per_category_stats(gt, detections)
     table = pd.DataFrame.from_dict(stats, orient="index")[list(TABLE_METRICS)]
     return table, stats
 
 
-def write_evaluation(table: pd.DataFrame, stats: dict, out_dir: Path, baseline: str | None, split: Split) -> list[Path]:
+def per_class_long(per_class: dict[str, pd.DataFrame], baseline: str | None) -> pd.DataFrame:
+    """Tidy: category_id, category, model, metric, value (0–1), gain over the baseline."""
+    rows = []
+    for model, table in per_class.items():
+        for category_id, row in table.iterrows():
+            for metric in TABLE_METRICS:
+                value = float(row[metric])
+                gain = float("nan")
+                if baseline is not None and model != baseline:
+                    base = float(per_class[baseline].loc[category_id, metric])
+                    gain = value - base if value >= 0 and base >= 0 else float("nan")
+                rows.append({"category_id": category_id, "category": row["category"], "model": model,
+                             "metric": metric, "value": value, "gain": gain})
+    return pd.DataFrame(rows)
+
+
+def write_evaluation(table: pd.DataFrame, stats: dict, out_dir: Path, baseline: str | None, split: Split,
+                     per_class: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     paths = write_tables(table, out_dir, "ap_table", baseline, caption=f"COCO bbox AP on {split.name}")
     paths.append(write_json_atomic(Path(out_dir) / "coco_stats.json", {"annotations": str(split.annotations), "stats": stats}))
+    if per_class:
+        paths += write_per_class(per_class, Path(out_dir), baseline, split)
+    return paths
+
+
+def write_per_class(per_class: dict[str, pd.DataFrame], out_dir: Path, baseline: str | None, split: Split) -> list[Path]:
+    """per_class.csv (tidy, with gains) and, per metric, categories × models in Markdown and LaTeX."""
+    paths = [write_text_atomic(out_dir / "per_class.csv", per_class_long(per_class, baseline).to_csv(index=False, float_format="%.6f"))]
+    markdown, latex = [], []
+    for metric in TABLE_METRICS:
+        wide = pd.DataFrame({model: t[metric] for model, t in per_class.items()})
+        labels = next(iter(per_class.values()))["category"]
+        wide.index = [f"{labels[i]} ({i})" for i in wide.index]
+        by_model = wide.T  # gains are taken between rows, so models are rows until shown
+        markdown += [f"### {metric} per category\n", to_markdown(by_model, baseline, transpose=True, row_label="category")]
+        latex.append(to_latex(by_model, baseline, caption=f"{metric} per category on {split.name}", transpose=True, row_label="Category"))
+    paths.append(write_text_atomic(out_dir / "per_class.md", "\n".join(markdown)))
+    paths.append(write_text_atomic(out_dir / "per_class.tex", "\n".join(latex)))
     return paths

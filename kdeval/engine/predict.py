@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +22,9 @@ from kdeval.data.source import Split
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
 
+if TYPE_CHECKING:
+    from kdeval.data.foreign_results import CategoryMap
+
 CACHE_VERSION = 1
 
 
@@ -30,10 +34,14 @@ class PredictSettings:
     device: str = "cpu"
     workers: int = 0
     amp: bool = False  # only on CUDA
+    category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
 
     def cache_fields(self) -> dict:
-        # batch size and workers do not change detections; device and precision may
-        return {"device_type": torch.device(self.device).type, "amp": self.amp and self.device.startswith("cuda")}
+        # batch size and workers do not change detections; device, precision and the category map may
+        fields = {"device_type": torch.device(self.device).type, "amp": self.amp and self.device.startswith("cuda")}
+        if self.category_map is not None:
+            fields["category_map"] = self.category_map.digest()
+        return fields
 
 
 def detections_from_output(output: dict, image_id: int, labels: LabelSpace) -> list[dict]:
@@ -60,8 +68,11 @@ def detections_from_output(output: dict, image_id: int, labels: LabelSpace) -> l
 def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict]:
     """Detections of `loaded` on every image of `split` (at most detections_per_img per image)."""
     coco = load_coco_annotations(split.annotations)
-    loaded.labels.check_matches(coco["categories"], str(split.annotations))
-    dataset = CocoDetectionDataset(split, coco, loaded.labels)
+    labels = loaded.labels
+    if settings.category_map is not None:
+        labels = settings.category_map.map_labels(labels, coco["categories"])
+    labels.check_matches(coco["categories"], str(split.annotations))
+    dataset = CocoDetectionDataset(split, coco, labels)
     dataset.check_images_exist()
     device = torch.device(settings.device)
     model = loaded.model.to(device).eval()
@@ -79,7 +90,7 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
         for images, targets in tqdm(loader, desc="predict", unit="batch", disable=not progress):
             outputs = model([image.to(device, non_blocking=True) for image in images])
             for output, target in zip(outputs, targets):
-                detections.extend(detections_from_output(output, target["image_id"], loaded.labels))
+                detections.extend(detections_from_output(output, target["image_id"], labels))
     return detections
 
 

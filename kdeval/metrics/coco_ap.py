@@ -81,3 +81,32 @@ def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     with _quiet():
         evaluator.summarize()
     return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
+
+
+def per_category_stats(gt: dict, detections: list[dict]) -> "pd.DataFrame":
+    """AP, AP50, AP75, APs, APm, APl (maxDets 100) of each category, as COCOeval.summarize would give
+    them for that category alone; indexed by category id, with its name; -1 without ground truth."""
+    import pandas as pd
+
+    evaluator = run_cocoeval(ground_truth_coco(gt), detections)
+    precision = evaluator.eval["precision"][..., -1]  # (iou, recall, category, area), maxDets 100
+    params = evaluator.params
+    t50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
+    t75 = int(np.argmin(np.abs(params.iouThrs - 0.75)))
+    names = {c["id"]: str(c["name"]) for c in gt["categories"]}
+
+    def mean(block: np.ndarray) -> float:
+        valid = block[block > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    rows = {}
+    for k, category_id in enumerate(params.catIds):
+        p = precision[:, :, k, :]
+        rows[category_id] = {
+            "category": names[category_id],
+            "AP": mean(p[:, :, 0]), "AP50": mean(p[t50, :, 0]), "AP75": mean(p[t75, :, 0]),
+            "APs": mean(p[:, :, 1]), "APm": mean(p[:, :, 2]), "APl": mean(p[:, :, 3]),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "category_id"
+    return table

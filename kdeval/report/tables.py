@@ -53,9 +53,13 @@ def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None 
     return "\n".join(lines)
 
 
-def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool = False) -> str:
+def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool = False, transpose: bool = False,
+                row_label: str = "model") -> str:
+    """With `transpose`, models become the columns (e.g. categories × models)."""
     cells = display_cells(table, baseline, relative)
-    lines = ["| model | " + " | ".join(cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
+    if transpose:
+        cells = cells.T
+    lines = [f"| {row_label} | " + " | ".join(str(c).replace("|", "\\|") for c in cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
     for model, row in cells.iterrows():
         name = str(model).replace("|", "\\|")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
@@ -77,14 +81,17 @@ def _latex_metric(name: str) -> str:
     return f"{name[:2]}$_{{{suffix.upper() if suffix.isalpha() else suffix}}}$"
 
 
-def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None, relative: bool = False) -> str:
+def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None, relative: bool = False,
+             transpose: bool = False, row_label: str = "Model") -> str:
     cells = display_cells(table, baseline, relative)
+    if transpose:
+        cells = cells.T
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\begin{tabular}{l" + "r" * len(cells.columns) + "}",
         r"\toprule",
-        "Model & " + " & ".join(_latex_metric(c) for c in cells.columns) + r" \\",
+        latex_escape(row_label) + " & " + " & ".join(_latex_metric(c) for c in cells.columns) + r" \\",
         r"\midrule",
     ]
     for model, row in cells.iterrows():
