@@ -83,9 +83,10 @@ def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
 
 
-def per_category_stats(gt: dict, detections: list[dict]) -> "pd.DataFrame":
+def per_category_stats(gt: dict, detections: list[dict]):
     """AP, AP50, AP75, APs, APm, APl (maxDets 100) of each category, as COCOeval.summarize would give
-    them for that category alone; indexed by category id, with its name; -1 without ground truth."""
+    them for that category alone, as a DataFrame indexed by category id, with its name; -1 without
+    ground truth."""
     import pandas as pd
 
     evaluator = run_cocoeval(ground_truth_coco(gt), detections)
