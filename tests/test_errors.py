@@ -214,7 +214,8 @@ def test_errors_command_on_results_files(tmp_path, tiny_coco):
     assert "C75" in result.output and "Miss" in result.output
     for name in ("error_analysis.csv", "error_analysis.md", "error_analysis.tex", "tide.csv", "tide.md", "tide.tex",
                  "error_curves.csv", "figure1_error_curves.png", "figure1_error_curves.pdf", "figure2_ap_by_size.png",
-                 "figure2_ap_by_size.pdf", "tide_errors.png", "tide/base_tidecv_summary.png", "per_category/1_cat.png"):
+                 "figure2_ap_by_size.pdf", "tide_errors.png", "tide/base_tidecv_summary.png", "per_category/1_cat.png",
+                 "per_category/error_analysis_per_category.md", "per_category/error_analysis_per_category.tex"):
         assert (out / name).is_file(), name
     table = (out / "error_analysis.md").read_text()
     assert "%)" in table  # relative change against the baseline, as the paper writes it

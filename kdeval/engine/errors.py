@@ -137,6 +137,15 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
         per_cat = analysis.ap(per_category=True)
         paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.csv",
                                        per_cat.to_csv(index=False, float_format="%.6f")))
+        markdown, latex = [], []
+        for model, curves in analysis.curves.items():
+            table = pd.DataFrame({f"{name} ({cid})": [curves.ap(s, "all", cid) for s in ANALYSIS_SETTINGS]
+                                  for cid, name in zip(curves.category_ids, curves.category_names)},
+                                 index=list(ANALYSIS_SETTINGS)).T
+            markdown += [f"### {model}: COCO-analyze AP per category, all objects\n", to_markdown(table, row_label="category")]
+            latex.append(to_latex(table, caption=f"{model}: COCO-analyze AP per category on {split.name}", row_label="Category"))
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.md", "\n".join(markdown)))
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.tex", "\n".join(latex)))
         first = next(iter(analysis.curves.values()))
         for category_id, name in zip(first.category_ids, first.category_names):
             curves_c = curve_long_table(analysis.curves, category_id)
