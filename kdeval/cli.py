@@ -55,6 +55,7 @@ Rescale = _choices("Rescale", SSIM_RESCALES)
 Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 BoxFormat = _choices("BoxFormat", BOX_FORMATS)
+TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
 
@@ -96,13 +97,17 @@ def _notes_to_stderr() -> None:
 
 
 def user_errors(command):
-    """Turn KdevalError into a one-line message and exit status 2, never a traceback."""
+    """Turn KdevalError into one-line messages and exit status 2, never a traceback. A command's
+    --trust-checkpoint (when it has one) holds for exactly that command's run."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _notes_to_stderr()
+        from kdeval.models.checkpoint import trusting_checkpoints
+
         try:
-            return command(*args, **kwargs)
+            with trusting_checkpoints(bool(kwargs.get("trust_checkpoint", False))):
+                return command(*args, **kwargs)
         except KdevalError as exc:
             for line in str(exc).splitlines() or [""]:
                 typer.echo(f"kdeval: error: {line}", err=True)
@@ -173,6 +178,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over even if --out holds a run.")] = False,
     progress: ProgressOpt = True,
+    trust_checkpoint: TrustOpt = False,
 ):
     """Train a RetinaNet detector: a teacher, a baseline, or a student distilled from a teacher.
 
@@ -249,6 +255,7 @@ def predict(
     device: DeviceOpt = "auto",
     cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
     progress: ProgressOpt = True,
+    trust_checkpoint: TrustOpt = False,
 ):
     """Run a model over a dataset and write its detections as COCO results JSON.
 
@@ -289,6 +296,7 @@ def evaluate(
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     progress: ProgressOpt = True,
+    trust_checkpoint: TrustOpt = False,
 ):
     """COCO AP, AP50, AP75, APs, APm, APl of models side by side, with gains over a baseline.
 
@@ -337,6 +345,7 @@ def errors(
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     progress: ProgressOpt = True,
+    trust_checkpoint: TrustOpt = False,
 ):
     """Where each model loses AP: COCO-analyze PR curves (C75, C50, Loc, Sim, Oth, BG, FN) overall
     and per object size, and the TIDE breakdown.

@@ -11,7 +11,11 @@ COCO's 91-id category space.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,21 +45,48 @@ class LoadedModel:
     source: str  # "kdeval" or "torchvision"
 
 
+# Set only by the command line's --trust-checkpoint, for the command it runs: then files that need
+# full unpickling (an old torchvision or mmdetection pickle) are loaded. Never set by a library call.
+_PICKLE_OPCODES = {ord(op.code) for op in pickletools.opcodes}
+_TRUST_CHECKPOINTS: ContextVar[bool] = ContextVar("trust_checkpoints", default=False)
+
+
+@contextmanager
+def trusting_checkpoints(trust: bool = True):
+    token = _TRUST_CHECKPOINTS.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_CHECKPOINTS.reset(token)
+
+
 def torch_load_safely(path: Path) -> Any:
-    """torch.load with weights_only=True: a file that needs arbitrary unpickling is refused."""
+    """torch.load with weights_only=True: a file that needs arbitrary unpickling is refused unless the
+    user passed --trust-checkpoint (then a pickled whole model yields its state_dict)."""
     path = Path(path)
     if not path.is_file():
         raise KdevalError(f"{path}: checkpoint file not found")
+    trusted = _TRUST_CHECKPOINTS.get()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols: our own message says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=not trusted)
+        return payload.state_dict() if trusted and isinstance(payload, torch.nn.Module) else payload
     except pickle.UnpicklingError as exc:
         match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if match:
             raise KdevalError(
-                f"{path}: refused, loading it needs full unpickling of {match.group(1)}, which could run code"
+                f"{path}: refused, loading it needs full unpickling of {match.group(1)}, which could run code; "
+                f"pass --trust-checkpoint only if you trust whoever made the file"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        raise KdevalError(f"{path}: not a readable PyTorch file ({detail.group(1).strip() if detail else 'bad pickle'})") from None
+        operand = re.search(r"Unsupported operand (\d+)", str(exc))
+        if operand and int(operand.group(1)) not in _PICKLE_OPCODES:
+            raise KdevalError(f"{path}: not a readable PyTorch file (not a pickle: byte {operand.group(1)})") from None
+        raise KdevalError(
+            f"{path}: refused, it cannot be read as weights only ({detail.group(1).strip() if detail else 'bad pickle'}); "
+            f"if it is a full pickle (an old torchvision or mmdetection file) from a source you trust, pass --trust-checkpoint"
+        ) from None
     except Exception as exc:  # torch raises many types for a damaged file (RuntimeError, struct.error, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdevalError(f"{path}: not a readable PyTorch file ({first[:160]})") from None

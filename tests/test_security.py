@@ -1,0 +1,80 @@
+"""Untrusted files must not run code or write files because of what they contain."""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_TRAIN_ARGS, shapes_args, write_json
+from kdeval.cli import app
+from kdeval.data.coco import image_path
+from kdeval.errors import KdevalError
+from kdeval.models.checkpoint import load_checkpoint, trusting_checkpoints
+
+runner = CliRunner()
+
+
+class _CreatesAFile:
+    """Unpickling this calls open(path, 'w'): the file appears only if the pickle is executed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (builtins.open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_checkpoint_whose_unpickling_writes_a_file_is_refused(tmp_path, tiny_shapes, protocol):
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "kdeval-checkpoint", "payload": _CreatesAFile(marker)}, evil, pickle_protocol=protocol)
+    data = [*shapes_args(tiny_shapes), "--device", "cpu", "--no-progress"]
+    commands = [
+        ["evaluate", f"m={evil}", *data, "--out", str(tmp_path / "e")],
+        ["errors", f"m={evil}", *data, "--out", str(tmp_path / "x")],
+        ["predict", str(evil), *data, "-o", str(tmp_path / "d.json")],
+        ["train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--teacher", str(evil), "--distill", "ssim",
+         "--out", str(tmp_path / "t"), "--device", "cpu"],
+    ]
+    for command in commands:
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command[0], result.output)
+        assert "refused" in result.output and "--trust-checkpoint" in result.output, result.output
+        assert not marker.exists()
+
+
+def test_trust_is_explicit_and_lasts_one_call(tmp_path, trained):
+    import argparse
+
+    payload = torch.load(trained, weights_only=True)
+    payload["note"] = argparse.Namespace(origin="an old pickle")  # outside torch's allow-list
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(KdevalError, match="--trust-checkpoint"):
+        load_checkpoint(tmp_path / "old.pt")
+    with trusting_checkpoints():
+        assert load_checkpoint(tmp_path / "old.pt").spec.arch == "r18"
+    with pytest.raises(KdevalError, match="refused"):
+        load_checkpoint(tmp_path / "old.pt")  # trust ended with the block
+
+
+@pytest.mark.parametrize("file_name", ["../../x.png", "/etc/passwd", "a/../../b.png"])
+def test_image_file_names_cannot_leave_the_images_folder(tmp_path, file_name):
+    with pytest.raises(KdevalError, match="outside the images folder"):
+        image_path(tmp_path / "images", file_name)
+
+
+def test_a_dataset_pointing_outside_its_folder_is_refused_before_anything_runs(tmp_path, tiny_shapes, trained):
+    import json
+
+    coco = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    coco["images"][0]["file_name"] = "../../../../etc/hostname"
+    ann = write_json(tmp_path / "gt.json", coco)
+    result = runner.invoke(app, ["evaluate", f"m={trained}", "--images", str(tiny_shapes / "val"), "--annotations", str(ann),
+                                 "--device", "cpu", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "outside the images folder" in result.output
