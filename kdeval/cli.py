@@ -55,6 +55,7 @@ Rescale = _choices("Rescale", SSIM_RESCALES)
 Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 BoxFormat = _choices("BoxFormat", BOX_FORMATS)
+WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
@@ -77,6 +78,13 @@ def _category_map(path: Path | None):
     from kdeval.data.foreign_results import CategoryMap
 
     return CategoryMap.load(path)
+
+
+def _join_job(device: str):
+    """(this process's place in a torchrun job, its device); rank 0 of 1 when run plainly."""
+    from kdeval.engine.distributed import start_distributed
+
+    return start_distributed(_device(device))
 
 
 def reports_dir(out: Path | None, run: str) -> Path:
@@ -251,7 +259,7 @@ def predict(
     annotations: AnnotationsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
     progress: ProgressOpt = True,
@@ -270,8 +278,11 @@ def predict(
 
     split = resolve_split(data, images, annotations)
     split.require_images()
-    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp)
+    job, device = _join_job(device)
+    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp)
     detections = cached_predict(checkpoint, split, settings, use_cache=cache, progress=progress)
+    if not job.is_main:
+        return
     write_json_atomic(output, detections, indent=None)
     typer.echo(f"wrote {len(detections)} detections on {split.name} to {output}")
 
@@ -292,7 +303,7 @@ def evaluate(
     box_format: BoxFormatOpt = BoxFormat.xywh,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     progress: ProgressOpt = True,
@@ -318,10 +329,13 @@ def evaluate(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
     split = resolve_split(data, images, annotations)
-    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp,
+    job, device = _join_job(device)
+    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp,
                                category_map=_category_map(category_map))
     per_class_tables = {} if per_class else None
     table, stats = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
+    if not job.is_main:  # under torchrun: every rank predicted its share, rank 0 reports
+        return
     out_dir = reports_dir(out, "evaluate")
     write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
     typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
@@ -341,7 +355,7 @@ def errors(
     box_format: BoxFormatOpt = BoxFormat.xywh,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
-    workers: Annotated[int, typer.Option(min=0)] = 0,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     progress: ProgressOpt = True,
@@ -368,9 +382,12 @@ def errors(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
     split = resolve_split(data, images, annotations)
-    settings = PredictSettings(batch_size=batch_size, device=_device(device), workers=workers, amp=amp,
+    job, device = _join_job(device)
+    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp,
                                category_map=_category_map(category_map))
     analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
+    if not job.is_main:
+        return
     out_dir = reports_dir(out, "errors")
     write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
     for note in analysis.notes:

@@ -91,3 +91,32 @@ def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(tiny_shape
     saved = load_checkpoint(tmp_path / "model.pt").model.state_dict()
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
     assert len(_log(tmp_path)) == 2  # 8 images, global batch 4: rank 0 alone writes the log
+
+
+def _confident(trained: Path, out: Path) -> Path:
+    """The tiny trained model with its class prior lifted, so it reports many (meaningless) boxes."""
+    payload = torch.load(trained, weights_only=True)
+    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
+    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
+    torch.save(payload, out)
+    return out
+
+
+def test_torchrun_evaluate_shards_images_and_matches_one_process(tiny_shapes, trained, tmp_path):
+    from conftest import shapes_args
+
+    model = _confident(trained, tmp_path / "confident.pt")
+    args = ["evaluate", f"m={model}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2"]
+    outputs = {}
+    for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
+                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "KDEVAL_CACHE": str(tmp_path / f"cache-{label}")}
+        completed = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs[label] = json.loads((tmp_path / label / "coco_stats.json").read_text())["stats"]["m"]
+        cached = list((tmp_path / f"cache-{label}" / "detections").glob("*.json"))
+        assert len(cached) == 1
+        outputs[label + "-dets"] = cached[0].read_bytes()
+    assert outputs["one-dets"] == outputs["two-dets"]  # the same detections, in the same order
+    assert len(json.loads(outputs["one-dets"])) > 100
+    assert outputs["one"] == outputs["two"]

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from kdeval.engine import distributed
 from kdeval.data.coco import LabelSpace, load_coco_annotations, read_json
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
@@ -32,7 +34,7 @@ CACHE_VERSION = 1
 class PredictSettings:
     batch_size: int = 8
     device: str = "cpu"
-    workers: int = 0
+    workers: int | None = None  # None: by device (loader_workers)
     amp: bool = False  # only on CUDA
     category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
 
@@ -65,8 +67,59 @@ def detections_from_output(output: dict, image_id: int, labels: LabelSpace) -> l
     return detections
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it, else fp16 (inference needs no loss scaling)."""
+    return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+
+
+def loader_workers(settings: PredictSettings, device: torch.device) -> int:
+    """--workers, or by default: none on the CPU (they would compete with the model for cores),
+    up to 8 decoding processes beside a GPU."""
+    if settings.workers is not None:
+        return settings.workers
+    return 0 if device.type != "cuda" else min(8, os.cpu_count() or 1)
+
+
+def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, progress: bool = True, desc: str = "predict") -> list[dict]:
+    """Batched inference over a dataset of (image, target): AMP and channels_last on CUDA, pinned
+    memory with non-blocking copies. Detections in dataset order."""
+    device = torch.device(settings.device)
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=loader_workers(settings, device),
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    use_amp = settings.amp and device.type == "cuda"
+    autocast = torch.autocast(device.type, enabled=use_amp, dtype=autocast_dtype(device))
+    detections: list[dict] = []
+    with torch.inference_mode(), autocast:
+        for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            outputs = model([image.to(device, non_blocking=True) for image in images])
+            for output, target in zip(outputs, targets):
+                detections.extend(detections_from_output(output, target["image_id"], labels))
+    return detections
+
+
+def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
+    """Detections gathered from ranks that took every world-th image, back in single-process order."""
+    by_image: dict[int, list[dict]] = {}
+    for shard in shards:
+        for det in shard:
+            by_image.setdefault(det["image_id"], []).append(det)
+    return [det for image_id in image_ids for det in by_image.get(image_id, [])]
+
+
 def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict]:
-    """Detections of `loaded` on every image of `split` (at most detections_per_img per image)."""
+    """Detections of `loaded` on every image of `split` (at most detections_per_img per image).
+
+    Under torchrun each rank runs every world-th image and all ranks get the gathered detections,
+    in the order one process would have produced them."""
     coco = load_coco_annotations(split.annotations)
     labels = loaded.labels
     if settings.category_map is not None:
@@ -74,24 +127,11 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     labels.check_matches(coco["categories"], str(split.annotations))
     dataset = CocoDetectionDataset(split, coco, labels)
     dataset.check_images_exist()
-    device = torch.device(settings.device)
-    model = loaded.model.to(device).eval()
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        shuffle=False,
-        num_workers=settings.workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-    )
-    autocast = torch.autocast(device.type, enabled=settings.amp and device.type == "cuda", dtype=torch.bfloat16)
-    detections: list[dict] = []
-    with torch.inference_mode(), autocast:
-        for images, targets in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-            outputs = model([image.to(device, non_blocking=True) for image in images])
-            for output, target in zip(outputs, targets):
-                detections.extend(detections_from_output(output, target["image_id"], labels))
-    return detections
+    dist_env = distributed.current()
+    if dist_env.world == 1:
+        return run_model(loaded.model, dataset, settings, labels, progress)
+    mine = run_model(loaded.model, Subset(dataset, dist_env.shard(len(dataset))), settings, labels, progress and dist_env.is_main)
+    return merge_shards(distributed.all_gather_lists(mine), [image["id"] for image in dataset.images])
 
 
 def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Path:
@@ -111,9 +151,13 @@ def cached_predict(
 ) -> list[dict]:
     """Detections of a checkpoint on a split, from the cache when the same run was done before."""
     path = _cache_path(Path(checkpoint), split, settings)
-    if use_cache and path.is_file():
+    # under torchrun the ranks must agree, or one would wait for the others' detections forever
+    hit = all(flags[0] for flags in distributed.all_gather_lists([use_cache and path.is_file()]))
+    if hit:
         return read_json(path, "cached detections")
     detections = predict(load_checkpoint(checkpoint), split, settings, progress=progress)
-    write_json_atomic(path, detections, indent=None)
+    if distributed.current().is_main:
+        write_json_atomic(path, detections, indent=None)
+    distributed.barrier()
     return detections
 

@@ -30,6 +30,7 @@ from kdeval.data.source import Split
 from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
+from kdeval.engine.distributed import start_distributed
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
 from kdeval.vocab import OPTIMIZERS
@@ -189,36 +190,6 @@ class TrainResult:
     model: torch.nn.Module | None = None
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (world 1 when run plainly)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "Distributed":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _start_distributed(device: str) -> tuple[Distributed, str]:
-    dist_env = Distributed.from_env()
-    if dist_env.world == 1:
-        return dist_env, device
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
-    if device.startswith("cuda"):
-        device = f"cuda:{dist_env.local_rank}"
-        torch.cuda.set_device(device)
-    return dist_env, device
-
-
 def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
     """The training split labelled by the teacher's confident detections instead of the ground truth."""
     from kdeval.distill.pseudo_labels import pseudo_label_coco
@@ -265,7 +236,7 @@ def train(
         raise KdevalError(f"{state_path}: an interrupted run is there; pass --resume to continue it or --overwrite to start over")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    dist_env, device = _start_distributed(device)
+    dist_env, device = start_distributed(device)
     if settings.batch_size % dist_env.world:
         raise KdevalError(f"--batch-size {settings.batch_size} (the global batch) must be divisible by the {dist_env.world} processes")
     if settings.distill_loss is not None and settings.teacher is None:

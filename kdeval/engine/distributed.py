@@ -1,0 +1,65 @@
+"""This process's place in a torchrun job, and the few collectives kdeval needs.
+
+Run plainly, a process is rank 0 of 1 and nothing here touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> list[int]:
+        """The positions 0..n-1 this rank handles: every world-th, so shards differ by at most one."""
+        return list(range(self.rank, n, self.world))
+
+
+def start_distributed(device: str) -> tuple[Distributed, str]:
+    """Join the torchrun job (NCCL on GPUs, gloo on CPUs) and pick this rank's GPU."""
+    dist_env = Distributed.from_env()
+    if dist_env.world == 1:
+        return dist_env, device
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{dist_env.local_rank}"
+        torch.cuda.set_device(device)
+    return dist_env, device
+
+
+def current() -> Distributed:
+    """The job as torch.distributed sees it (rank 0 of 1 when it is not initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Distributed()
+
+
+def all_gather_lists(items: list) -> list[list]:
+    """Every rank's list, in rank order, on every rank (a plain [items] when alone)."""
+    dist_env = current()
+    if dist_env.world == 1:
+        return [items]
+    gathered: list = [None] * dist_env.world
+    torch.distributed.all_gather_object(gathered, items)
+    return gathered
+
+
+def barrier() -> None:
+    if current().world > 1:
+        torch.distributed.barrier()
