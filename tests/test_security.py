@@ -78,3 +78,16 @@ def test_a_dataset_pointing_outside_its_folder_is_refused_before_anything_runs(t
                                  "--device", "cpu", "--out", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 2
     assert "outside the images folder" in result.output
+
+
+def test_model_names_cannot_steer_where_files_are_written(tmp_path, tiny_coco):
+    from conftest import perfect_detections
+
+    gt = write_json(tmp_path / "gt.json", tiny_coco)
+    dets = write_json(tmp_path / "d.json", [dict(d, bbox=[v + 2 for v in d["bbox"]]) for d in perfect_detections(tiny_coco)])
+    out = tmp_path / "deep" / "out"
+    result = runner.invoke(app, ["errors", f"../../escaped={dets}", f"/abs/x={dets}", "--annotations", str(gt), "--out", str(out),
+                                 "--no-progress", "--per-category"])
+    assert result.exit_code == 0, result.output
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - {gt, dets}
+    assert written and all(out in p.parents for p in written), sorted(map(str, written))
