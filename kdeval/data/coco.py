@@ -34,6 +34,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_bbox(bbox: Any, where: str) -> None:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         raise KdevalError(f"{where}.bbox: expected [x, y, width, height] as 4 numbers, got {bbox!r}")
@@ -60,7 +64,7 @@ def _unique_int_ids(records: list, section: str, noun: str, keys: tuple[str, ...
     for i, record in enumerate(records):
         where = f"{path}: {section}[{i}]"
         _require(record, keys, where)
-        if not isinstance(record["id"], int) or isinstance(record["id"], bool):
+        if not _is_int(record["id"]):
             raise KdevalError(f"{where}.id: expected an integer, got {record['id']!r}")
         if record["id"] in ids:
             raise KdevalError(f"{where}.id: duplicate {noun} id {record['id']}")
@@ -77,12 +81,18 @@ def check_coco_annotations(coco: Any, path: Path | str) -> dict:
             raise KdevalError(f"{path}: missing or malformed '{key}' (expected a list)")
     image_ids = _unique_int_ids(coco["images"], "images", "image", ("id", "file_name"), path)
     category_ids = _unique_int_ids(coco["categories"], "categories", "category", ("id", "name"), path)
+    for i, category in enumerate(coco["categories"]):
+        if not isinstance(category.get("supercategory", ""), (str, type(None))):
+            raise KdevalError(f"{path}: categories[{i}].supercategory: expected a name, got {category['supercategory']!r}")
     if not category_ids:
         raise KdevalError(f"{path}: 'categories' is empty")
     annotation_ids = set()
     for i, ann in enumerate(coco["annotations"]):
         where = f"{path}: annotations[{i}]"
         _require(ann, ("id", "image_id", "category_id", "bbox"), where)
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann[key]):
+                raise KdevalError(f"{where}.{key}: expected an integer, got {ann[key]!r}")
         if ann["id"] in annotation_ids:
             raise KdevalError(f"{where}.id: duplicate annotation id {ann['id']}")
         annotation_ids.add(ann["id"])
@@ -120,7 +130,7 @@ def check_results(results: Any, gt: dict, path: Path | str, box_format: str = "x
         where = f"{path}: [{i}]"
         _require(det, ("image_id", "category_id", "bbox", "score"), where)
         for key in ("image_id", "category_id"):
-            if not isinstance(det[key], int) or isinstance(det[key], bool):
+            if not _is_int(det[key]):
                 raise KdevalError(f"{where}.{key}: expected an integer id, got {det[key]!r}")
         bbox = det["bbox"]
         if box_format == "xyxy" and isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox):

@@ -127,10 +127,17 @@ def _spec_from_dict(raw: Any, path: Path) -> ModelSpec:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise KdevalError(f"{path}: field 'model' has unknown settings {unknown}")
+    annotations = {f.name: str(f.type) for f in fields(ModelSpec)}  # 'int', 'float', 'str'
+    for name, value in raw.items():
+        kinds = {"int": (int,), "float": (int, float), "str": (str,)}.get(annotations[name], (int, float, str))
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise KdevalError(f"{path}: field 'model.{name}' has the wrong type ({value!r})")
     try:
         return ModelSpec(**raw)
     except TypeError as exc:
         raise KdevalError(f"{path}: field 'model' is incomplete ({exc})") from None
+    except KdevalError as exc:
+        raise KdevalError(f"{path}: field 'model': {exc}") from None
 
 
 def _load_weights(model: RetinaNet, state_dict: Any, spec: ModelSpec, path: Path) -> None:

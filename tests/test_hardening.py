@@ -1,0 +1,198 @@
+"""Property-based tests of every loader: whatever a file holds, the result is a value or a KdevalError
+whose lines name the file (exit status 2 at the command line), never another exception.
+
+Run with `--hypothesis-show-statistics` to see how many cases each loader tried.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import perfect_detections
+from kdeval.data.coco import check_coco_annotations, check_results, load_results
+from kdeval.data.foreign_results import CategoryMap
+from kdeval.errors import KdevalError
+from kdeval.metrics.analyze import error_curves
+from kdeval.metrics.coco_ap import coco_stats
+from kdeval.models.checkpoint import load_checkpoint
+
+# KDEVAL_HYPOTHESIS_EXAMPLES raises the number of cases for a long run; checkpoints build a model per
+# case, so they get a third of it in the timed suite
+EXAMPLES = int(os.environ.get("KDEVAL_HYPOTHESIS_EXAMPLES", "150"))
+_HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+CASES = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=_HEALTH)
+CHECKPOINT_CASES = settings(max_examples=max(1, EXAMPLES // 3), deadline=None, suppress_health_check=_HEALTH)
+
+# JSON values a careless or foreign tool might write where a field is expected
+odd_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.lists(st.integers(-5, 5), max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def _assert_named_error(exc: KdevalError, name: str) -> None:
+    lines = str(exc).splitlines()
+    assert lines and all(name in line for line in lines), str(exc)
+
+
+def _tiny() -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}, {"id": 2, "file_name": "b.png", "width": 32, "height": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 2, "name": "dog", "supercategory": "animal"}],
+    }
+
+
+@st.composite
+def mutated_coco(draw):
+    coco = _tiny()
+    for _ in range(draw(st.integers(1, 3))):
+        section = draw(st.sampled_from(["images", "annotations", "categories", None]))
+        if section is None:
+            coco[draw(st.sampled_from(["images", "annotations", "categories"]))] = draw(odd_values)
+            continue
+        if not isinstance(coco.get(section), list) or not coco[section]:
+            continue
+        record = coco[section][draw(st.integers(0, len(coco[section]) - 1))]
+        if not isinstance(record, dict):
+            continue
+        key = draw(st.sampled_from(sorted(record) + ["extra"]))
+        if draw(st.booleans()):
+            record.pop(key, None)
+        else:
+            record[key] = draw(odd_values)
+    return coco
+
+
+@CASES
+@given(mutated_coco())
+def test_annotation_loader_accepts_or_names_the_problem(coco):
+    try:
+        checked = check_coco_annotations(copy.deepcopy(coco), "gt.json")
+    except KdevalError as exc:
+        _assert_named_error(exc, "gt.json")
+        return
+    # accepted: it must score without surprises
+    detections = perfect_detections(checked)
+    stats = coco_stats(checked, detections)
+    assert all(math.isfinite(v) for v in stats.values())
+    curves = error_curves(checked, detections)
+    assert curves.precision.shape[0] == 7
+
+
+@st.composite
+def foreign_detections(draw):
+    base = [
+        {"image_id": 1, "category_id": 1, "bbox": [2.0, 2.0, 10.0, 10.0], "score": 0.9},
+        {"image_id": 2, "category_id": 2, "bbox": [4.0, 4.0, 20.0, 20.0], "score": 0.8},
+    ]
+    dets = copy.deepcopy(base) * draw(st.integers(0, 3))
+    for det in dets:
+        if draw(st.booleans()):  # what mmdetection and detectron2 add
+            det.update(draw(st.dictionaries(st.sampled_from(["segmentation", "id", "area", "iscrowd", "attributes"]), odd_values, max_size=3)))
+        if draw(st.integers(0, 3)) == 0:
+            key = draw(st.sampled_from(["image_id", "category_id", "bbox", "score"]))
+            det[key] = draw(st.one_of(odd_values, st.integers(-3, 100), st.lists(st.floats(-50, 50), min_size=4, max_size=4)))
+        if draw(st.integers(0, 9)) == 0:
+            det.pop(draw(st.sampled_from(["image_id", "category_id", "bbox", "score"])), None)
+    return draw(st.one_of(st.just(dets), st.just(dets), odd_values))
+
+
+@CASES
+@given(foreign_detections(), st.sampled_from(["xywh", "xyxy"]))
+def test_results_loader_accepts_or_names_every_problem(tmp_path_factory, results, box_format):
+    path = tmp_path_factory.mktemp("r") / "results.json"
+    try:
+        path.write_text(json.dumps(results, allow_nan=True))
+    except (TypeError, ValueError):
+        return
+    gt = _tiny()
+    try:
+        detections = load_results(path, gt, box_format=box_format)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+        return
+    assert all(d["bbox"][2] >= 0 and d["bbox"][3] >= 0 and math.isfinite(d["score"]) for d in detections)
+    stats = coco_stats(gt, detections)
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+@CASES
+@given(st.one_of(odd_values, st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-3, 99)), odd_values, max_size=4)),
+       st.sampled_from([".json", ".yaml"]))
+def test_category_map_loader_accepts_or_names_the_problem(tmp_path_factory, content, suffix):
+    path = tmp_path_factory.mktemp("m") / f"map{suffix}"
+    try:
+        path.write_text(json.dumps(content, allow_nan=True))  # JSON is valid YAML too
+    except (TypeError, ValueError):
+        return
+    try:
+        mapping = CategoryMap.load(path)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+        return
+    assert mapping.ids or mapping.names
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(trained) -> bytes:
+    return trained.read_bytes()
+
+
+@CHECKPOINT_CASES
+@given(st.data())
+def test_checkpoint_loader_survives_damaged_files(tmp_path_factory, checkpoint_bytes, data):
+    raw = bytearray(checkpoint_bytes)
+    how = data.draw(st.sampled_from(["truncate", "flip", "splice"]))
+    if how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif how == "flip":
+        for _ in range(data.draw(st.integers(1, 20))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+    else:
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+    path = tmp_path_factory.mktemp("c") / "model.pt"
+    path.write_bytes(bytes(raw))
+    try:
+        load_checkpoint(path)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+
+
+@CHECKPOINT_CASES
+@given(st.data())
+def test_checkpoint_loader_survives_wrong_fields(tmp_path_factory, trained, data):
+    payload = torch.load(trained, weights_only=True)
+    key = data.draw(st.sampled_from(["model", "categories", "label_category_ids", "role", "state_dict", "format_version"]))
+    if data.draw(st.booleans()):
+        del payload[key]
+    else:
+        payload[key] = data.draw(odd_values)
+    if key == "model" and isinstance(payload.get("model"), dict) and data.draw(st.booleans()):
+        payload["model"] = {**torch.load(trained, weights_only=True)["model"], **data.draw(st.dictionaries(st.sampled_from(["arch", "num_classes", "fpn_channels", "min_size", "norm"]), odd_values, max_size=2))}
+    path = tmp_path_factory.mktemp("c") / "model.pt"
+    torch.save(payload, path)
+    try:
+        load_checkpoint(path)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+
+
+def test_check_results_takes_a_list_it_does_not_own():
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1, "extra": "kept out"}]
+    original = copy.deepcopy(dets)
+    cleaned = check_results(dets, _tiny(), "r.json")
+    assert dets == original and "extra" not in cleaned[0] and isinstance(cleaned[0]["score"], float)
