@@ -5,6 +5,7 @@ Known input problems (KdevalError) become one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -85,6 +86,21 @@ def _join_job(device: str):
     from kdeval.engine.distributed import start_distributed
 
     return start_distributed(_device(device))
+
+
+@contextlib.contextmanager
+def _writing(folder: Path, what: str, job=None):
+    """The output folder checked (writable, space left) and locked against a second kdeval, on the
+    rank that writes; other ranks go on."""
+    from kdeval.engine.distributed import Distributed
+    from kdeval.fileio import run_lock
+
+    job = job if job is not None else Distributed.from_env()
+    if not job.is_main:
+        yield folder
+        return
+    with run_lock(folder, what):
+        yield folder
 
 
 def reports_dir(out: Path | None, run: str) -> Path:
@@ -236,10 +252,11 @@ def train(
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     run_name = "-".join(filter(None, [role.value, "pseudo" if pseudo_labels else None, distill.value if distill else None, arch.value]))
     out_dir = reports_dir(out, run_name)
-    result = run_training(
-        settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
-        workers=workers, backbone_weights=backbone_weights, progress=progress,
-    )
+    with _writing(out_dir, "train"):
+        result = run_training(
+            settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
+            workers=workers, backbone_weights=backbone_weights, progress=progress,
+        )
     if result.resumed_from < 0:
         typer.echo(f"{result.checkpoint} is already finished; nothing to resume")
     else:
@@ -333,11 +350,12 @@ def evaluate(
     settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp,
                                category_map=_category_map(category_map))
     per_class_tables = {} if per_class else None
-    table, stats = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
-    if not job.is_main:  # under torchrun: every rank predicted its share, rank 0 reports
-        return
     out_dir = reports_dir(out, "evaluate")
-    write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
+    with _writing(out_dir, "evaluate", job):
+        table, stats = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
+        if not job.is_main:  # under torchrun: every rank predicted its share, rank 0 reports
+            return
+        write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
     typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
     typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}" + (" and per_class.{csv,md,tex}" if per_class else ""))
 
@@ -385,11 +403,12 @@ def errors(
     job, device = _join_job(device)
     settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp,
                                category_map=_category_map(category_map))
-    analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
-    if not job.is_main:
-        return
     out_dir = reports_dir(out, "errors")
-    write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
+    with _writing(out_dir, "errors", job):
+        analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
+        if not job.is_main:
+            return
+        write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
     for note in analysis.notes:
         typer.echo(f"note: {note}")
     typer.echo(to_text(analysis.ap_by_area("all"), baseline, relative=True,

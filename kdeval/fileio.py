@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -58,3 +60,51 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
 def cache_root() -> Path:
     """Where kdeval keeps generated datasets and cached detections ($KDEVAL_CACHE or ~/.cache/kdeval)."""
     return Path(os.environ.get("KDEVAL_CACHE", Path.home() / ".cache" / "kdeval"))
+
+
+# ---------------------------------------------------------------- output folders
+
+MIN_FREE_BYTES = 200 * 1024**2  # below this a long run would likely die on a write hours in
+
+
+def check_output_folder(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
+    """Create `folder` and prove it writable with room to spare, before any long work starts."""
+    from kdeval.errors import KdevalError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kdeval-probe-"):
+            pass
+    except OSError as exc:
+        raise KdevalError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise KdevalError(f"{folder}: only {free / 1024**2:.0f} MiB free on its disk; kdeval needs at least "
+                          f"{min_free_bytes / 1024**2:.0f} MiB to run without failing part-way")
+    return folder
+
+
+@contextmanager
+def run_lock(folder: Path, what: str):
+    """Hold `folder`/.kdeval.lock for the duration: a second kdeval writing the same folder is refused
+    at once with a message naming the first, never interleaved. The kernel drops the lock when the
+    holder dies, so a killed run leaves no stale lock."""
+    import fcntl
+
+    from kdeval.errors import KdevalError
+
+    folder = check_output_folder(folder)
+    path = folder / ".kdeval.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"kdeval {what} (pid {os.getpid()})".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -196,3 +196,57 @@ def test_check_results_takes_a_list_it_does_not_own():
     original = copy.deepcopy(dets)
     cleaned = check_results(dets, _tiny(), "r.json")
     assert dets == original and "extra" not in cleaned[0] and isinstance(cleaned[0]["score"], float)
+
+
+# ---------------------------------------------------------------- output folders
+
+
+def _evaluate(tmp_path, tiny_coco, out):
+    from typer.testing import CliRunner
+
+    from conftest import write_json
+    from kdeval.cli import app
+
+    gt = write_json(tmp_path / "gt.json", tiny_coco)
+    dets = write_json(tmp_path / "d.json", perfect_detections(tiny_coco))
+    return CliRunner().invoke(app, ["evaluate", str(dets), "--annotations", str(gt), "--out", str(out)])
+
+
+def test_a_second_kdeval_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, tiny_coco):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom kdeval.fileio import run_lock\n"
+         "with run_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = _evaluate(tmp_path, tiny_coco, out)
+        assert result.exit_code == 2
+        assert "in use by kdeval train (pid" in result.output and not (out / "ap_table.csv").exists()
+    finally:
+        holder.kill()  # SIGKILL: no chance to clean up
+        holder.wait()
+    assert _evaluate(tmp_path, tiny_coco, out).exit_code == 0
+    assert (out / "ap_table.csv").is_file()
+
+
+def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path, tiny_coco, monkeypatch):
+    from collections import namedtuple
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _evaluate(tmp_path, tiny_coco, blocker / "out")
+    assert result.exit_code == 2 and "not writable" in result.output
+
+    import kdeval.engine.evaluate as evaluate_module
+    import kdeval.fileio as fileio
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
+    monkeypatch.setattr(evaluate_module, "coco_stats", lambda *a: pytest.fail("scored despite a full disk"))
+    result = _evaluate(tmp_path, tiny_coco, tmp_path / "full")
+    assert result.exit_code == 2 and "MiB free" in result.output
