@@ -250,3 +250,48 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path
     monkeypatch.setattr(evaluate_module, "coco_stats", lambda *a: pytest.fail("scored despite a full disk"))
     result = _evaluate(tmp_path, tiny_coco, tmp_path / "full")
     assert result.exit_code == 2 and "MiB free" in result.output
+
+
+# ---------------------------------------------------------------- images as they come
+
+
+def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
+    """Grayscale, RGBA, 16-bit, tiny, huge and EXIF-rotated files: decoded by PIL and converted to RGB,
+    without EXIF rotation (torchvision's CocoDetection does the same), and scored without a crash."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from conftest import write_json
+    from kdeval.cli import app
+    from kdeval.data.dataset import read_rgb
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    files = {
+        "gray.png": Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8), "L"),
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (48, 64, 4), dtype=np.uint8), "RGBA"),
+        "deep.png": Image.fromarray(rng.integers(0, 65535, (48, 64), dtype=np.uint16)),
+        "tiny.png": Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)),
+        "huge.jpg": Image.new("RGB", (8000, 6000), (90, 120, 150)),
+    }
+    for name, image in files.items():
+        image.save(folder / name)
+    rotated = Image.fromarray(rng.integers(0, 255, (40, 70, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    rotated.save(folder / "exif.jpg", exif=exif)
+    files["exif.jpg"] = rotated
+    for name, image in files.items():
+        loaded = read_rgb(folder / name)
+        assert loaded.mode == "RGB" and loaded.size == image.size, name  # no EXIF transpose
+    assert Image.open(folder / "deep.png").mode.startswith("I")
+    images = [{"id": i + 1, "file_name": name, "width": im.size[0], "height": im.size[1]} for i, (name, im) in enumerate(files.items())]
+    coco = {"images": images, "categories": json.loads(json.dumps(torch.load(trained, weights_only=True)["categories"])),
+            "annotations": [{"id": 1, "image_id": 1, "category_id": torch.load(trained, weights_only=True)["categories"][0]["id"],
+                             "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}]}
+    gt = write_json(tmp_path / "gt.json", coco)
+    result = CliRunner().invoke(app, ["evaluate", f"m={trained}", "--images", str(folder), "--annotations", str(gt),
+                                      "--device", "cpu", "--no-progress", "--batch-size", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
