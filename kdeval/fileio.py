@@ -39,6 +39,14 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file written by kdeval itself, or None when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 

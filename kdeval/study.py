@@ -1,0 +1,384 @@
+"""`kdeval study`: the appendix's whole study as one resumable pipeline of stages.
+
+    data → teacher → baseline → distilled (one per loss) → unlabeled (hard output distillation with
+    ℓ2 and SSIM) → evaluate → errors → robustness → visualize → report
+
+Each stage's identity is a hash of the settings it reads and of the identities of the stages it
+reads from. The manifest (run folder/manifest.json, written atomically) records, per stage, the
+identity it finished with. A rerun skips a stage whose identity is unchanged and whose outputs are
+still there; a stage killed part-way resumes (training continues from its last saved state); a
+changed setting reruns that stage and everything downstream of it, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from kdeval.data.source import Split, resolve_split
+from kdeval.errors import KdevalError
+from kdeval.fileio import file_sha256, read_json_or_none, write_json_atomic, write_text_atomic
+from kdeval.vocab import DISTILL_LOSSES
+
+# λ per feature loss: SSIM's 3 is the Shapes ablation's best; the others equalise the initial pull
+# of each loss with SSIM's (benchmarks/RESULTS.md, Table 1 on Shapes)
+DEFAULT_DISTILL_WEIGHTS = {"ssim": 3.0, "ms-ssim": 1.2, "l1+ms-ssim": 1.3, "smooth-l1": 0.049, "l2": 0.00038}
+STAGES = ("data", "teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize", "report")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Every option of a study; a --config file (YAML or TOML) may set any of them."""
+
+    data: str = "shapes"
+    images: str | None = None  # training images and annotations (a COCO dataset of one's own)
+    annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    teacher_arch: str = "r34"
+    student_arch: str = "r18"
+    teacher_epochs: int = 6
+    student_epochs: int = 4
+    losses: tuple[str, ...] = ("ssim",)
+    distill_weights: tuple[float, ...] = ()  # one per loss; empty: DEFAULT_DISTILL_WEIGHTS
+    unlabeled: bool = False
+    pseudo_threshold: float = 0.3
+    teacher: str | None = None  # existing checkpoints skip their training
+    baseline: str | None = None
+    distilled: str | None = None
+    seed: int = 0
+    image_size: int | None = None  # training and inference size (default: the recipe's, 128 on Shapes)
+    batch_size: int | None = None
+    fpn_channels: int | None = None
+    robustness_images: int = 24
+    corruptions: str = "benchmark"
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    visualize_images: int = 6
+    quick: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [loss for loss in self.losses if loss not in DISTILL_LOSSES]
+        if unknown:
+            raise KdevalError(f"losses: unknown '{unknown[0]}' (expected some of {', '.join(DISTILL_LOSSES)})")
+        if self.distill_weights and len(self.distill_weights) != len(self.losses):
+            raise KdevalError(f"distill_weights: {len(self.distill_weights)} weights for {len(self.losses)} losses")
+        if self.distilled is not None and len(self.losses) != 1:
+            raise KdevalError("--distilled takes the checkpoint of one distilled student: give exactly one loss with it")
+
+    def weight_of(self, loss: str) -> float:
+        if self.distill_weights:
+            return self.distill_weights[self.losses.index(loss)]
+        return DEFAULT_DISTILL_WEIGHTS[loss]
+
+
+def quick_settings(settings: StudySettings) -> StudySettings:
+    """--quick: the same pipeline on a small Shapes set with short schedules (tests use it)."""
+    return replace(settings, teacher_epochs=min(settings.teacher_epochs, 5), student_epochs=min(settings.student_epochs, 3),
+                   robustness_images=min(settings.robustness_images, 6), severities=(3,), visualize_images=min(settings.visualize_images, 3))
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    path: Path
+    stages: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        raw = read_json_or_none(path) or {}
+        return cls(path, dict(raw.get("stages", {})))
+
+    def finished(self, name: str, key: str) -> dict | None:
+        record = self.stages.get(name)
+        if record and record.get("key") == key and record.get("state") == "finished":
+            outputs = record.get("outputs", {})
+            if all((self.path.parent / p).exists() for p in _paths(outputs)):
+                return outputs
+        return None
+
+    def started_with(self, name: str) -> str | None:
+        record = self.stages.get(name) or {}
+        return record.get("key") if record.get("state") == "started" else None
+
+    def record(self, name: str, **entry) -> None:
+        self.stages[name] = entry
+        write_json_atomic(self.path, {"format": "kdeval-study-manifest", "stages": self.stages})
+
+
+def _paths(outputs) -> list[str]:
+    if isinstance(outputs, str):
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [p for v in outputs.values() for p in _paths(v)]
+    if isinstance(outputs, list):
+        return [p for v in outputs for p in _paths(v)]
+    return []
+
+
+# ---------------------------------------------------------------- stages
+
+
+@dataclass
+class StudyContext:
+    settings: StudySettings
+    out: Path
+    device: str
+    progress: bool
+    train_split: Split | None = None
+    val_split: Split | None = None
+    models: dict[str, str] = field(default_factory=dict)  # display name → checkpoint (relative or absolute)
+    echo: Callable[[str], None] = print
+
+    def rel(self, path: Path) -> str:
+        path = Path(path)
+        return str(path.relative_to(self.out)) if path.is_relative_to(self.out) else str(path)
+
+    def abs(self, path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.out / path
+
+
+def _splits(settings: StudySettings) -> tuple[Split, Split]:
+    if settings.annotations or settings.val_annotations:
+        if not (settings.images and settings.annotations and settings.val_images and settings.val_annotations):
+            raise KdevalError("a study on your own data needs --images, --annotations, --val-images and --val-annotations")
+        return (resolve_split(settings.data, Path(settings.images), Path(settings.annotations)),
+                resolve_split(settings.data, Path(settings.val_images), Path(settings.val_annotations)))
+    if settings.data != "shapes":
+        raise KdevalError(f"unknown --data '{settings.data}': use 'shapes', or give your dataset's four paths")
+    if settings.quick:
+        from kdeval.data.shapes import ShapesSpec, cached_shapes
+
+        root = cached_shapes(ShapesSpec(train=300, val=60))
+        return (Split(root / "annotations" / "instances_train.json", root / "train", "shapes-quick-train"),
+                Split(root / "annotations" / "instances_val.json", root / "val", "shapes-quick-val"))
+    return resolve_split("shapes", None, None, "train"), resolve_split("shapes", None, None, "val")
+
+
+def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
+    from kdeval.engine.train import RECIPES, train
+
+    study = ctx.settings
+    base = RECIPES["shapes"] if not study.annotations else RECIPES["coco-1x"]
+    sizes = {}
+    if study.image_size is not None:
+        sizes = {"min_size": study.image_size, "max_size": max(study.image_size, base.max_size * study.image_size // base.min_size)}
+    settings = replace(base, seed=study.seed, **sizes, **{k: v for k, v in (("batch_size", study.batch_size),
+                                                                       ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
+    # a short schedule must not spend itself warming up: warm-up is at most a fifth of it
+    n_images = len(read_json_or_none(ctx.train_split.annotations)["images"])
+    total = settings.epochs * max(1, n_images // settings.batch_size)
+    settings = replace(settings, warmup_iters=max(1, min(settings.warmup_iters, total // 5)))
+    out_dir = ctx.out / "models" / name
+    result = train(settings, ctx.train_split, out_dir, device=ctx.device, resume=resume, overwrite=not resume, progress=ctx.progress)
+    return {"checkpoint": ctx.rel(result.checkpoint)}
+
+
+def stage_data(ctx: StudyContext, resume: bool) -> dict:
+    ctx.train_split, ctx.val_split = _splits(ctx.settings)
+    return {"train_annotations": str(ctx.train_split.annotations), "val_annotations": str(ctx.val_split.annotations)}
+
+
+def stage_teacher(ctx: StudyContext, resume: bool) -> dict:
+    if ctx.settings.teacher:
+        return {"checkpoint": str(Path(ctx.settings.teacher).resolve())}
+    return _train(ctx, "teacher", resume, arch=ctx.settings.teacher_arch, role="teacher", epochs=ctx.settings.teacher_epochs)
+
+
+def stage_baseline(ctx: StudyContext, resume: bool) -> dict:
+    if ctx.settings.baseline:
+        return {"checkpoint": str(Path(ctx.settings.baseline).resolve())}
+    return _train(ctx, "baseline", resume, arch=ctx.settings.student_arch, role="baseline", epochs=ctx.settings.student_epochs)
+
+
+def stage_distilled(ctx: StudyContext, resume: bool) -> dict:
+    if ctx.settings.distilled:
+        return {ctx.settings.losses[0]: str(Path(ctx.settings.distilled).resolve())}
+    teacher = str(ctx.abs(ctx.models["teacher"]))
+    return {
+        loss: _train(ctx, f"distilled-{loss}", resume, arch=ctx.settings.student_arch, role="distilled",
+                     epochs=ctx.settings.student_epochs, teacher=teacher, distill_loss=loss,
+                     distill_weight=ctx.settings.weight_of(loss))["checkpoint"]
+        for loss in ctx.settings.losses
+    }
+
+
+def stage_unlabeled(ctx: StudyContext, resume: bool) -> dict:
+    """Hard output distillation: the teacher's detections above the threshold as the only labels,
+    with an ℓ2 or an SSIM feature loss beside them (the appendix's Table 2)."""
+    if not ctx.settings.unlabeled:
+        return {}
+    teacher = str(ctx.abs(ctx.models["teacher"]))
+    return {
+        loss: _train(ctx, f"unlabeled-{loss}", resume, arch=ctx.settings.student_arch, role="distilled",
+                     epochs=ctx.settings.student_epochs, teacher=teacher, distill_loss=loss,
+                     distill_weight=DEFAULT_DISTILL_WEIGHTS[loss], pseudo_labels=teacher,
+                     pseudo_threshold=ctx.settings.pseudo_threshold)["checkpoint"]
+        for loss in ("l2", "ssim")
+    }
+
+
+def _model_inputs(ctx: StudyContext, names: list[str]):
+    from kdeval.engine.evaluate import ModelInput
+
+    return [ModelInput(name, ctx.abs(ctx.models[name])) for name in names]
+
+
+def _ordered(ctx: StudyContext, *prefixes: str) -> list[str]:
+    """Model names as the paper's tables list them: baseline, the students, teacher."""
+    students = [n for n in ctx.models if n.startswith(prefixes)] if prefixes else []
+    return ["baseline", *students, "teacher"]
+
+
+def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
+    from kdeval.engine.evaluate import evaluate_models, write_evaluation
+    from kdeval.engine.predict import PredictSettings
+
+    settings = PredictSettings(device=ctx.device)
+    out_dir = ctx.out / "evaluate"
+    table, stats = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
+    paths = write_evaluation(table, stats, out_dir, "baseline", ctx.val_split)
+    outputs = {"table1": [ctx.rel(p) for p in paths]}
+    if any(n.startswith("unlabeled") for n in ctx.models):
+        table2, _ = evaluate_models(_model_inputs(ctx, _ordered(ctx, "unlabeled")), ctx.val_split, settings, progress=ctx.progress)
+        from kdeval.report.tables import write_tables
+
+        outputs["table2"] = [ctx.rel(p) for p in write_tables(table2, out_dir, "table2_unlabeled", "baseline",
+                                                               caption=f"Without annotations on {ctx.val_split.name}")]
+    return outputs
+
+
+def stage_errors(ctx: StudyContext, resume: bool) -> dict:
+    from kdeval.engine.errors import analyze_models, write_error_analysis
+    from kdeval.engine.predict import PredictSettings
+
+    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, PredictSettings(device=ctx.device), progress=ctx.progress)
+    paths = write_error_analysis(analysis, ctx.out / "errors", "baseline", ctx.val_split)
+    return {"files": [ctx.rel(p) for p in paths]}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StudyContext, bool], dict]] = {
+    "data": stage_data,
+    "teacher": stage_teacher,
+    "baseline": stage_baseline,
+    "distilled": stage_distilled,
+    "unlabeled": stage_unlabeled,
+    "evaluate": stage_evaluate,
+    "errors": stage_errors,
+}
+
+# what each stage reads: settings fields, and the stages whose outputs it uses
+_TRAINING = ("seed", "image_size", "batch_size", "fpn_channels")
+STAGE_INPUTS = {
+    "data": (("data", "images", "annotations", "val_images", "val_annotations", "quick"), ()),
+    "teacher": (("teacher", "teacher_arch", "teacher_epochs", *_TRAINING), ("data",)),
+    "baseline": (("baseline", "student_arch", "student_epochs", *_TRAINING), ("data",)),
+    "distilled": (("distilled", "student_arch", "student_epochs", "losses", "distill_weights", *_TRAINING), ("data", "teacher")),
+    "unlabeled": (("unlabeled", "student_arch", "student_epochs", "pseudo_threshold", *_TRAINING), ("data", "teacher")),
+    "evaluate": ((), ("data", "teacher", "baseline", "distilled", "unlabeled")),
+    "errors": ((), ("data", "teacher", "baseline", "distilled")),
+    "robustness": (("robustness_images", "corruptions", "severities", "seed"), ("data", "teacher", "baseline", "distilled")),
+    "visualize": (("visualize_images", "seed"), ("data", "teacher", "baseline", "distilled")),
+    "report": ((), ("evaluate", "errors", "robustness", "visualize")),
+}
+
+
+def _checkpoint_identity(path: str | None) -> str | None:
+    return file_sha256(Path(path)) if path and Path(path).is_file() else path
+
+
+def stage_key(name: str, settings: StudySettings, keys: dict[str, str]) -> str:
+    fields_read, upstream = STAGE_INPUTS[name]
+    values = {f: getattr(settings, f) for f in fields_read}
+    for f in ("teacher", "baseline", "distilled"):
+        if f in values:  # a given checkpoint counts by its bytes, not its path
+            values[f] = _checkpoint_identity(values[f])
+    return _digest({"stage": name, "settings": values, "upstream": [keys.get(u) for u in upstream]})
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    ran: list[str]
+    skipped: list[str]
+    seconds: dict[str, float]
+
+
+def run_study(settings: StudySettings, out: Path, device: str = "cpu", progress: bool = True,
+              echo: Callable[[str], None] = print, stop_before: str | None = None) -> StudyResult:
+    """Run (or continue) the study in `out`. `stop_before` ends it before that stage (tests use it)."""
+    if settings.quick:
+        settings = quick_settings(settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "study_settings.json", json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
+    manifest = Manifest.load(out / "manifest.json")
+    ctx = StudyContext(settings, out, device, progress, echo=echo)
+    keys: dict[str, str] = {}
+    ran, skipped, seconds = [], [], {}
+    stages = [s for s in STAGES if s in STAGE_FUNCTIONS]
+    for index, name in enumerate(stages, 1):
+        if name == stop_before:
+            break
+        key = stage_key(name, settings, keys)
+        keys[name] = key
+        label = f"[{index}/{len(stages)}] {name}"
+        outputs = manifest.finished(name, key)
+        if name == "data":  # cheap and needed by every later stage: always resolved
+            outputs = stage_data(ctx, False)
+            manifest.record(name, key=key, state="finished", outputs=outputs)
+            echo(f"{label}: {ctx.train_split.name} ({ctx.train_split.annotations.parent.parent}), {ctx.val_split.name}")
+        elif outputs is not None:
+            echo(f"{label}: done earlier, kept")
+            skipped.append(name)
+        else:
+            resume = manifest.started_with(name) == key
+            echo(f"{label}: {'resuming' if resume else 'running'}")
+            manifest.record(name, key=key, state="started")
+            start = time.perf_counter()
+            outputs = STAGE_FUNCTIONS[name](ctx, resume)
+            seconds[name] = time.perf_counter() - start
+            manifest.record(name, key=key, state="finished", outputs=outputs, seconds=round(seconds[name], 1))
+            echo(f"{label}: finished in {_duration(seconds[name])}")
+            ran.append(name)
+        _remember_models(ctx, name, outputs)
+    return StudyResult(out, ran, skipped, seconds)
+
+
+def _remember_models(ctx: StudyContext, name: str, outputs: dict) -> None:
+    if name in ("teacher", "baseline"):
+        ctx.models[name] = outputs["checkpoint"]
+    elif name == "distilled":
+        for loss, checkpoint in outputs.items():
+            ctx.models[f"distilled-{loss}"] = checkpoint
+    elif name == "unlabeled":
+        for loss, checkpoint in outputs.items():
+            ctx.models[f"unlabeled-{loss}"] = checkpoint
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def study_summary(out: Path) -> str:
+    """The tables a finished study prints, and where its report is."""
+    out = Path(out)
+    parts = []
+    for title, path in (("Table 1: feature distillation (COCO AP)", out / "evaluate" / "ap_table.md"),
+                        ("Table 2: without annotations", out / "evaluate" / "table2_unlabeled.md"),
+                        ("Table 3: robustness", out / "robustness" / "table3.md")):
+        if path.is_file():
+            parts += [title, path.read_text(encoding="utf-8").rstrip(), ""]
+    report = out / "index.html"
+    parts.append(f"report: {report.resolve()}" if report.is_file() else f"results in {out.resolve()}/")
+    return "\n".join(parts)

@@ -1,0 +1,109 @@
+"""`kdeval study`: the stage pipeline, its manifest, resumption and reruns of what changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from kdeval.cli import app
+from kdeval.config import read_settings_file, settings_from_mapping
+from kdeval.errors import KdevalError
+from kdeval.study import StudySettings, run_study
+
+runner = CliRunner()
+
+
+def tiny(tiny_shapes, **changes) -> StudySettings:
+    """A study small enough for the test suite: tiny Shapes, 64 px, one epoch each."""
+    base = StudySettings(
+        images=str(tiny_shapes / "train"), annotations=str(tiny_shapes / "annotations" / "instances_train.json"),
+        val_images=str(tiny_shapes / "val"), val_annotations=str(tiny_shapes / "annotations" / "instances_val.json"),
+        teacher_epochs=1, student_epochs=1, image_size=64, batch_size=4, fpn_channels=16, teacher_arch="r18",
+    )
+    return settings_from_mapping(StudySettings, changes, "test", base=base)
+
+
+def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
+    lines = []
+    first = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
+    assert first.ran == ["teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert all(record["state"] == "finished" for record in manifest["stages"].values())
+    assert (tmp_path / "evaluate" / "ap_table.md").is_file() and (tmp_path / "errors" / "figure1_error_curves.png").is_file()
+    table = (tmp_path / "evaluate" / "ap_table.md").read_text()
+    assert "| baseline |" in table and "| distilled-ssim |" in table and "| teacher |" in table
+    second = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
+    assert second.ran == [] and "teacher" in second.skipped
+    # a changed student schedule reruns the students and what reads them, not the teacher
+    third = run_study(tiny(tiny_shapes, student_epochs=2), tmp_path, progress=False, echo=lines.append)
+    assert third.ran == ["baseline", "distilled", "unlabeled", "evaluate", "errors"]
+
+
+def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
+    import kdeval.study as study
+
+    real = study.stage_baseline
+    calls = []
+
+    def dies_after_starting(ctx, resume):
+        calls.append(resume)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as a kill would, after the manifest says 'started'
+        return real(ctx, resume)
+
+    monkeypatch.setitem(study.STAGE_FUNCTIONS, "baseline", dies_after_starting)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lambda line: None)
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["baseline"]["state"] == "started"
+    result = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lambda line: None)
+    assert calls == [False, True]  # the second call continued the interrupted stage
+    assert result.skipped == ["teacher"] and result.ran[0] == "baseline"
+
+
+def test_existing_checkpoints_skip_training(tiny_shapes, trained, tmp_path):
+    result = run_study(tiny(tiny_shapes, teacher=str(trained), baseline=str(trained), distilled=str(trained)), tmp_path,
+                       progress=False, echo=lambda line: None)
+    assert not (tmp_path / "models").exists()
+    assert result.ran == ["teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors"]
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".yaml", "student_epochs: 3\nlosses: [ssim, l2]\nunlabeled: true\n"),
+    (".toml", 'student-epochs = 3\nlosses = ["ssim", "l2"]\nunlabeled = true\n'),
+])
+def test_config_files_hold_any_setting(tmp_path, suffix, text):
+    path = tmp_path / f"study{suffix}"
+    path.write_text(text)
+    settings = settings_from_mapping(StudySettings, read_settings_file(path), str(path))
+    assert settings.student_epochs == 3 and settings.losses == ("ssim", "l2") and settings.unlabeled is True
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("student_epochs: three\n", "student_epochs: expected an integer"),
+    ("colour: red\n", "unknown setting 'colour'"),
+    ("losses: [ssim, cosine]\n", "unknown 'cosine'"),
+    ("!!python/object/apply:os.system ['touch pwned']\n", "not a readable config file"),
+    ("- a\n- b\n", "expected a mapping"),
+])
+def test_bad_config_files_get_one_line(tmp_path, text, fragment):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(KdevalError, match=fragment):
+        settings_from_mapping(StudySettings, read_settings_file(path), str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_study_command_with_a_config_file(tiny_shapes, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("\n".join(f"{k}: {v}" for k, v in {
+        "images": tiny_shapes / "train", "annotations": tiny_shapes / "annotations" / "instances_train.json",
+        "val_images": tiny_shapes / "val", "val_annotations": tiny_shapes / "annotations" / "instances_val.json",
+        "teacher_epochs": 1, "student_epochs": 1, "image_size": 64, "batch_size": 4, "fpn_channels": 16, "teacher_arch": "r18",
+    }.items()) + "\n")
+    result = runner.invoke(app, ["study", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Table 1" in result.output and "| distilled-ssim |" in result.output
+    saved = json.loads((tmp_path / "run" / "study_settings.json").read_text())
+    assert saved["image_size"] == 64 and saved["teacher_arch"] == "r18"
