@@ -1,0 +1,171 @@
+// The gallery's viewer: builds one row per image and one panel per model from window.KDEVAL_GALLERY
+// (detections.js), and draws the boxes as SVG over each image. Every string from the data goes
+// through textContent or setAttribute, never innerHTML, so names show as text and run nothing.
+"use strict";
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+  const PANEL_PX = 300; // a panel's width on screen, as --panel in the style: labels keep this size
+  const data = window.KDEVAL_GALLERY;
+  const gallery = document.getElementById("gallery");
+  if (!data || !Array.isArray(data.images)) {
+    gallery.textContent = "detections.js did not load: keep it next to index.html.";
+    return;
+  }
+  const CORRECT = new Set(["correct", "crowd"]); // a crowd-region hit is not an error in COCO
+  const state = {
+    threshold: Number(document.getElementById("threshold").value),
+    gt: true,
+    models: data.models.map(() => true),
+  };
+  const panels = [];
+
+  function svg(tag, attributes) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function plural(count, noun) {
+    return count + " " + noun + (count === 1 ? "" : "s");
+  }
+
+  function categoryName(id) {
+    const name = data.categories[String(id)];
+    return name === undefined ? "category " + id : name;
+  }
+
+  function buildRows() {
+    const rows = document.createDocumentFragment();
+    data.images.forEach((image) => {
+      const row = element("section", "row");
+      row.dataset.imageId = String(image.id);
+      const heading = element("h2");
+      heading.append(element("span", "image-id", "image " + image.id), " ",
+        element("span", "file-name", image.file_name), " ",
+        element("span", "objects", plural(image.gt.filter((g) => !g[5]).length, "object")), " ",
+        element("span", "reason", image.reason));
+      row.append(heading);
+      const strip = element("div", "panels");
+      data.models.forEach((model, m) => {
+        const figure = element("figure", "panel");
+        figure.dataset.model = String(m);
+        const frame = element("div", "frame");
+        frame.style.aspectRatio = image.width + " / " + image.height;
+        const img = element("img");
+        img.setAttribute("src", image.src);
+        img.setAttribute("width", image.width);
+        img.setAttribute("height", image.height);
+        img.setAttribute("loading", "lazy");
+        img.setAttribute("decoding", "async");
+        img.setAttribute("alt", model + ": " + image.file_name);
+        const overlay = svg("svg", { viewBox: "0 0 " + image.width + " " + image.height, class: "overlay" });
+        frame.append(img, overlay);
+        const caption = element("figcaption");
+        const count = element("span", "count");
+        caption.append(element("span", "model", model), " ", count);
+        figure.append(frame, caption);
+        strip.append(figure);
+        panels.push({ image: image, model: m, overlay: overlay, count: count });
+      });
+      row.append(strip);
+      rows.append(row);
+    });
+    gallery.append(rows);
+  }
+
+  function label(x, y, text, unit, imageWidth) {
+    // above the box, or just inside it when the box touches the image's top edge; moved left
+    // rather than cut off at the right edge (0.62 em: a generous average width of a character)
+    const size = 11 * unit;
+    const width = 0.62 * size * text.length;
+    const left = Math.max(0, Math.min(x + unit, imageWidth - width));
+    const node = svg("text", { x: left, y: y > size ? y - 2 * unit : y + size, class: "label" });
+    node.textContent = text;
+    return node;
+  }
+
+  function drawPanel(panel) {
+    const image = panel.image;
+    const unit = image.width / PANEL_PX; // image pixels per screen pixel
+    const layer = svg("g", { "font-size": 11 * unit, "stroke-width": 2.5 * unit });
+    if (state.gt) {
+      for (const g of image.gt) {
+        const rect = svg("rect", { x: g[0], y: g[1], width: g[2], height: g[3], class: g[5] ? "gt crowd" : "gt" });
+        const title = svg("title");
+        title.textContent = "ground truth: " + categoryName(g[4]) + (g[5] ? " (crowd region)" : "");
+        rect.append(title);
+        layer.append(rect);
+      }
+    }
+    let correct = 0;
+    let wrong = 0;
+    if (state.models[panel.model]) {
+      const shown = [];
+      for (const d of image.detections[panel.model]) {
+        if (d[4] < state.threshold) break; // sorted by decreasing score
+        shown.push(d);
+      }
+      for (const d of shown.reverse()) { // lowest first, so the surest boxes lie on top
+        const verdict = data.verdicts[d[6]];
+        const kind = CORRECT.has(verdict) ? "correct" : "wrong";
+        if (kind === "correct") correct += 1; else wrong += 1;
+        const group = svg("g", { class: "box " + kind });
+        group.dataset.verdict = verdict;
+        group.append(svg("rect", { x: d[0], y: d[1], width: d[2], height: d[3], class: "det " + kind }));
+        const text = categoryName(d[5]) + " " + d[4].toFixed(2);
+        group.append(label(d[0], d[1], text, unit, image.width));
+        const title = svg("title");
+        title.textContent = text + " · " + verdict;
+        group.append(title);
+        layer.append(group);
+      }
+      panel.count.textContent = correct + " correct · " + wrong + " wrong";
+    } else {
+      panel.count.textContent = "hidden";
+    }
+    panel.overlay.replaceChildren(layer);
+    return correct + wrong;
+  }
+
+  function draw() {
+    let drawn = 0;
+    for (const panel of panels) drawn += drawPanel(panel);
+    document.getElementById("threshold-value").textContent = state.threshold.toFixed(2);
+    document.getElementById("drawn").textContent = drawn + " detections drawn";
+    document.body.dataset.drawn = String(drawn);
+  }
+
+  let pending = false;
+  function redraw() {
+    // a slider fires many input events per frame: draw once per frame
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; draw(); });
+  }
+
+  document.getElementById("threshold").addEventListener("input", (event) => {
+    state.threshold = Number(event.target.value);
+    redraw();
+  });
+  document.getElementById("show-gt").addEventListener("change", (event) => {
+    state.gt = event.target.checked;
+    redraw();
+  });
+  for (const box of document.querySelectorAll("input.show-model")) {
+    box.addEventListener("change", (event) => {
+      state.models[Number(event.target.dataset.model)] = event.target.checked;
+      redraw();
+    });
+  }
+
+  buildRows();
+  draw();
+  document.body.dataset.ready = "true";
+})();
