@@ -390,6 +390,28 @@ def visualize(
     typer.echo(f"gallery written to {out_dir / 'index.html'}")
 
 
+@app.command(short_help="One HTML page gathering a run's tables, figures, gallery and settings.")
+@user_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The folder holding evaluate/, errors/, robustness/ and visualize/ (e.g. reports).")] = Path("reports"),
+):
+    """Gather what evaluate, errors, robustness and visualize wrote under RUN_DIR into RUN_DIR/index.html:
+    their tables, figures (each linked to its PDF), the qualitative gallery, the settings files and
+    package versions, and a list of what is missing. Reads files only: no model is run.
+
+    \b
+    Examples:
+      kdeval report                  # reports/index.html from reports/evaluate, reports/errors, ...
+      kdeval report reports/study
+    """
+    from kdeval.report.run_report import write_run_report
+
+    page, summary = write_run_report(run_dir)
+    for line in summary:
+        typer.echo(line)
+    typer.echo(f"report written to {page}")
+
+
 def main() -> None:
     app(prog_name="kdeval")
 
