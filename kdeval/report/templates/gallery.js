@@ -72,7 +72,7 @@
         caption.append(element("span", "model", model), " ", count);
         figure.append(frame, caption);
         strip.append(figure);
-        panels.push({ image: image, model: m, overlay: overlay, count: count });
+        panels.push({ image: image, model: m, overlay: overlay, count: count, drawn: -1, captioned: -1 });
       });
       row.append(strip);
       rows.append(row);
@@ -91,6 +91,15 @@
     return node;
   }
 
+  function shownDetections(panel) {
+    // the panel's detections at or above the threshold (they are sorted by decreasing score)
+    if (!state.models[panel.model]) return [];
+    const detections = panel.image.detections[panel.model];
+    let end = 0;
+    while (end < detections.length && detections[end][4] >= state.threshold) end += 1;
+    return detections.slice(0, end);
+  }
+
   function drawPanel(panel) {
     const image = panel.image;
     const unit = image.width / PANEL_PX; // image pixels per screen pixel
@@ -104,42 +113,74 @@
         layer.append(rect);
       }
     }
+    for (const d of shownDetections(panel).reverse()) { // lowest first, so the surest boxes lie on top
+      const verdict = data.verdicts[d[6]];
+      const kind = CORRECT.has(verdict) ? "correct" : "wrong";
+      const group = svg("g", { class: "box " + kind });
+      group.dataset.verdict = verdict;
+      group.append(svg("rect", { x: d[0], y: d[1], width: d[2], height: d[3], class: "det " + kind }));
+      const text = categoryName(d[5]) + " " + d[4].toFixed(2);
+      group.append(label(d[0], d[1], text, unit, image.width));
+      const title = svg("title");
+      title.textContent = text + " · " + verdict;
+      group.append(title);
+      layer.append(group);
+    }
+    panel.overlay.replaceChildren(layer);
+    panel.drawn = version;
+    if (panel.captioned !== version) updateCaption(panel);
+  }
+
+  function clearPanel(panel) {
+    panel.overlay.replaceChildren();
+    panel.drawn = -1;
+  }
+
+  // Only panels near the viewport hold boxes: a 500-image gallery at the slider's lower end has
+  // over 100,000 detections, more SVG than a browser redraws at a slider's pace. Panels are drawn
+  // as they scroll near and emptied as they leave; the counts cover every panel, from the data.
+  const live = new Set();
+  let version = 0; // of the state: a panel drawn or captioned at an older one is stale
+
+  function countShown(panel) {
     let correct = 0;
     let wrong = 0;
     if (state.models[panel.model]) {
-      const shown = [];
-      for (const d of image.detections[panel.model]) {
-        if (d[4] < state.threshold) break; // sorted by decreasing score
-        shown.push(d);
+      for (const d of panel.image.detections[panel.model]) {
+        if (d[4] < state.threshold) break;
+        if (CORRECT.has(data.verdicts[d[6]])) correct += 1; else wrong += 1;
       }
-      for (const d of shown.reverse()) { // lowest first, so the surest boxes lie on top
-        const verdict = data.verdicts[d[6]];
-        const kind = CORRECT.has(verdict) ? "correct" : "wrong";
-        if (kind === "correct") correct += 1; else wrong += 1;
-        const group = svg("g", { class: "box " + kind });
-        group.dataset.verdict = verdict;
-        group.append(svg("rect", { x: d[0], y: d[1], width: d[2], height: d[3], class: "det " + kind }));
-        const text = categoryName(d[5]) + " " + d[4].toFixed(2);
-        group.append(label(d[0], d[1], text, unit, image.width));
-        const title = svg("title");
-        title.textContent = text + " · " + verdict;
-        group.append(title);
-        layer.append(group);
-      }
-      panel.count.textContent = correct + " correct · " + wrong + " wrong";
-    } else {
-      panel.count.textContent = "hidden";
     }
-    panel.overlay.replaceChildren(layer);
-    return correct + wrong;
+    return [correct, wrong];
+  }
+
+  function updateCaption(panel) {
+    const [correct, wrong] = countShown(panel);
+    panel.count.textContent = state.models[panel.model] ? correct + " correct · " + wrong + " wrong" : "hidden";
+    panel.captioned = version;
+  }
+
+  function updateTotals() {
+    // arithmetic over every panel; captions out of sight are updated when they come near
+    let shown = 0;
+    for (const panel of panels) {
+      const [correct, wrong] = countShown(panel);
+      shown += correct + wrong;
+    }
+    document.getElementById("threshold-value").textContent = state.threshold.toFixed(2);
+    document.getElementById("drawn").textContent = shown + " detections shown";
+    document.body.dataset.shown = String(shown);
+  }
+
+  function markDrawn() {
+    document.body.dataset.drawn = String(document.querySelectorAll("rect.det").length);
   }
 
   function draw() {
-    let drawn = 0;
-    for (const panel of panels) drawn += drawPanel(panel);
-    document.getElementById("threshold-value").textContent = state.threshold.toFixed(2);
-    document.getElementById("drawn").textContent = drawn + " detections drawn";
-    document.body.dataset.drawn = String(drawn);
+    version += 1;
+    for (const panel of live) drawPanel(panel);
+    updateTotals();
+    markDrawn();
   }
 
   let pending = false;
@@ -166,6 +207,23 @@
   }
 
   buildRows();
-  draw();
-  document.body.dataset.ready = "true";
+  updateTotals();
+  const panelOf = new Map(panels.map((panel) => [panel.overlay.parentNode, panel]));
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const panel = panelOf.get(entry.target);
+      if (entry.isIntersecting) {
+        live.add(panel);
+        if (panel.drawn !== version) drawPanel(panel);
+      } else if (live.delete(panel)) {
+        clearPanel(panel);
+      }
+    }
+    markDrawn();
+    if (document.body.dataset.ready !== "true") {
+      document.body.dataset.ready = "true";
+      performance.mark("kdeval-gallery-ready");
+    }
+  }, { rootMargin: "800px 0px" });
+  for (const frame of panelOf.keys()) observer.observe(frame);
 })();
