@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,22 @@ def shapes_models(tiny_shapes, tmp_path):
         f"third={write_json(tmp_path / 'third.json', noisy_detections(gt, 1))}",
     ]
 
+
+# ---------------------------------------------------------------- a real browser for the HTML pages
+
+CHROMIUM = Path(os.environ.get("KDEVAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (Debian's package, driven by playwright: nothing
+    is downloaded). Skipped, saying why, only where no chromium binary is installed."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
