@@ -111,6 +111,13 @@ def test_parse_selection():
 # ---------------------------------------------------------------- the command
 
 
+def test_help_of_visualize_and_report():
+    for command in ("visualize", "report"):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output
+    assert "visualize" in run("--help").output and "report" in run("--help").output
+
+
 def test_visualize_writes_a_movable_gallery(tiny_shapes, shapes_models, tmp_path):
     gt, models = shapes_models
     out = tmp_path / "vis"

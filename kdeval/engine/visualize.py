@@ -18,7 +18,7 @@ from kdeval.report.gallery import Gallery, GalleryRow, write_gallery_page
 from kdeval.versions import package_versions
 from kdeval.vocab import GALLERY_SELECTIONS
 
-MAX_DETECTIONS_PER_IMAGE = 100  # COCOeval's maxDets: what a model is scored on is what it shows
+MAX_DETECTIONS_PER_IMAGE = 100  # the cap detectors report for COCO (COCOeval's maxDets)
 
 
 @dataclass(frozen=True)
