@@ -20,6 +20,7 @@ VIEWPORT = {"width": 1100, "height": 900}
 CATEGORY_ATTACKS = ["<script>window.__pwned = 'category'</script>", "<img src=x onerror=\"window.__pwned='category img'\">"]
 FILE_ATTACKS = ['q"uo\'te.png', '"><img src=x onerror=window.__pwned=1>.png']
 MODEL_ATTACKS = ["<script>alert('model')</script>", "<b>bold</b>"]
+FIGURE_ATTACK = "q\"uo'te <b>#1?.png"
 
 
 def run(*args):
@@ -170,6 +171,10 @@ def hostile_run(tiny_shapes, tmp_path):
     run("evaluate", f"{MODEL_ATTACKS[0]}={first}", f"{MODEL_ATTACKS[1]}={second}", *data, "--out", run_dir / "evaluate")
     run("visualize", first, second, *data, "--names", ",".join(MODEL_ATTACKS), "--select", ",".join(
         str(i["id"]) for i in coco["images"][:3]), "--score-threshold", 0.0, "--min-score", 0.0, "--out", run_dir / "visualize")
+    robustness = run_dir / "robustness"  # a figure whose file name holds quotes and markup
+    robustness.mkdir()
+    shutil.copy(images / FILE_ATTACKS[0], robustness / FIGURE_ATTACK)
+    (robustness / "table.md").write_text(f"## {CATEGORY_ATTACKS[0]}\n\n| model | mPC |\n|---|---:|\n| {MODEL_ATTACKS[0]} | 1.0 |\n")
     run("report", run_dir)
     return run_dir
 
@@ -199,7 +204,11 @@ def test_names_holding_html_show_as_text_and_run_nothing(browser, hostile_run, t
     opened = Opened(browser, hostile_run / "index.html", bypass_csp)
     table_text = opened.page.locator("#evaluate table").first.text_content()
     assert all(name in table_text for name in MODEL_ATTACKS)
+    assert CATEGORY_ATTACKS[0] in opened.page.locator("#robustness h4").first.text_content()
+    assert MODEL_ATTACKS[0] in opened.page.locator("#robustness table").first.text_content()
     assert opened.page.locator("main b").count() == 0
+    figure = opened.page.locator("#robustness figure img")
+    assert figure.get_attribute("alt") == FIGURE_ATTACK[:-4] and opened.images_loaded() and figure.evaluate("i => i.naturalWidth") > 0
     opened.assert_offline_and_clean()
     opened.close()
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import shapes_args
+from conftest import shapes_args, write_json
 from kdeval.cli import app
 from kdeval.engine.visualize import parse_selection
 from kdeval.metrics.matching import match_detections
@@ -184,3 +184,15 @@ def test_visualize_bad_input(tiny_shapes, shapes_models, tmp_path):
     assert_user_error(run("visualize", *models, *data, "--min-score", 0.5, "--score-threshold", 0.3), "--min-score")
     assert_user_error(run("visualize", *models, "--annotations", tiny_shapes / "annotations" / "instances_val.json"),
                       "needs the images")
+
+
+@pytest.mark.parametrize("file_name", ["../../secret.png", "/etc/hostname"])
+def test_visualize_copies_no_file_from_outside_the_images_folder(tiny_shapes, shapes_models, tmp_path, file_name):
+    gt, models = shapes_models
+    gt["images"][0]["file_name"] = file_name
+    annotations = write_json(tmp_path / "escaping.json", gt)
+    out = tmp_path / "out"
+    result = run("visualize", *models, "--images", tiny_shapes / "val", "--annotations", annotations,
+                 "--select", gt["images"][0]["id"], "--out", out)
+    assert_user_error(result, file_name, "outside the images folder")
+    assert not out.exists()
