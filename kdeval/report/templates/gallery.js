@@ -12,10 +12,11 @@
     return;
   }
   const CORRECT = new Set(["correct", "crowd"]); // a crowd-region hit is not an error in COCO
+  // read from the controls, which a browser may restore to a reader's last choice on reload
   const state = {
     threshold: Number(document.getElementById("threshold").value),
-    gt: true,
-    models: data.models.map(() => true),
+    gt: document.getElementById("show-gt").checked,
+    models: data.models.map((_, m) => document.querySelector("input.show-model[data-model='" + m + "']").checked),
   };
   const panels = [];
 
