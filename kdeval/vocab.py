@@ -41,3 +41,15 @@ EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 BOX_FORMATS = ("xywh", "xyxy")
 
 ANALYSIS_SETTINGS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
+
+# What a detection is, for the qualitative figures: matched greedily by score to ground truth of
+# its class at IoU >= MATCH_IOU, as COCOeval matches at AP50; a wrong one named as TIDE names its
+# error types (IoU >= BACKGROUND_IOU counts as touching an object). "crowd" lies in a crowd region
+# of its class, which COCO neither credits nor counts against the model.
+MATCH_IOU = 0.5
+BACKGROUND_IOU = 0.1
+DETECTION_VERDICTS = ("correct", "crowd", "class", "localisation", "both", "duplicate", "background")
+WRONG_VERDICTS = ("class", "localisation", "both", "duplicate", "background")
+
+# How `kdeval visualize` picks the images of its gallery (or explicit image ids).
+GALLERY_SELECTIONS = ("improved", "degraded", "large", "small", "disagreement", "random")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,53 @@ def trained(tiny_shapes, tmp_path_factory) -> Path:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "model.pt"
+
+
+def noisy_detections(gt: dict, seed: int) -> list[dict]:
+    """Per object a shifted box of the right class (score by object), plus a background box and a
+    duplicate on every other image: every colour and a spread of scores."""
+    detections = []
+    for k, ann in enumerate(a for a in gt["annotations"] if not a.get("iscrowd")):
+        x, y, w, h = ann["bbox"]
+        shift = 0.05 if (k + seed) % 3 else 0.6  # every third box misses (IoU < 0.5)
+        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                           "bbox": [x + shift * w, y, w, h], "score": round(0.15 + 0.8 * ((k * 7 + seed) % 10) / 10, 3)})
+    for n, image in enumerate(gt["images"]):
+        detections.append({"image_id": image["id"], "category_id": gt["categories"][0]["id"],
+                           "bbox": [1.0, 1.0, 6.0, 6.0], "score": 0.45})
+        first = next((a for a in gt["annotations"] if a["image_id"] == image["id"]), None)
+        if first is not None and n % 2 == 0:
+            detections.append({"image_id": image["id"], "category_id": first["category_id"],
+                               "bbox": list(first["bbox"]), "score": 0.35})
+    return detections
+
+
+@pytest.fixture
+def shapes_models(tiny_shapes, tmp_path):
+    """Three results files on tiny Shapes: perfect detections and two noisy models."""
+    gt = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    return gt, [
+        f"first={write_json(tmp_path / 'first.json', noisy_detections(gt, 0))}",
+        f"second={write_json(tmp_path / 'second.json', perfect_detections(gt))}",
+        f"third={write_json(tmp_path / 'third.json', noisy_detections(gt, 1))}",
+    ]
+
+
+# ---------------------------------------------------------------- a real browser for the HTML pages
+
+CHROMIUM = Path(os.environ.get("KDEVAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (Debian's package, driven by playwright: nothing
+    is downloaded). Skipped, saying why, only where no chromium binary is installed."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
