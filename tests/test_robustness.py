@@ -3,15 +3,27 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from kdeval.data.corrupted import (
+    CLEAN_SCENARIO, Scenario, corrupt_image, corrupted_rgb, corruption_seed, parse_corruptions, parse_severities,
+)
+from kdeval.errors import KdevalError
 from kdeval.metrics.robustness import corruption_means, robustness_summary, severity_grid
-from kdeval.vocab import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "robustness-benchmark-coco.csv"
+# noise-like corruptions whose pixels depend on the random draw (the others are deterministic filters)
+RANDOM_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+    "elastic_transform", "speckle_noise", "spatter",
+)
+
 
 
 # ---------------------------------------------------------------- mPC and rPC
@@ -67,3 +79,83 @@ def test_published_benchmark_numbers():
     assert (round(100 * cascade["AP"], 1), round(100 * cascade["mPC"], 1), round(100 * cascade["rPC"], 1)) == (40.4, 20.1, 49.7)
     assert summary.loc["faster_rcnn_r50_fpn_1x", "rPC"] == pytest.approx(0.4947, abs=5e-5)
     assert (summary["scenarios"] == 75).all()
+
+
+# ---------------------------------------------------------------- corruptions
+
+
+@pytest.fixture(scope="module")
+def photograph() -> np.ndarray:
+    from skimage import data
+
+    return data.chelsea()  # 300×451 RGB photograph: not square, so a transposition would show
+
+
+@pytest.mark.parametrize("corruption", ALL_CORRUPTIONS)
+def test_corruption_equals_a_direct_imagecorruptions_call(photograph, corruption):
+    from imagecorruptions import corrupt
+
+    seed = corruption_seed("chelsea.png", corruption, 3, 0)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    ours = corrupt_image(photograph, corruption, 3, seed)
+    assert (np.random.get_state()[1] == before).all(), "the caller's global generator must be left as it was"
+
+    # the reference: the library's documented call, its global generators seeded by hand
+    np.random.seed(seed)
+    random.seed(seed)
+    kwargs = {"seed": seed} if corruption in ("impulse_noise", "glass_blur") else {}
+    reference = corrupt(photograph.copy(), corruption_name=corruption, severity=3, **kwargs)
+
+    assert ours.dtype == np.uint8 and ours.shape == photograph.shape
+    assert np.array_equal(ours, reference)
+    assert not np.array_equal(ours, photograph)
+    assert np.array_equal(corrupt_image(photograph, corruption, 3, seed), ours)  # same seed, same pixels
+    if corruption in RANDOM_CORRUPTIONS:
+        assert not np.array_equal(corrupt_image(photograph, corruption, 3, seed + 1), ours)
+
+
+def test_seeds_depend_on_image_scenario_and_run_seed_only():
+    base = corruption_seed("a.png", "fog", 3, 0)
+    assert base == corruption_seed("a.png", "fog", 3, 0)
+    assert len({base, corruption_seed("b.png", "fog", 3, 0), corruption_seed("a.png", "snow", 3, 0),
+                corruption_seed("a.png", "fog", 4, 0), corruption_seed("a.png", "fog", 3, 1)}) == 5
+    assert 0 <= base < 2**32
+
+
+@pytest.mark.parametrize("shape", [(20, 40, 3), (64, 64, 3), (128, 128, 3)])
+def test_every_corruption_runs_on_small_images(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for corruption in ALL_CORRUPTIONS:
+        for severity in (1, 5):
+            out = corrupt_image(image, corruption, severity, 7)
+            assert out.shape == shape and out.dtype == np.uint8, (corruption, severity)
+
+
+def test_cache_returns_the_same_pixels_without_corrupting_again(tmp_path, monkeypatch, photograph):
+    from PIL import Image
+
+    import kdeval.data.corrupted as corrupted
+
+    source = tmp_path / "cat.png"
+    Image.fromarray(photograph).save(source)
+    scenario = Scenario("snow", 2)
+    first = corrupted_rgb(source, "cat.png", scenario, 0, corrupted.CorruptionCache(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 1
+    monkeypatch.setattr(corrupted, "corrupt_image", lambda *a, **k: pytest.fail("corrupted again"))
+    again = corrupted_rgb(source, "cat.png", scenario, 0, corrupted.CorruptionCache(tmp_path / "cache"))
+    assert np.array_equal(first, again)
+    assert np.array_equal(corrupted_rgb(source, "cat.png", CLEAN_SCENARIO, 0), photograph)
+
+
+def test_choices_parse_and_bad_ones_name_the_valid_ones():
+    assert parse_corruptions("benchmark") == BENCHMARK_CORRUPTIONS
+    assert parse_corruptions("all") == ALL_CORRUPTIONS
+    assert parse_corruptions("snow,gaussian_noise,snow") == ("gaussian_noise", "snow")
+    assert parse_severities("1-5") == (1, 2, 3, 4, 5)
+    assert parse_severities("0,3,5") == (3, 5)
+    with pytest.raises(KdevalError, match="unknown corruption 'fogg'.*saturate"):
+        parse_corruptions("fog,fogg")
+    for bad in ("6", "1-6", "-1", "two", "3-1"):
+        with pytest.raises(KdevalError, match="0 \\(clean\\) to 5"):
+            parse_severities(bad)
