@@ -58,3 +58,17 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
 def cache_root() -> Path:
     """Where kdeval keeps generated datasets and cached detections ($KDEVAL_CACHE or ~/.cache/kdeval)."""
     return Path(os.environ.get("KDEVAL_CACHE", Path.home() / ".cache" / "kdeval"))
+
+
+def write_figure_atomic(stem: Path, figure, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """A matplotlib Figure as `stem`.png, `stem`.pdf, ..., each written atomically. PDF metadata
+    carries no creation date, so the same figure gives the same bytes."""
+    import io
+
+    paths = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        figure.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+        paths.append(write_bytes_atomic(Path(f"{stem}.{fmt}"), buffer.getvalue()))
+    return paths

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from kdeval.data.corrupted import (
 )
 from kdeval.errors import KdevalError
 from kdeval.metrics.robustness import corruption_means, robustness_summary, severity_grid
+from kdeval.report.robustness_figures import severity_curves, severity_heatmap
 from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "robustness-benchmark-coco.csv"
@@ -159,3 +161,16 @@ def test_choices_parse_and_bad_ones_name_the_valid_ones():
     for bad in ("6", "1-6", "-1", "two", "3-1"):
         with pytest.raises(KdevalError, match="0 \\(clean\\) to 5"):
             parse_severities(bad)
+
+
+def test_figures_take_a_table_and_touch_no_global_state():
+    rows = [(m, "clean", 0, "AP", 0.5) for m in ("a", "b")]
+    rows += [(m, c, s, "AP", 0.5 - 0.05 * s) for m in ("a", "b") for c in ("fog", "snow", "saturate") for s in (1, 2, 3)]
+    before = dict(matplotlib.rcParams)
+    curves = severity_curves(tidy(rows))
+    heatmap = severity_heatmap(tidy(rows), "a", vmax=0.5)
+    assert dict(matplotlib.rcParams) == before
+    panels = [axes for axes in curves.axes if axes.get_visible()]
+    assert [p.get_title() for p in panels] == ["snow", "fog", "saturate (extra)"]
+    assert all(len(p.get_lines()) == 2 for p in panels)
+    assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["clean", "1", "2", "3", "4", "5"]
