@@ -3,22 +3,35 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from kdeval.cli import app
 from kdeval.data.corrupted import (
     CLEAN_SCENARIO, Scenario, corrupt_image, corrupted_rgb, corruption_seed, parse_corruptions, parse_severities,
 )
 from kdeval.errors import KdevalError
 from kdeval.metrics.robustness import corruption_means, robustness_summary, severity_grid
 from kdeval.report.robustness_figures import severity_curves, severity_heatmap
-from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, EXTRA_CORRUPTIONS
 
+from conftest import shapes_args
+from test_cli import assert_user_error
+
+runner = CliRunner()
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "robustness-benchmark-coco.csv"
 # noise-like corruptions whose pixels depend on the random draw (the others are deterministic filters)
 RANDOM_CORRUPTIONS = (
@@ -26,6 +39,9 @@ RANDOM_CORRUPTIONS = (
     "elastic_transform", "speckle_noise", "spatter",
 )
 
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- mPC and rPC
@@ -174,3 +190,113 @@ def test_figures_take_a_table_and_touch_no_global_state():
     assert [p.get_title() for p in panels] == ["snow", "fog", "saturate (extra)"]
     assert all(len(p.get_lines()) == 2 for p in panels)
     assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["clean", "1", "2", "3", "4", "5"]
+
+
+# ---------------------------------------------------------------- the command
+
+
+ROBUST_ARGS = ["--device", "cpu", "--no-progress", "--batch-size", "4"]
+SMALL_RUN = ["--corruptions", "gaussian_noise,fog,saturate", "--severities", "1,4"]
+
+
+def detections_of(out: Path, model: str) -> dict[str, list]:
+    folder = out / "detections" / model
+    return {path.name: json.loads(gzip.decompress(path.read_bytes())) for path in sorted(folder.glob("*.json.gz"))}
+
+
+def test_robustness_command_end_to_end(tiny_shapes, trained, tmp_path):
+    out = tmp_path / "rob"
+    result = run("robustness", f"base={trained}", f"same={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS,
+                 *SMALL_RUN, "--workers", 0, "--baseline", "base", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "AP" in result.stdout and "mPC" in result.stdout and "rPC" in result.stdout
+    assert "PARTIAL mPC" in result.stdout and "4 of the 75" in result.stdout  # 2 benchmark corruptions × 2 severities
+    assert "(+0.0)" in result.stdout  # the same checkpoint under two names gains nothing
+    assert "14 scenario(s) run, 0 reused" in result.stdout  # 2 models × (clean + 3 corruptions × 2 severities)
+
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(table.columns) == ["model", "corruption", "severity", "metric", "value"]
+    assert len(table) == 2 * 7 * 12 and set(table["metric"]) == set(COCO_STAT_NAMES)
+    assert set(table["corruption"]) == {"clean", "gaussian_noise", "fog", "saturate"}
+
+    # clean images give exactly the detections `kdeval predict` gives
+    assert run("predict", trained, *shapes_args(tiny_shapes), "-o", tmp_path / "p.json", "--device", "cpu", "--no-progress").exit_code == 0
+    assert detections_of(out, "base")["clean-0.json.gz"] == json.loads((tmp_path / "p.json").read_text())
+    assert detections_of(out, "base") == detections_of(out, "same")
+
+    summary = (out / "robustness_summary.md").read_text()
+    assert "| model | AP | mPC | rPC |" in summary and "PARTIAL" in summary and "saturate" in summary
+    assert r"\begin{tabular}" in (out / "robustness_summary.tex").read_text()
+    assert pd.read_csv(out / "robustness_summary.csv").columns[-1] == "scenarios"
+    for name in ("ap_vs_severity", "heatmap-base", "heatmap-same"):
+        for suffix in ("png", "pdf"):
+            assert (out / "figures" / f"{name}.{suffix}").stat().st_size > 1000
+
+    # a rerun runs nothing; different settings are refused, not mixed in
+    again = run("robustness", f"base={trained}", f"same={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--workers", 0, "--out", out)
+    assert "0 scenario(s) run, 14 reused" in again.stdout
+    assert_user_error(run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--seed", 1, "--out", out), "seed 0 there, 1 now", "--overwrite")
+    assert_user_error(run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--max-images", 2, "--out", out), "max_images", "--overwrite")
+    fresh = run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--seed", 1, "--out", out, "--overwrite")
+    assert fresh.exit_code == 0 and "7 scenario(s) run, 0 reused" in fresh.stdout
+
+
+def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, trained, tmp_path):
+    """Fairness: the corrupted pixels depend on neither the process nor the run, nor the cache."""
+    common = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "all", "--severities", "3"]
+    assert run("robustness", *common, "--workers", 0, "--out", tmp_path / "a").exit_code == 0
+    result = run("robustness", *common, "--workers", 2, "--cache", tmp_path / "cache", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 19 * 6  # 19 corruptions × 6 images
+    cached = run("robustness", *common, "--workers", 0, "--cache", tmp_path / "cache", "--out", tmp_path / "c")
+    assert cached.exit_code == 0, cached.output
+    first = detections_of(tmp_path / "a", "m")
+    assert len(first) == 20 and first == detections_of(tmp_path / "b", "m") == detections_of(tmp_path / "c", "m")
+    assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "c" / "robustness.csv").read_bytes()
+
+
+def test_a_kill_loses_at_most_the_scenario_in_flight(tiny_shapes, trained, tmp_path):
+    args = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "gaussian_noise,fog,contrast", "--severities", "1-5", "--workers", "0"]
+    reference = run("robustness", *args, "--out", tmp_path / "whole")
+    assert reference.exit_code == 0, reference.output
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "kdeval", "robustness", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = out / "scenarios" / "m"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and len(list(finished.glob("*.json"))) < 2:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    done = len(list(finished.glob("*.json")))
+    assert 2 <= done < 16
+
+    resumed = run("robustness", *args, "--out", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{16 - done} scenario(s) run, {done} reused" in resumed.stdout
+    assert (out / "robustness.csv").read_bytes() == (tmp_path / "whole" / "robustness.csv").read_bytes()
+    assert detections_of(out, "m") == detections_of(tmp_path / "whole", "m")
+
+    # a damaged result file is run again, never trusted
+    (finished / "fog-2.json").write_text("{ half a fi")
+    again = run("robustness", *args, "--out", out)
+    assert "1 scenario(s) run, 15 reused" in again.stdout
+    assert (out / "robustness.csv").read_bytes() == (tmp_path / "whole" / "robustness.csv").read_bytes()
+
+
+def test_bad_robustness_input_gets_one_line_and_exit_2(tiny_shapes, trained, tmp_path):
+    base = [f"m={trained}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--out", tmp_path / "o"]
+    assert_user_error(run("robustness", *base, "--corruptions", "fog,haze"), "unknown corruption 'haze'", "jpeg_compression", "saturate")
+    assert_user_error(run("robustness", *base, "--severities", "0-7"), "outside 0–5")
+    assert_user_error(run("robustness", *base, "--severities", "6"), "outside 0–5")
+    dets = tmp_path / "d.json"
+    dets.write_text("[]")
+    assert_user_error(run("robustness", dets, *shapes_args(tiny_shapes)), "give a checkpoint")
+    assert_user_error(run("robustness", f"m={trained}", *shapes_args(tiny_shapes), "--baseline", "x"), "--baseline 'x'")
+
+
+def test_help_shows_an_example():
+    result = run("robustness", "--help")
+    assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
