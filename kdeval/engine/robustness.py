@@ -73,6 +73,7 @@ class RobustnessRun:
     images: int  # images per scenario
     images_processed: int  # corrupted-or-clean images that went through the DataLoader now
     seconds: float
+    scoring_seconds: float  # of those, COCOeval and writing the scenario files
 
 
 # ---------------------------------------------------------------- the data the run is on
@@ -198,11 +199,6 @@ def _save_scenario(out_dir: Path, model: str, scenario: Scenario, key: dict, det
     )
 
 
-def read_detections(out_dir: Path, model: str, scenario: Scenario) -> list[dict]:
-    """The COCO results a finished scenario wrote (for comparisons and for other tools)."""
-    return json.loads(gzip.decompress(_detections_path(Path(out_dir), model, scenario).read_bytes()))
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -219,8 +215,9 @@ def _batches(pending: dict[int, list[str]], images: int, batch_size: int) -> lis
 def _run_pending(
     loaded: dict[str, LoadedModel], pending: dict[int, list[str]], scenarios: list[Scenario], gt: dict, split: Split,
     settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
-) -> int:
-    """Run every pending (model, scenario); write each scenario as soon as its last batch is done."""
+) -> tuple[dict[tuple[str, Scenario], dict], int, float]:
+    """Run every pending (model, scenario); score and write each scenario as soon as its last batch
+    is done. Returns (stats per (model, scenario), images loaded, seconds spent scoring and writing)."""
     predict = settings.predict
     device = torch.device(predict.device)
     images = gt["images"]
@@ -241,6 +238,8 @@ def _run_pending(
     )
     batches_left = {index: -(-len(images) // predict.batch_size) for index in pending}
     detections: dict[tuple[str, int], list[dict]] = {}
+    stats: dict[tuple[str, Scenario], dict] = {}
+    scoring_seconds = 0.0
     autocast = torch.autocast(device.type, enabled=predict.amp and device.type == "cuda", dtype=torch.bfloat16)
     processed = 0
     with torch.inference_mode(), autocast:
@@ -257,11 +256,14 @@ def _run_pending(
             processed += len(batch_images)
             batches_left[scenario_index] -= 1
             if batches_left[scenario_index] == 0:
+                scoring_start = time.perf_counter()
+                scenario = scenarios[scenario_index]
                 for name in pending[scenario_index]:
                     found = detections.pop((name, scenario_index), [])
-                    stats = coco_stats(gt, found)
-                    _save_scenario(out_dir, name, scenarios[scenario_index], keys[(name, scenario_index)], found, stats)
-    return processed
+                    stats[(name, scenario)] = coco_stats(gt, found)
+                    _save_scenario(out_dir, name, scenario, keys[(name, scenario_index)], found, stats[(name, scenario)])
+                scoring_seconds += time.perf_counter() - scoring_start
+    return stats, processed, scoring_seconds
 
 
 def _tidy(stats: dict[tuple[str, Scenario], dict], models: list[ModelInput], scenarios: list[Scenario]) -> pd.DataFrame:
@@ -309,7 +311,7 @@ def run_robustness(
                 stats[(model.name, scenario)] = done
     reused = len(stats)
 
-    processed = 0
+    processed, scoring_seconds = 0, 0.0
     if pending:
         needed = [model for model in models if any(model.name in names for names in pending.values())]
         loaded = {}
@@ -317,10 +319,8 @@ def run_robustness(
             loaded[model.name] = load_checkpoint(model.path)
             loaded[model.name].labels.check_matches(gt["categories"], str(split.annotations))
             loaded[model.name].model.to(settings.predict.device).eval()
-        processed = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
-        for index, names in pending.items():
-            for name in names:
-                stats[(name, scenarios[index])] = _finished_stats(_stats_path(out_dir, name, scenarios[index]), keys[(name, index)])
+        computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
+        stats.update(computed)
 
     return RobustnessRun(
         table=_tidy(stats, models, scenarios),
@@ -329,6 +329,7 @@ def run_robustness(
         images=len(gt["images"]),
         images_processed=processed,
         seconds=time.perf_counter() - start,
+        scoring_seconds=scoring_seconds,
     )
 
 
