@@ -13,7 +13,6 @@ from kdeval.metrics.robustness import check_tidy, severity_grid
 from kdeval.vocab import ALL_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 
 SEVERITY_AXIS = (0, *SEVERITIES)
-SEVERITY_LABELS = ("clean", *(str(s) for s in SEVERITIES))
 
 
 def _corruptions(table: pd.DataFrame) -> list[str]:
@@ -45,7 +44,8 @@ def severity_curves(table: pd.DataFrame, metric: str = "AP", columns: int = 5) -
         for number, model in enumerate(models):
             grid = grids[model]
             values = grid.loc[corruption] if corruption in grid.index else pd.Series(np.nan, index=list(SEVERITY_AXIS))
-            panel.plot(SEVERITY_AXIS, 100 * values.to_numpy(dtype=float), marker="o", markersize=3, color=f"C{number}", label=model)
+            values = values.dropna()  # severities not run: the line joins the ones that were
+            panel.plot(values.index, 100 * values.to_numpy(dtype=float), marker="o", markersize=3, color=f"C{number}", label=model)
         panel.set_title(_title(corruption), fontsize=9)
         panel.grid(alpha=0.3)
     for panel in axes.flat[len(corruptions):]:
@@ -71,6 +71,7 @@ def severity_heatmap(table: pd.DataFrame, model: str, metric: str = "AP", vmax: 
     column 'clean' is severity 0. Pass the same `vmax` (0–1) to compare models by colour."""
     check_tidy(table)
     grid = severity_grid(table, model, metric)
+    grid = grid.loc[:, grid.notna().any() | (grid.columns == 0)]  # only the severities that were run
     values = 100 * grid.to_numpy(dtype=float)
     top = 100 * vmax if vmax is not None else (np.nanmax(values) if np.isfinite(values).any() else 1.0)
     figure = Figure(figsize=(5.6, 0.32 * len(grid) + 1.5), layout="constrained")
@@ -80,7 +81,7 @@ def severity_heatmap(table: pd.DataFrame, model: str, metric: str = "AP", vmax: 
         if np.isfinite(value):
             dark = value < 0.6 * top  # white text on the dark end of viridis
             axes.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    axes.set_xticks(range(len(SEVERITY_AXIS)), SEVERITY_LABELS)
+    axes.set_xticks(range(len(grid.columns)), ["clean" if s == 0 else str(s) for s in grid.columns])
     axes.set_yticks(range(len(grid)), [_title(c) for c in grid.index], fontsize=8)
     axes.set_xlabel("severity")
     extras = [i for i, c in enumerate(grid.index) if c in EXTRA_CORRUPTIONS]
