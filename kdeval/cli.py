@@ -303,7 +303,7 @@ def robustness(
     seed: Annotated[int, typer.Option(help="Corruption seed; every model sees the same pixels for the same seed.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Discard the results already in --out and start over.")] = False,
@@ -332,16 +332,16 @@ def robustness(
     from kdeval.engine.predict import PredictSettings
     from kdeval.engine.robustness import RobustnessSettings, run_robustness, summary_text, write_robustness_report
 
+    device = _device(device)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if device.startswith("cuda") else 0
     settings = RobustnessSettings(
         corruptions=parse_corruptions(corruptions),
         severities=parse_severities(severities),
         seed=seed,
         max_images=max_images,
         cache_dir=cache,
-        predict=PredictSettings(
-            batch_size=batch_size, device=_device(device), amp=amp,
-            workers=workers if workers is not None else min(os.cpu_count() or 1, 8),
-        ),
+        predict=PredictSettings(batch_size=batch_size, device=device, amp=amp, workers=workers),
     )
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
