@@ -396,9 +396,10 @@ def write_robustness_report(
     if not by_corruption.empty:
         paths.append(write_text_atomic(out_dir / "robustness_by_corruption.csv", by_corruption.to_csv(float_format="%.6f")))
         paths += write_figure_atomic(out_dir / "figures" / "ap_vs_severity", severity_curves(table))
-        top = summary["AP"].max()
+        # one colour scale for every model's heat map, up to the highest AP any scenario reached
+        top = table.loc[table["metric"] == "AP", "value"].max()
         for model in dict.fromkeys(table["model"]):
-            heatmap = severity_heatmap(table, model, vmax=None if pd.isna(top) else float(top))
+            heatmap = severity_heatmap(table, model, vmax=float(top) if top > 0 else None)
             paths += write_figure_atomic(out_dir / "figures" / f"heatmap-{_model_dir_name(model)}", heatmap)
     return paths
 
