@@ -295,6 +295,13 @@ def test_bad_robustness_input_gets_one_line_and_exit_2(tiny_shapes, trained, tmp
     dets.write_text("[]")
     assert_user_error(run("robustness", dets, *shapes_args(tiny_shapes)), "give a checkpoint")
     assert_user_error(run("robustness", f"m={trained}", *shapes_args(tiny_shapes), "--baseline", "x"), "--baseline 'x'")
+    # a run that failed before finishing any scenario does not block the next one
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert_user_error(run("robustness", f"m={junk}", *shapes_args(tiny_shapes), "--out", tmp_path / "o2"), "junk.pt")
+    quick = ["--corruptions", "fog", "--severities", "1", "--max-images", 2, "--device", "cpu", "--no-progress"]
+    result = run("robustness", f"m={trained}", *shapes_args(tiny_shapes), *quick, "--out", tmp_path / "o2")
+    assert result.exit_code == 0, result.output
 
 
 def test_help_shows_an_example():

@@ -128,8 +128,14 @@ def _change(key: str, before, now) -> str:
     return f"{key} differs"
 
 
+def _finished_files(out_dir: Path, model: str | None = None) -> list[Path]:
+    folder = out_dir / "scenarios" / (_model_dir_name(model) if model is not None else "")
+    return [p for p in folder.rglob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
+
+
 def _open_run(out_dir: Path, data_key: dict, checkpoints: dict[str, str]) -> None:
-    """Check run.json against this run's settings (refuse to mix), then record the union."""
+    """Check run.json against this run's settings and refuse to mix results made otherwise, then
+    record the union. Settings of an earlier run that left no finished scenario do not count."""
     path = out_dir / "run.json"
     models = dict(checkpoints)
     if path.is_file():
@@ -138,18 +144,19 @@ def _open_run(out_dir: Path, data_key: dict, checkpoints: dict[str, str]) -> Non
             raise KdevalError(f"{path}: not a kdeval robustness run; choose another --out")
         before = earlier.get("data", {})
         differing = [_change(key, before.get(key), data_key.get(key)) for key in sorted(set(data_key) | set(before)) if before.get(key) != data_key.get(key)]
-        if differing:
+        if differing and _finished_files(out_dir):
             raise KdevalError(
                 f"{out_dir} holds a robustness run made with other settings ({'; '.join(differing)}); "
                 "use another --out, or --overwrite to start over"
             )
         for name, sha in earlier.get("models", {}).items():
-            if name in models and models[name] != sha:
+            if name in models and models[name] != sha and _finished_files(out_dir, name):
                 raise KdevalError(
                     f"{out_dir} holds results of another checkpoint under the name '{name}'; "
                     "use NAME=PATH with a new name, another --out, or --overwrite"
                 )
-            models.setdefault(name, sha)
+            if not differing:
+                models.setdefault(name, sha)
     write_json_atomic(path, {"format": RUN_FORMAT, "version": RUN_VERSION, "data": data_key, "models": models})
 
 
