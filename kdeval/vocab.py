@@ -36,6 +36,12 @@ BENCHMARK_CORRUPTIONS = (
     "elastic_transform", "pixelate", "jpeg_compression",
 )
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL_CORRUPTIONS = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
+# Severity 0 is the clean image; 1–5 are the corrupted ones. Clean scores sit in tables under this name.
+CLEAN = "clean"
+SEVERITIES = (1, 2, 3, 4, 5)
+# The paper's robustness table (appendix Table 3): clean AP, mean AP under corruption, their ratio.
+ROBUSTNESS_COLUMNS = ("AP", "mPC", "rPC")
 
 # Box formats a results file may use; COCO results are xywh.
 BOX_FORMATS = ("xywh", "xyxy")

@@ -74,9 +74,10 @@ def latex_escape(text: str) -> str:
 
 
 def _latex_metric(name: str) -> str:
-    # AP50 → AP$_{50}$, APs → AP$_{S}$, as the paper typesets them
+    # AP50 → AP$_{50}$, APs → AP$_{S}$, as the paper typesets them; other columns (mPC, rPC,
+    # corruption names) as they are, escaped
     suffix = name[2:]
-    if not name.startswith("AP") or not suffix:
+    if not suffix or name[:2] not in ("AP", "AR"):
         return latex_escape(name)
     return f"{name[:2]}$_{{{suffix.upper() if suffix.isalpha() else suffix}}}$"
 

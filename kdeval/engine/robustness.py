@@ -1,0 +1,421 @@
+"""The robustness benchmark: models × (clean + corruptions × severities) → a tidy table, resumably.
+
+Each model is built once and every scenario runs through one DataLoader whose worker processes
+corrupt the images while the main process runs the models; every model that still needs a
+scenario sees the same batch of corrupted pixels, so corruption is paid once per run, not once per
+model. Clean images are scenario (clean, 0), scored once per model.
+
+The run folder (--out) holds
+    run.json                               what the results depend on: data, seed, inference, models
+    scenarios/<model>/<corruption>-<s>.json   the 12 COCO stats of one finished scenario (+ its key)
+    detections/<model>/<corruption>-<s>.json.gz   that scenario's COCO results
+Both per-scenario files are written atomically, detections first, so a scenario counts as finished
+only when its stats file exists: a kill at any moment loses at most the scenarios in flight, and a
+rerun skips every finished one. A rerun whose data, seed, image count or inference settings differ,
+or that gives a model name another checkpoint, is refused rather than mixed in; more corruptions,
+severities or models extend a run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from kdeval.data.coco import image_path, load_coco_annotations, read_json
+from kdeval.data.corrupted import CACHE_VERSION, MIN_SIDE, Scenario, ScenarioImages, corrupt_image, library_version, scenarios_of
+from kdeval.data.dataset import collate
+from kdeval.data.source import Split
+from kdeval.engine.evaluate import ModelInput
+from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers
+from kdeval.errors import KdevalError
+from kdeval.fileio import file_sha256, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.report.figures import save_figure
+from kdeval.metrics.coco_ap import coco_stats
+from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, TIDY_COLUMNS, corruption_means, robustness_summary
+from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+from kdeval.report.robustness_figures import severity_curves, severity_heatmap
+from kdeval.report.tables import to_latex, to_markdown, to_text
+from kdeval.vocab import BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, ROBUSTNESS_COLUMNS, SEVERITIES
+
+RUN_FORMAT = "kdeval-robustness"
+RUN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    corruptions: tuple[str, ...] = BENCHMARK_CORRUPTIONS
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0
+    max_images: int | None = None  # the first N images by id; None: all
+    cache_dir: Path | None = None  # corrupted images shared across runs; does not change results
+    predict: PredictSettings = field(default_factory=PredictSettings)
+
+    @property
+    def scenarios(self) -> list[Scenario]:
+        return scenarios_of(self.corruptions, self.severities)
+
+
+@dataclass
+class RobustnessRun:
+    table: pd.DataFrame  # tidy: model, corruption, severity, metric, value (0–1)
+    computed: int  # (model, scenario) pairs run now
+    reused: int  # (model, scenario) pairs read from an earlier run
+    images: int  # images per scenario
+    images_processed: int  # corrupted-or-clean images that went through the DataLoader now
+    seconds: float
+    scoring_seconds: float  # of those, COCOeval and writing the scenario files
+
+
+# ---------------------------------------------------------------- the data the run is on
+
+
+def select_images(gt: dict, max_images: int | None) -> dict:
+    """The ground truth restricted to the first `max_images` images by id (a new dict)."""
+    images = sorted(gt["images"], key=lambda image: image["id"])
+    if max_images is not None:
+        images = images[:max_images]
+    ids = {image["id"] for image in images}
+    return {
+        "images": images,
+        "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in ids],
+        "categories": list(gt["categories"]),
+    }
+
+
+def _data_key(split: Split, gt: dict, settings: RobustnessSettings) -> dict:
+    """Everything other than the model that the detections of a scenario depend on."""
+    return {
+        "annotations": file_sha256(split.annotations),
+        "images": str(Path(split.images).resolve()),
+        "image_count": len(gt["images"]),
+        "image_ids_sha256": hashlib.sha256(json.dumps([image["id"] for image in gt["images"]]).encode()).hexdigest(),
+        "max_images": settings.max_images,
+        "seed": settings.seed,
+        "imagecorruptions": library_version(),
+        "corruption_version": CACHE_VERSION,
+        **settings.predict.cache_fields(),
+    }
+
+
+def _model_dir_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _check_model_names(models: list[ModelInput]) -> None:
+    folders: dict[str, str] = {}
+    for model in models:
+        if model.is_results_json:
+            raise KdevalError(f"{model.path}: robustness runs models on corrupted images; give a checkpoint, not a results JSON")
+        folder = _model_dir_name(model.name)
+        if folder in folders:
+            raise KdevalError(f"model names '{folders[folder]}' and '{model.name}' share the folder name '{folder}'; rename one")
+        folders[folder] = model.name
+
+
+def _change(key: str, before, now) -> str:
+    if len(repr(before)) + len(repr(now)) < 40:
+        return f"{key} {before} there, {now} now"
+    return f"{key} differs"
+
+
+def _finished_files(out_dir: Path, model: str | None = None) -> list[Path]:
+    folder = out_dir / "scenarios" / (_model_dir_name(model) if model is not None else "")
+    return [p for p in folder.rglob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def _open_run(out_dir: Path, data_key: dict, checkpoints: dict[str, str]) -> None:
+    """Check run.json against this run's settings and refuse to mix results made otherwise, then
+    record the union. Settings of an earlier run that left no finished scenario do not count."""
+    path = out_dir / "run.json"
+    models = dict(checkpoints)
+    if path.is_file():
+        earlier = read_json(path, "robustness run")
+        if not isinstance(earlier, dict) or earlier.get("format") != RUN_FORMAT:
+            raise KdevalError(f"{path}: not a kdeval robustness run; choose another --out")
+        before = earlier.get("data", {})
+        differing = [_change(key, before.get(key), data_key.get(key)) for key in sorted(set(data_key) | set(before)) if before.get(key) != data_key.get(key)]
+        if differing and _finished_files(out_dir):
+            raise KdevalError(
+                f"{out_dir} holds a robustness run made with other settings ({'; '.join(differing)}); "
+                "use another --out, or --overwrite to start over"
+            )
+        for name, sha in earlier.get("models", {}).items():
+            if name in models and models[name] != sha and _finished_files(out_dir, name):
+                raise KdevalError(
+                    f"{out_dir} holds results of another checkpoint under the name '{name}'; "
+                    "use NAME=PATH with a new name, another --out, or --overwrite"
+                )
+            if not differing:
+                models.setdefault(name, sha)
+    write_json_atomic(path, {"format": RUN_FORMAT, "version": RUN_VERSION, "data": data_key, "models": models})
+
+
+def _clear_run(out_dir: Path) -> None:
+    """--overwrite: forget the results of an earlier run (its report files are rewritten anyway)."""
+    import shutil
+
+    for name in ("scenarios", "detections"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    (out_dir / "run.json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- per-scenario files
+
+
+def _stats_path(out_dir: Path, model: str, scenario: Scenario) -> Path:
+    return out_dir / "scenarios" / _model_dir_name(model) / f"{scenario.slug}.json"
+
+
+def _detections_path(out_dir: Path, model: str, scenario: Scenario) -> Path:
+    return out_dir / "detections" / _model_dir_name(model) / f"{scenario.slug}.json.gz"
+
+
+def _scenario_key(data_key: dict, checkpoint_sha: str, scenario: Scenario) -> dict:
+    return {"data": data_key, "checkpoint": checkpoint_sha, "corruption": scenario.corruption, "severity": scenario.severity}
+
+
+def _finished_stats(path: Path, key: dict) -> dict | None:
+    """The stats of a finished scenario, or None when it must be (re)run."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or set(record.get("stats", {})) != set(COCO_STAT_NAMES):
+        return None
+    return record["stats"]
+
+
+def _save_scenario(out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict], stats: dict) -> None:
+    payload = json.dumps(detections, separators=(",", ":")).encode()
+    write_bytes_atomic(_detections_path(out_dir, model, scenario), gzip.compress(payload, compresslevel=6, mtime=0))
+    write_json_atomic(
+        _stats_path(out_dir, model, scenario),
+        {"model": model, "corruption": scenario.corruption, "severity": scenario.severity, "key": key, "stats": stats},
+    )
+
+
+# ---------------------------------------------------------------- running
+
+
+def _batches(pending: dict[int, list[str]], images: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """Batches of (scenario index, image position), never crossing a scenario, so the same images
+    are batched together in every run and a scenario ends with a known batch."""
+    batches = []
+    for scenario_index in sorted(pending):
+        for start in range(0, images, batch_size):
+            batches.append([(scenario_index, p) for p in range(start, min(start + batch_size, images))])
+    return batches
+
+
+def _run_pending(
+    loaded: dict[str, LoadedModel], pending: dict[int, list[str]], scenarios: list[Scenario], gt: dict, split: Split,
+    settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
+) -> tuple[dict[tuple[str, Scenario], dict], int, float]:
+    """Run every pending (model, scenario); score and write each scenario as soon as its last batch
+    is done. Returns (stats per (model, scenario), images loaded, seconds spent scoring and writing)."""
+    predict = settings.predict
+    device = torch.device(predict.device)
+    images = gt["images"]
+    dataset = ScenarioImages(split.require_images(), images, scenarios, settings.seed, settings.cache_dir)
+    batches = _batches(pending, len(images), predict.batch_size)
+    workers = loader_workers(predict, torch.device(predict.device))
+    if workers > 0 and any(scenarios[i].corruption == "glass_blur" for i in pending):
+        # glass_blur is numba-compiled on first call (about 2 s): compile it once here, and the
+        # forked workers inherit it instead of each compiling its own
+        corrupt_image(np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8), "glass_blur", 1, 0)
+    # Workers are forked. Do not call cv2.setNumThreads in them: when the parent has used OpenCV's
+    # thread pool, resizing the inherited pool in a forked child deadlocks (seen in the tests).
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    batches_left = {index: -(-len(images) // predict.batch_size) for index in pending}
+    detections: dict[tuple[str, int], list[dict]] = {}
+    stats: dict[tuple[str, Scenario], dict] = {}
+    scoring_seconds = 0.0
+    autocast = torch.autocast(device.type, enabled=predict.amp and device.type == "cuda", dtype=torch.bfloat16)
+    processed = 0
+    with torch.inference_mode(), autocast:
+        bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
+        for batch_images, targets in bar:
+            scenario_index = targets[0]["scenario"]
+            bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
+            inputs = [image.to(device, non_blocking=True) for image in batch_images]
+            for name in pending[scenario_index]:
+                outputs = loaded[name].model(inputs)
+                found = detections.setdefault((name, scenario_index), [])
+                for output, target in zip(outputs, targets):
+                    found.extend(detections_from_output(output, target["image_id"], loaded[name].labels))
+            processed += len(batch_images)
+            batches_left[scenario_index] -= 1
+            if batches_left[scenario_index] == 0:
+                scoring_start = time.perf_counter()
+                scenario = scenarios[scenario_index]
+                for name in pending[scenario_index]:
+                    found = detections.pop((name, scenario_index), [])
+                    stats[(name, scenario)] = coco_stats(gt, found)
+                    _save_scenario(out_dir, name, scenario, keys[(name, scenario_index)], found, stats[(name, scenario)])
+                scoring_seconds += time.perf_counter() - scoring_start
+    return stats, processed, scoring_seconds
+
+
+def _tidy(stats: dict[tuple[str, Scenario], dict], models: list[ModelInput], scenarios: list[Scenario]) -> pd.DataFrame:
+    rows = [
+        (model.name, scenario.corruption, scenario.severity, metric, float(stats[(model.name, scenario)][metric]))
+        for model in models
+        for scenario in scenarios
+        for metric in COCO_STAT_NAMES
+    ]
+    return pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+
+
+def run_robustness(
+    models: list[ModelInput], split: Split, settings: RobustnessSettings, out_dir: Path,
+    overwrite: bool = False, progress: bool = True,
+) -> RobustnessRun:
+    """Score every model on clean images and on every (corruption, severity) of `settings`,
+    reusing the finished scenarios of an earlier run in `out_dir`. Returns the tidy table."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_model_names(models)
+    images_dir = split.require_images()
+    gt = select_images(load_coco_annotations(split.annotations), settings.max_images)
+    if not gt["images"]:
+        raise KdevalError(f"{split.annotations}: no images to score")
+    for image in gt["images"]:
+        if not image_path(images_dir, image["file_name"]).is_file():
+            raise KdevalError(f"{image_path(images_dir, image['file_name'])}: image file not found")
+
+    data_key = _data_key(split, gt, settings)
+    checkpoints = {model.name: file_sha256(model.path) for model in models}
+    if overwrite:
+        _clear_run(out_dir)
+    _open_run(out_dir, data_key, checkpoints)
+
+    scenarios = settings.scenarios
+    keys, stats, pending = {}, {}, {}
+    for model in models:
+        for index, scenario in enumerate(scenarios):
+            keys[(model.name, index)] = _scenario_key(data_key, checkpoints[model.name], scenario)
+            done = _finished_stats(_stats_path(out_dir, model.name, scenario), keys[(model.name, index)])
+            if done is None:
+                pending.setdefault(index, []).append(model.name)
+            else:
+                stats[(model.name, scenario)] = done
+    reused = len(stats)
+
+    processed, scoring_seconds = 0, 0.0
+    if pending:
+        needed = [model for model in models if any(model.name in names for names in pending.values())]
+        loaded = {}
+        for model in needed:  # each model is built once, for all its scenarios
+            loaded[model.name] = load_checkpoint(model.path)
+            loaded[model.name].labels.check_matches(gt["categories"], str(split.annotations))
+            loaded[model.name].model.to(settings.predict.device).eval()
+        computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
+        stats.update(computed)
+
+    return RobustnessRun(
+        table=_tidy(stats, models, scenarios),
+        computed=len(stats) - reused,
+        reused=reused,
+        images=len(gt["images"]),
+        images_processed=processed,
+        seconds=time.perf_counter() - start,
+        scoring_seconds=scoring_seconds,
+    )
+
+
+# ---------------------------------------------------------------- the report
+
+
+def run_settings(settings: RobustnessSettings) -> dict:
+    """Settings as JSON-ready data, saved beside the report."""
+    data = asdict(settings)
+    data["cache_dir"] = str(settings.cache_dir) if settings.cache_dir is not None else None
+    return data
+
+
+def partial_note(summary: pd.DataFrame) -> str | None:
+    """None for a full benchmark; otherwise the sentence that says what the mPC is a mean of."""
+    counts = set(summary["scenarios"])
+    if counts == {BENCHMARK_SCENARIOS}:
+        return None
+    if counts == {0}:
+        return "no benchmark corruption was run, so mPC and rPC are undefined (the 4 extras never enter mPC)"
+    low, high = min(counts), max(counts)
+    span = str(low) if low == high else f"{low}–{high}"
+    return (
+        f"PARTIAL mPC: the mean over {span} of the {BENCHMARK_SCENARIOS} benchmark scenarios "
+        "(15 corruptions × severities 1–5) that were run, not comparable with a full mPC"
+    )
+
+
+def summary_title(split: Split, run: RobustnessRun, seed: int) -> str:
+    return f"Robustness on {split.name} ({run.images} images, corruption seed {seed}): clean AP, mPC, rPC (%)"
+
+
+def write_robustness_report(
+    run: RobustnessRun, settings: RobustnessSettings, split: Split, out_dir: Path, baseline: str | None = None
+) -> list[Path]:
+    """The tidy CSV, the summary (CSV, Markdown, LaTeX), the per-corruption table, the figures."""
+    out_dir = Path(out_dir)
+    table = run.table
+    summary = robustness_summary(table)
+    shown = summary[list(ROBUSTNESS_COLUMNS)]
+    title = summary_title(split, run, settings.seed)
+    note = partial_note(summary)
+    by_corruption = corruption_means(table)
+
+    summary_csv = shown.copy()
+    if baseline is not None:
+        for column in ROBUSTNESS_COLUMNS:
+            summary_csv[f"{column}_gain"] = shown[column] - shown.loc[baseline, column]
+    summary_csv["scenarios"] = summary["scenarios"]
+    markdown = [f"**{title}**", "", to_markdown(shown, baseline)]
+    if note:
+        markdown += [f"*{note}*", ""]
+    if not by_corruption.empty:
+        markdown += ["**AP (%) per corruption, mean over the severities run**", "", to_markdown(by_corruption, baseline)]
+    caption = title + (f". {note}" if note else "")
+
+    paths = [
+        write_text_atomic(out_dir / "robustness.csv", table.to_csv(index=False)),
+        write_text_atomic(out_dir / "robustness_summary.csv", summary_csv.to_csv(float_format="%.6f")),
+        write_text_atomic(out_dir / "robustness_summary.md", "\n".join(markdown)),
+        write_text_atomic(out_dir / "robustness_summary.tex", to_latex(shown, baseline, caption)),
+        write_json_atomic(out_dir / "settings.json", run_settings(settings)),
+    ]
+    if not by_corruption.empty:
+        paths.append(write_text_atomic(out_dir / "robustness_by_corruption.csv", by_corruption.to_csv(float_format="%.6f")))
+        paths += save_figure(severity_curves(table), out_dir / "figures", "ap_vs_severity")
+        # one colour scale for every model's heat map, up to the highest AP any scenario reached
+        top = table.loc[table["metric"] == "AP", "value"].max()
+        for model in dict.fromkeys(table["model"]):
+            heatmap = severity_heatmap(table, model, vmax=float(top) if top > 0 else None)
+            paths += save_figure(heatmap, out_dir / "figures", f"heatmap-{_model_dir_name(model)}")
+    return paths
+
+
+def summary_text(run: RobustnessRun, split: Split, settings: RobustnessSettings, baseline: str | None = None) -> str:
+    """The paper's Table 3 layout for the terminal: AP, mPC, rPC per model, gains in brackets."""
+    summary = robustness_summary(run.table)
+    text = to_text(summary[list(ROBUSTNESS_COLUMNS)], baseline, title=summary_title(split, run, settings.seed))
+    note = partial_note(summary)
+    return text + (f"\nnote: {note}" if note else "")

@@ -1,0 +1,309 @@
+"""kdeval robustness: mPC/rPC arithmetic, corruptions equal to imagecorruptions' own, fairness
+(identical detections run after run), resume after a kill, and the command line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kdeval.cli import app
+from kdeval.data.corrupted import (
+    CLEAN_SCENARIO, Scenario, corrupt_image, corrupted_rgb, corruption_seed, parse_corruptions, parse_severities,
+)
+from kdeval.errors import KdevalError
+from kdeval.metrics.robustness import corruption_means, robustness_summary, severity_grid
+from kdeval.report.robustness_figures import severity_curves, severity_heatmap
+from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, EXTRA_CORRUPTIONS
+
+from conftest import shapes_args
+from test_cli import assert_user_error
+
+runner = CliRunner()
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "robustness-benchmark-coco.csv"
+# noise-like corruptions whose pixels depend on the random draw (the others are deterministic filters)
+RANDOM_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+    "elastic_transform", "speckle_noise", "spatter",
+)
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ---------------------------------------------------------------- mPC and rPC
+
+
+def tidy(rows):
+    return pd.DataFrame(rows, columns=["model", "corruption", "severity", "metric", "value"])
+
+
+def test_mpc_and_rpc_against_a_hand_computed_example():
+    # AP = 0.01·severity + 0.001·(corruption's index in the benchmark) on every benchmark scenario:
+    # mPC = 0.01·mean(1..5) + 0.001·mean(0..14) = 0.03 + 0.007 = 0.037; clean 0.4 → rPC 0.0925.
+    # Extras score 0.9 and a -1 (no ground truth) AR row sits beside them: neither may move mPC.
+    rows = [("a", "clean", 0, "AP", 0.4), ("b", "clean", 0, "AP", 0.5)]
+    for i, corruption in enumerate(BENCHMARK_CORRUPTIONS):
+        for severity in range(1, 6):
+            rows.append(("a", corruption, severity, "AP", 0.01 * severity + 0.001 * i))
+            rows.append(("a", corruption, severity, "ARl", -1.0))
+    rows += [("a", extra, s, "AP", 0.9) for extra in EXTRA_CORRUPTIONS for s in range(1, 6)]
+    # model b ran two scenarios only: a partial mPC over exactly those two
+    rows += [("b", "fog", 1, "AP", 0.3), ("b", "snow", 5, "AP", 0.1)]
+    summary = robustness_summary(tidy(rows))
+    assert summary.loc["a", "AP"] == pytest.approx(0.4)
+    assert summary.loc["a", "mPC"] == pytest.approx(0.037)
+    assert summary.loc["a", "rPC"] == pytest.approx(0.0925)
+    assert summary.loc["a", "scenarios"] == 75
+    assert summary.loc["b", "mPC"] == pytest.approx(0.2) and summary.loc["b", "rPC"] == pytest.approx(0.4)
+    assert summary.loc["b", "scenarios"] == 2
+    assert list(summary.index) == ["a", "b"]  # the order the models came in
+    means = corruption_means(tidy(rows))
+    assert means.loc["a", "gaussian_noise"] == pytest.approx(0.03) and means.loc["a", "saturate"] == pytest.approx(0.9)
+    grid = severity_grid(tidy(rows), "a")
+    assert list(grid.columns) == [0, 1, 2, 3, 4, 5] and (grid[0] == 0.4).all()
+    assert grid.loc["shot_noise", 2] == pytest.approx(0.021)
+
+
+def test_clean_rows_repeated_per_corruption_read_the_same_and_bad_tables_are_refused():
+    rows = [("m", c, 0, "AP", 0.5) for c in BENCHMARK_CORRUPTIONS] + [("m", "fog", 1, "AP", 0.25)]
+    summary = robustness_summary(tidy(rows))
+    assert summary.loc["m", "AP"] == 0.5 and summary.loc["m", "rPC"] == 0.5
+    with pytest.raises(ValueError, match="0–5"):
+        robustness_summary(tidy([("m", "fog", 6, "AP", 0.1)]))
+    with pytest.raises(ValueError, match="two values"):
+        robustness_summary(tidy([("m", "fog", 1, "AP", 0.1), ("m", "fog", 1, "AP", 0.2)]))
+
+
+@pytest.mark.skipif(not GOLDEN.is_file(), reason="the shared golden data is not next to this checkout")
+def test_published_benchmark_numbers():
+    summary = robustness_summary(pd.read_csv(GOLDEN))
+    retinanet = summary.loc["retinanet_r50_fpn_1x"]
+    assert (round(100 * retinanet["AP"], 1), round(100 * retinanet["mPC"], 1), round(100 * retinanet["rPC"], 1)) == (35.6, 17.8, 50.1)
+    cascade = summary.loc["cascade_rcnn_r50_fpn_1x"]
+    assert (round(100 * cascade["AP"], 1), round(100 * cascade["mPC"], 1), round(100 * cascade["rPC"], 1)) == (40.4, 20.1, 49.7)
+    assert summary.loc["faster_rcnn_r50_fpn_1x", "rPC"] == pytest.approx(0.4947, abs=5e-5)
+    assert (summary["scenarios"] == 75).all()
+
+
+# ---------------------------------------------------------------- corruptions
+
+
+@pytest.fixture(scope="module")
+def photograph() -> np.ndarray:
+    from skimage import data
+
+    return data.chelsea()  # 300×451 RGB photograph: not square, so a transposition would show
+
+
+@pytest.mark.parametrize("corruption", ALL_CORRUPTIONS)
+def test_corruption_equals_a_direct_imagecorruptions_call(photograph, corruption):
+    from imagecorruptions import corrupt
+
+    seed = corruption_seed("chelsea.png", corruption, 3, 0)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    ours = corrupt_image(photograph, corruption, 3, seed)
+    assert (np.random.get_state()[1] == before).all(), "the caller's global generator must be left as it was"
+
+    # the reference: the library's documented call, its global generators seeded by hand
+    np.random.seed(seed)
+    random.seed(seed)
+    kwargs = {"seed": seed} if corruption in ("impulse_noise", "glass_blur") else {}
+    reference = corrupt(photograph.copy(), corruption_name=corruption, severity=3, **kwargs)
+
+    assert ours.dtype == np.uint8 and ours.shape == photograph.shape
+    assert np.array_equal(ours, reference)
+    assert not np.array_equal(ours, photograph)
+    assert np.array_equal(corrupt_image(photograph, corruption, 3, seed), ours)  # same seed, same pixels
+    if corruption in RANDOM_CORRUPTIONS:
+        assert not np.array_equal(corrupt_image(photograph, corruption, 3, seed + 1), ours)
+
+
+def test_seeds_depend_on_image_scenario_and_run_seed_only():
+    base = corruption_seed("a.png", "fog", 3, 0)
+    assert base == corruption_seed("a.png", "fog", 3, 0)
+    assert len({base, corruption_seed("b.png", "fog", 3, 0), corruption_seed("a.png", "snow", 3, 0),
+                corruption_seed("a.png", "fog", 4, 0), corruption_seed("a.png", "fog", 3, 1)}) == 5
+    assert 0 <= base < 2**32
+
+
+@pytest.mark.parametrize("shape", [(20, 40, 3), (64, 64, 3), (128, 128, 3)])
+def test_every_corruption_runs_on_small_images(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for corruption in ALL_CORRUPTIONS:
+        for severity in (1, 5):
+            out = corrupt_image(image, corruption, severity, 7)
+            assert out.shape == shape and out.dtype == np.uint8, (corruption, severity)
+
+
+def test_cache_returns_the_same_pixels_without_corrupting_again(tmp_path, monkeypatch, photograph):
+    from PIL import Image
+
+    import kdeval.data.corrupted as corrupted
+
+    source = tmp_path / "cat.png"
+    Image.fromarray(photograph).save(source)
+    scenario = Scenario("snow", 2)
+    first = corrupted_rgb(source, "cat.png", scenario, 0, corrupted.CorruptionCache(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 1
+    monkeypatch.setattr(corrupted, "corrupt_image", lambda *a, **k: pytest.fail("corrupted again"))
+    again = corrupted_rgb(source, "cat.png", scenario, 0, corrupted.CorruptionCache(tmp_path / "cache"))
+    assert np.array_equal(first, again)
+    assert np.array_equal(corrupted_rgb(source, "cat.png", CLEAN_SCENARIO, 0), photograph)
+
+
+def test_choices_parse_and_bad_ones_name_the_valid_ones():
+    assert parse_corruptions("benchmark") == BENCHMARK_CORRUPTIONS
+    assert parse_corruptions("all") == ALL_CORRUPTIONS
+    assert parse_corruptions("snow,gaussian_noise,snow") == ("gaussian_noise", "snow")
+    assert parse_severities("1-5") == (1, 2, 3, 4, 5)
+    assert parse_severities("0,3,5") == (3, 5)
+    with pytest.raises(KdevalError, match="unknown corruption 'fogg'.*saturate"):
+        parse_corruptions("fog,fogg")
+    for bad in ("6", "1-6", "-1", "two", "3-1"):
+        with pytest.raises(KdevalError, match="0 \\(clean\\) to 5"):
+            parse_severities(bad)
+
+
+def test_figures_take_a_table_and_touch_no_global_state():
+    rows = [(m, "clean", 0, "AP", 0.5) for m in ("a", "b")]
+    rows += [(m, c, s, "AP", 0.5 - 0.05 * s) for m in ("a", "b") for c in ("fog", "snow", "saturate") for s in (1, 2, 3)]
+    before = dict(matplotlib.rcParams)
+    curves = severity_curves(tidy(rows))
+    heatmap = severity_heatmap(tidy(rows), "a", vmax=0.5)
+    assert dict(matplotlib.rcParams) == before
+    panels = [axes for axes in curves.axes if axes.get_visible()]
+    assert [p.get_title() for p in panels] == ["snow", "fog", "saturate (extra)"]
+    assert all(len(p.get_lines()) == 2 for p in panels)
+    assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["clean", "1", "2", "3"]  # only severities run
+
+
+# ---------------------------------------------------------------- the command
+
+
+ROBUST_ARGS = ["--device", "cpu", "--no-progress", "--batch-size", "4"]
+SMALL_RUN = ["--corruptions", "gaussian_noise,fog,saturate", "--severities", "1,4"]
+
+
+def detections_of(out: Path, model: str) -> dict[str, list]:
+    folder = out / "detections" / model
+    return {path.name: json.loads(gzip.decompress(path.read_bytes())) for path in sorted(folder.glob("*.json.gz"))}
+
+
+def test_robustness_command_end_to_end(tiny_shapes, trained, tmp_path):
+    out = tmp_path / "rob"
+    result = run("robustness", f"base={trained}", f"same={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS,
+                 *SMALL_RUN, "--workers", 0, "--baseline", "base", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "AP" in result.stdout and "mPC" in result.stdout and "rPC" in result.stdout
+    assert "PARTIAL mPC" in result.stdout and "4 of the 75" in result.stdout  # 2 benchmark corruptions × 2 severities
+    assert "(+0.0)" in result.stdout  # the same checkpoint under two names gains nothing
+    assert "14 scenario(s) run, 0 reused" in result.stdout  # 2 models × (clean + 3 corruptions × 2 severities)
+
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(table.columns) == ["model", "corruption", "severity", "metric", "value"]
+    assert len(table) == 2 * 7 * 12 and set(table["metric"]) == set(COCO_STAT_NAMES)
+    assert set(table["corruption"]) == {"clean", "gaussian_noise", "fog", "saturate"}
+
+    # clean images give exactly the detections `kdeval predict` gives
+    assert run("predict", trained, *shapes_args(tiny_shapes), "-o", tmp_path / "p.json", "--device", "cpu", "--no-progress").exit_code == 0
+    assert detections_of(out, "base")["clean-0.json.gz"] == json.loads((tmp_path / "p.json").read_text())
+    assert detections_of(out, "base") == detections_of(out, "same")
+
+    summary = (out / "robustness_summary.md").read_text()
+    assert "| model | AP | mPC | rPC |" in summary and "PARTIAL" in summary and "saturate" in summary
+    assert r"\begin{tabular}" in (out / "robustness_summary.tex").read_text()
+    assert pd.read_csv(out / "robustness_summary.csv").columns[-1] == "scenarios"
+    for name in ("ap_vs_severity", "heatmap-base", "heatmap-same"):
+        for suffix in ("png", "pdf"):
+            assert (out / "figures" / f"{name}.{suffix}").stat().st_size > 1000
+
+    # a rerun runs nothing; different settings are refused, not mixed in
+    again = run("robustness", f"base={trained}", f"same={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--workers", 0, "--out", out)
+    assert "0 scenario(s) run, 14 reused" in again.stdout
+    assert_user_error(run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--seed", 1, "--out", out), "seed 0 there, 1 now", "--overwrite")
+    assert_user_error(run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--max-images", 2, "--out", out), "max_images", "--overwrite")
+    fresh = run("robustness", f"base={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--seed", 1, "--out", out, "--overwrite")
+    assert fresh.exit_code == 0 and "7 scenario(s) run, 0 reused" in fresh.stdout
+
+
+def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, trained, tmp_path):
+    """Fairness: the corrupted pixels depend on neither the process nor the run, nor the cache."""
+    common = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "all", "--severities", "3"]
+    assert run("robustness", *common, "--workers", 0, "--out", tmp_path / "a").exit_code == 0
+    result = run("robustness", *common, "--workers", 2, "--cache", tmp_path / "cache", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 19 * 6  # 19 corruptions × 6 images
+    cached = run("robustness", *common, "--workers", 0, "--cache", tmp_path / "cache", "--out", tmp_path / "c")
+    assert cached.exit_code == 0, cached.output
+    first = detections_of(tmp_path / "a", "m")
+    assert len(first) == 20 and first == detections_of(tmp_path / "b", "m") == detections_of(tmp_path / "c", "m")
+    assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "c" / "robustness.csv").read_bytes()
+
+
+def test_a_kill_loses_at_most_the_scenario_in_flight(tiny_shapes, trained, tmp_path):
+    args = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "gaussian_noise,fog,contrast", "--severities", "1-5", "--workers", "0"]
+    reference = run("robustness", *args, "--out", tmp_path / "whole")
+    assert reference.exit_code == 0, reference.output
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "kdeval", "robustness", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = out / "scenarios" / "m"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and len(list(finished.glob("*.json"))) < 2:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    done = len(list(finished.glob("*.json")))
+    assert 2 <= done < 16
+
+    resumed = run("robustness", *args, "--out", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{16 - done} scenario(s) run, {done} reused" in resumed.stdout
+    assert (out / "robustness.csv").read_bytes() == (tmp_path / "whole" / "robustness.csv").read_bytes()
+    assert detections_of(out, "m") == detections_of(tmp_path / "whole", "m")
+
+    # a damaged result file is run again, never trusted
+    (finished / "fog-2.json").write_text("{ half a fi")
+    again = run("robustness", *args, "--out", out)
+    assert "1 scenario(s) run, 15 reused" in again.stdout
+    assert (out / "robustness.csv").read_bytes() == (tmp_path / "whole" / "robustness.csv").read_bytes()
+
+
+def test_bad_robustness_input_gets_one_line_and_exit_2(tiny_shapes, trained, tmp_path):
+    base = [f"m={trained}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--out", tmp_path / "o"]
+    assert_user_error(run("robustness", *base, "--corruptions", "fog,haze"), "unknown corruption 'haze'", "jpeg_compression", "saturate")
+    assert_user_error(run("robustness", *base, "--severities", "0-7"), "outside 0–5")
+    assert_user_error(run("robustness", *base, "--severities", "6"), "outside 0–5")
+    dets = tmp_path / "d.json"
+    dets.write_text("[]")
+    assert_user_error(run("robustness", dets, *shapes_args(tiny_shapes)), "give a checkpoint")
+    assert_user_error(run("robustness", f"m={trained}", *shapes_args(tiny_shapes), "--baseline", "x"), "--baseline 'x'")
+    # a run that failed before finishing any scenario does not block the next one
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert_user_error(run("robustness", f"m={junk}", *shapes_args(tiny_shapes), "--out", tmp_path / "o2"), "junk.pt")
+    quick = ["--corruptions", "fog", "--severities", "1", "--max-images", 2, "--device", "cpu", "--no-progress"]
+    result = run("robustness", f"m={trained}", *shapes_args(tiny_shapes), *quick, "--out", tmp_path / "o2")
+    assert result.exit_code == 0, result.output
+
+
+def test_help_shows_an_example():
+    result = run("robustness", "--help")
+    assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
