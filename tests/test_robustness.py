@@ -307,3 +307,37 @@ def test_bad_robustness_input_gets_one_line_and_exit_2(tiny_shapes, trained, tmp
 def test_help_shows_an_example():
     result = run("robustness", "--help")
     assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
+
+
+@pytest.mark.parametrize("corruptions,severities,way", [("fog", "1", "images"), ("fog,snow,contrast,pixelate", "1,2", "scenarios")])
+def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way):
+    """Two gloo ranks give the same files as one process, whether they split images (few
+    scenarios) or whole scenarios (many)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import shapes_args
+    from kdeval.engine.robustness import SCENARIOS_PER_RANK
+
+    n_scenarios = 1 + len(corruptions.split(",")) * len(severities.split(","))
+    assert (n_scenarios >= SCENARIOS_PER_RANK * 2) == (way == "scenarios")
+    payload = torch.load(trained, weights_only=True)  # lift the class prior: many boxes to compare
+    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
+    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
+    model = tmp_path / "confident.pt"
+    torch.save(payload, model)
+    args = ["robustness", f"m={model}", *shapes_args(tiny_shapes), "--corruptions", corruptions, "--severities", severities,
+            "--device", "cpu", "--no-progress", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
+                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
+        done = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "robustness.csv").read_bytes() == (two / "robustness.csv").read_bytes()
+    files = sorted(p.relative_to(one) for p in (one / "detections").rglob("*.json.gz"))
+    assert len(files) == n_scenarios
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)

@@ -37,7 +37,8 @@ from kdeval.data.corrupted import CACHE_VERSION, MIN_SIDE, Scenario, ScenarioIma
 from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
-from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers
+from kdeval.engine import distributed
+from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers, merge_shards
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -210,27 +211,31 @@ def _save_scenario(out_dir: Path, model: str, scenario: Scenario, key: dict, det
 # ---------------------------------------------------------------- running
 
 
-def _batches(pending: dict[int, list[str]], images: int, batch_size: int) -> list[list[tuple[int, int]]]:
+def _batches(pending: dict[int, list[str]], positions: list[int], batch_size: int) -> list[list[tuple[int, int]]]:
     """Batches of (scenario index, image position), never crossing a scenario, so the same images
     are batched together in every run and a scenario ends with a known batch."""
     batches = []
     for scenario_index in sorted(pending):
-        for start in range(0, images, batch_size):
-            batches.append([(scenario_index, p) for p in range(start, min(start + batch_size, images))])
+        for start in range(0, len(positions), batch_size):
+            batches.append([(scenario_index, p) for p in positions[start:start + batch_size]])
     return batches
 
 
 def _run_pending(
     loaded: dict[str, LoadedModel], pending: dict[int, list[str]], scenarios: list[Scenario], gt: dict, split: Split,
     settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
+    positions: list[int] | None = None, finished: dict | None = None,
 ) -> tuple[dict[tuple[str, Scenario], dict], int, float]:
-    """Run every pending (model, scenario); score and write each scenario as soon as its last batch
-    is done. Returns (stats per (model, scenario), images loaded, seconds spent scoring and writing)."""
+    """Run every pending (model, scenario) over the images at `positions` (default all); score and
+    write each scenario as soon as its last batch is done. With `finished` (a dict), a scenario's
+    detections go there instead of being scored: for images sharded across ranks.
+    Returns (stats per (model, scenario), images loaded, seconds spent scoring and writing)."""
     predict = settings.predict
     device = torch.device(predict.device)
     images = gt["images"]
+    positions = list(range(len(images))) if positions is None else positions
     dataset = ScenarioImages(split.require_images(), images, scenarios, settings.seed, settings.cache_dir)
-    batches = _batches(pending, len(images), predict.batch_size)
+    batches = _batches(pending, positions, predict.batch_size)
     workers = loader_workers(predict, torch.device(predict.device))
     if workers > 0 and any(scenarios[i].corruption == "glass_blur" for i in pending):
         # glass_blur is numba-compiled on first call (about 2 s): compile it once here, and the
@@ -245,7 +250,7 @@ def _run_pending(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
     )
-    batches_left = {index: -(-len(images) // predict.batch_size) for index in pending}
+    batches_left = {index: -(-len(positions) // predict.batch_size) for index in pending}
     detections: dict[tuple[str, int], list[dict]] = {}
     stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
@@ -269,10 +274,49 @@ def _run_pending(
                 scenario = scenarios[scenario_index]
                 for name in pending[scenario_index]:
                     found = detections.pop((name, scenario_index), [])
+                    if finished is not None:
+                        finished[(name, scenario_index)] = found
+                        continue
                     stats[(name, scenario)] = coco_stats(gt, found)
                     _save_scenario(out_dir, name, scenario, keys[(name, scenario_index)], found, stats[(name, scenario)])
                 scoring_seconds += time.perf_counter() - scoring_start
     return stats, processed, scoring_seconds
+
+
+# with fewer pending scenarios than this many per rank, ranks split the images instead (keeps all busy)
+SCENARIOS_PER_RANK = 4
+
+
+def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, dist_env):
+    """Under torchrun: whole scenarios per rank when there are enough of them, else every scenario
+    over a share of the images, gathered and scored on rank 0. Every finished scenario is its own
+    file, written by the rank that scored it, so a rerun after a kill of any rank resumes as alone."""
+    order = sorted(pending)
+    show = progress and dist_env.is_main
+    if len(order) >= SCENARIOS_PER_RANK * dist_env.world:
+        mine = {index: pending[index] for index in order[dist_env.rank::dist_env.world]}
+        _, processed, seconds = _run_pending(loaded, mine, scenarios, gt, split, settings, keys, out_dir, show)
+    else:
+        found: dict = {}
+        _, processed, seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, show,
+                                             positions=dist_env.shard(len(gt["images"])), finished=found)
+        shards = distributed.all_gather_lists([found])
+        if dist_env.is_main:
+            start = time.perf_counter()
+            image_ids = [image["id"] for image in gt["images"]]
+            for (name, index) in found:
+                detections = merge_shards([shard[0][(name, index)] for shard in shards], image_ids)
+                _save_scenario(out_dir, name, scenarios[index], keys[(name, index)], detections, coco_stats(gt, detections))
+            seconds += time.perf_counter() - start
+    distributed.barrier()
+    stats = {}
+    for index, names in pending.items():
+        for name in names:
+            done = _finished_stats(_stats_path(out_dir, name, scenarios[index]), keys[(name, index)])
+            if done is None:
+                raise KdevalError(f"{out_dir}: scenario {scenarios[index].slug} of {name} is missing after the ranks finished")
+            stats[(name, scenarios[index])] = done
+    return stats, processed, seconds
 
 
 def _tidy(stats: dict[tuple[str, Scenario], dict], models: list[ModelInput], scenarios: list[Scenario]) -> pd.DataFrame:
@@ -304,9 +348,11 @@ def run_robustness(
 
     data_key = _data_key(split, gt, settings)
     checkpoints = {model.name: file_sha256(model.path) for model in models}
-    if overwrite:
-        _clear_run(out_dir)
-    _open_run(out_dir, data_key, checkpoints)
+    if distributed.current().is_main:  # under torchrun, rank 0 keeps the run's books
+        if overwrite:
+            _clear_run(out_dir)
+        _open_run(out_dir, data_key, checkpoints)
+    distributed.barrier()
 
     scenarios = settings.scenarios
     keys, stats, pending = {}, {}, {}
@@ -328,7 +374,12 @@ def run_robustness(
             loaded[model.name] = load_checkpoint(model.path)
             loaded[model.name].labels.check_matches(gt["categories"], str(split.annotations))
             loaded[model.name].model.to(settings.predict.device).eval()
-        computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
+        dist_env = distributed.current()
+        if dist_env.world == 1:
+            computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
+        else:
+            computed, processed, scoring_seconds = _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
+                                                                progress, dist_env)
         stats.update(computed)
 
     return RobustnessRun(
