@@ -267,6 +267,43 @@ def stage_errors(ctx: StudyContext, resume: bool) -> dict:
     return {"files": [ctx.rel(p) for p in paths]}
 
 
+def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
+    """Table 3: baseline, the first distilled student and the teacher under corruptions (its own
+    folder resumes scenario by scenario)."""
+    from kdeval.data.corrupted import parse_corruptions
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.engine.robustness import RobustnessSettings, run_robustness, write_robustness_report
+
+    settings = RobustnessSettings(
+        corruptions=parse_corruptions(ctx.settings.corruptions), severities=tuple(ctx.settings.severities),
+        seed=ctx.settings.seed, max_images=ctx.settings.robustness_images, cache_dir=ctx.out / "corrupted-images",
+        predict=PredictSettings(device=ctx.device),
+    )
+    names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
+    out_dir = ctx.out / "robustness"
+    run = run_robustness(_model_inputs(ctx, names), ctx.val_split, settings, out_dir, overwrite=not resume, progress=ctx.progress)
+    return {"files": [ctx.rel(p) for p in write_robustness_report(run, settings, ctx.val_split, out_dir, "baseline")]}
+
+
+def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
+    """Figures 3–6: the images where distillation gained most, baseline / distilled / teacher."""
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.engine.visualize import VisualizeSettings, build_visualization, write_visualization
+
+    names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
+    settings = VisualizeSettings(select="improved", num=ctx.settings.visualize_images, seed=ctx.settings.seed)
+    result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device),
+                                 progress=ctx.progress)
+    return {"files": [ctx.rel(p) for p in write_visualization(result, ctx.out / "visualize", ctx.val_split)]}
+
+
+def stage_report(ctx: StudyContext, resume: bool) -> dict:
+    from kdeval.report.run_report import write_run_report
+
+    page, _ = write_run_report(ctx.out)
+    return {"page": ctx.rel(page)}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[StudyContext, bool], dict]] = {
     "data": stage_data,
     "teacher": stage_teacher,
@@ -275,6 +312,9 @@ STAGE_FUNCTIONS: dict[str, Callable[[StudyContext, bool], dict]] = {
     "unlabeled": stage_unlabeled,
     "evaluate": stage_evaluate,
     "errors": stage_errors,
+    "robustness": stage_robustness,
+    "visualize": stage_visualize,
+    "report": stage_report,
 }
 
 # what each stage reads: settings fields, and the stages whose outputs it uses
@@ -376,7 +416,7 @@ def study_summary(out: Path) -> str:
     parts = []
     for title, path in (("Table 1: feature distillation (COCO AP)", out / "evaluate" / "ap_table.md"),
                         ("Table 2: without annotations", out / "evaluate" / "table2_unlabeled.md"),
-                        ("Table 3: robustness", out / "robustness" / "table3.md")):
+                        ("Table 3: robustness", out / "robustness" / "robustness_summary.md")):
         if path.is_file():
             parts += [title, path.read_text(encoding="utf-8").rstrip(), ""]
     report = out / "index.html"

@@ -21,6 +21,7 @@ def tiny(tiny_shapes, **changes) -> StudySettings:
         images=str(tiny_shapes / "train"), annotations=str(tiny_shapes / "annotations" / "instances_train.json"),
         val_images=str(tiny_shapes / "val"), val_annotations=str(tiny_shapes / "annotations" / "instances_val.json"),
         teacher_epochs=1, student_epochs=1, image_size=64, batch_size=4, fpn_channels=16, teacher_arch="r18",
+        corruptions="fog,contrast", severities=(2,), robustness_images=4, visualize_images=2,
     )
     return settings_from_mapping(StudySettings, changes, "test", base=base)
 
@@ -28,17 +29,22 @@ def tiny(tiny_shapes, **changes) -> StudySettings:
 def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
     lines = []
     first = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
-    assert first.ran == ["teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors"]
+    assert first.ran == ["teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize", "report"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert all(record["state"] == "finished" for record in manifest["stages"].values())
-    assert (tmp_path / "evaluate" / "ap_table.md").is_file() and (tmp_path / "errors" / "figure1_error_curves.png").is_file()
+    for made in ("evaluate/ap_table.md", "errors/figure1_error_curves.png", "robustness/robustness_summary.md",
+                 "visualize/index.html", "index.html"):
+        assert (tmp_path / made).is_file(), made
     table = (tmp_path / "evaluate" / "ap_table.md").read_text()
     assert "| baseline |" in table and "| distilled-ssim |" in table and "| teacher |" in table
     second = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
     assert second.ran == [] and "teacher" in second.skipped
     # a changed student schedule reruns the students and what reads them, not the teacher
     third = run_study(tiny(tiny_shapes, student_epochs=2), tmp_path, progress=False, echo=lines.append)
-    assert third.ran == ["baseline", "distilled", "unlabeled", "evaluate", "errors"]
+    assert third.ran == ["baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize", "report"]
+    # a changed robustness setting reruns robustness and the report only
+    fourth = run_study(tiny(tiny_shapes, student_epochs=2, robustness_images=3), tmp_path, progress=False, echo=lines.append)
+    assert fourth.ran == ["robustness", "report"]
 
 
 def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
@@ -66,7 +72,7 @@ def test_existing_checkpoints_skip_training(tiny_shapes, trained, tmp_path):
     result = run_study(tiny(tiny_shapes, teacher=str(trained), baseline=str(trained), distilled=str(trained)), tmp_path,
                        progress=False, echo=lambda line: None)
     assert not (tmp_path / "models").exists()
-    assert result.ran == ["teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors"]
+    assert result.ran[:3] == ["teacher", "baseline", "distilled"] and result.ran[-1] == "report"
 
 
 @pytest.mark.parametrize("suffix,text", [
@@ -101,9 +107,11 @@ def test_study_command_with_a_config_file(tiny_shapes, tmp_path):
         "images": tiny_shapes / "train", "annotations": tiny_shapes / "annotations" / "instances_train.json",
         "val_images": tiny_shapes / "val", "val_annotations": tiny_shapes / "annotations" / "instances_val.json",
         "teacher_epochs": 1, "student_epochs": 1, "image_size": 64, "batch_size": 4, "fpn_channels": 16, "teacher_arch": "r18",
+        "corruptions": "fog", "severities": "[3]", "robustness_images": 3, "visualize_images": 2,
     }.items()) + "\n")
     result = runner.invoke(app, ["study", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "Table 1" in result.output and "| distilled-ssim |" in result.output
+    assert "Table 1" in result.output and "| distilled-ssim |" in result.output and "Table 3" in result.output
+    assert "report: " in result.output and (tmp_path / "run" / "index.html").is_file()
     saved = json.loads((tmp_path / "run" / "study_settings.json").read_text())
     assert saved["image_size"] == 64 and saved["teacher_arch"] == "r18"
