@@ -57,6 +57,9 @@ Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
+ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="Mixed-precision inference on CUDA (bf16, else fp16).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
@@ -274,8 +277,8 @@ def predict(
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    amp: AmpOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
@@ -310,7 +313,7 @@ def predict(
 @app.command(short_help="COCO AP table of models, with gains over a baseline.")
 @user_errors
 def evaluate(
-    models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")],
+    models: ModelsArg,
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
@@ -318,8 +321,8 @@ def evaluate(
     per_class: Annotated[bool, typer.Option("--per-class", help="Also AP, AP50, AP75, APs/m/l of every category.")] = False,
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    amp: AmpOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -363,7 +366,7 @@ def evaluate(
 @app.command(short_help="Error analysis: COCO-analyze curves by object size and TIDE.")
 @user_errors
 def errors(
-    models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")],
+    models: ModelsArg,
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
@@ -371,8 +374,8 @@ def errors(
     per_category: Annotated[bool, typer.Option("--per-category", help="Also curves and a table for each category.")] = False,
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    amp: AmpOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -496,8 +499,8 @@ def visualize(
     score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections the selection counts, and where the page's score slider starts.")] = 0.3,
     min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections below this are left out of the page: the slider's lower end.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of --select random.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    amp: AmpOpt = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -584,8 +587,8 @@ def robustness(
     baseline: Annotated[Optional[str], typer.Option(help="Model name to show gains against.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Folder of corrupted images (PNG) that later models and runs reuse.")] = None,
     seed: Annotated[int, typer.Option(help="Corruption seed; every model sees the same pixels for the same seed.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="bf16 inference on CUDA.")] = False,
+    batch_size: BatchSizeOpt = 8,
+    amp: AmpOpt = False,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core: measured faster on 2 cores).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,

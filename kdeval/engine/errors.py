@@ -3,6 +3,7 @@ and the appendix's Figures 1 and 2, written under one folder."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -67,6 +68,18 @@ def _safe_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
+@contextlib.contextmanager
+def _quiet_opencv():
+    import cv2
+
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
 def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
     """tidecv's own summary plot per model (pie + bars), kept as it draws it, at a lighter resolution."""
     paths = []
@@ -82,8 +95,8 @@ def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
             return paths
         analysis.tide.runs = renamed  # file names come from run names
         try:
-            with warnings.catch_warnings():  # its seaborn calls warn of seaborn 0.14, which is pinned away
-                warnings.simplefilter("ignore", (FutureWarning, UserWarning))
+            with warnings.catch_warnings(), _quiet_opencv():  # its seaborn calls warn of seaborn 0.14, pinned away;
+                warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # OpenCV warns of its float image
                 analysis.tide.plot(scratch)
         finally:
             analysis.tide.runs = runs
