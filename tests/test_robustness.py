@@ -341,3 +341,59 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     files = sorted(p.relative_to(one) for p in (one / "detections").rglob("*.json.gz"))
     assert len(files) == n_scenarios
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
+# ---------------------------------------------------------------- importing mmdetection's results
+
+
+def write_pickle(path: Path, obj, protocol: int = 2) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))  # mmcv's dump writes protocol 2
+    return path
+
+
+def hand_results(clean=0.4, **overrides) -> dict:
+    """A tiny mmdetection result: clean AP `clean` (copied under both corruptions, as mmdetection
+    does), fog at severity 2 and snow at severity 5."""
+    clean_metrics = {"bbox": {"AP": clean, "AP50": 0.6, "ARl": -1.0}}
+    results = {"fog": {0: clean_metrics, 2: {"bbox": {"AP": 0.3, "AP50": 0.5}}},
+               "snow": {0: clean_metrics, 5: {"bbox": {"AP": 0.1}}}}
+    results.update(overrides)
+    return results
+
+
+def test_the_reader_accepts_mmdetections_spellings_and_numpy_scalars(tmp_path):
+    import collections
+
+    from kdeval.data.mmdet_robustness import read_mmdet_robustness
+
+    # clean first, then corruptions in the benchmark's order (snow before fog), metrics in COCOeval's
+    expected = [("clean", 0, "AP", 0.4), ("clean", 0, "AP50", 0.6), ("clean", 0, "ARl", -1.0),
+                ("snow", 5, "AP", 0.1), ("fog", 2, "AP", 0.3), ("fog", 2, "AP50", 0.5)]
+    as_numpy = {c: {s: {"bbox": {k: np.float32(v) if k == "AP50" else np.float64(v) for k, v in m["bbox"].items()}}
+                    for s, m in by.items()} for c, by in hand_results().items()}
+    for protocol in (0, 2, 4, 5):
+        imported = read_mmdet_robustness(write_pickle(tmp_path / f"p{protocol}.pkl", as_numpy, protocol), "m")
+        rows = list(imported.table.drop(columns="model").itertuples(index=False, name=None))
+        assert [r[:3] for r in rows] == [e[:3] for e in expected] and np.allclose([r[3] for r in rows], [e[3] for e in expected])
+        assert all(type(value) is float for value in imported.table["value"].tolist())
+        assert imported.scenarios == 3 and imported.notes == ()
+
+    flat = {"fog": {0: collections.OrderedDict(bbox_mAP=0.4, bbox_mAP_50=0.6, bbox_mAP_copypaste="0.4 0.6", segm_mAP=0.3),
+                    3: collections.OrderedDict(bbox_mAP=0.2)}}
+    imported = read_mmdet_robustness(write_pickle(tmp_path / "flat.pkl", flat), "m")
+    assert imported.table[["corruption", "severity", "metric", "value"]].values.tolist() == [
+        ["clean", 0, "AP", 0.4], ["clean", 0, "AP50", 0.6], ["fog", 3, "AP", 0.2]]
+    assert imported.notes == ("left out keys kdeval does not tabulate: segm_mAP",)  # said, never silently dropped
+    assert imported.layout == "{'bbox_mAP': ..}"
+    v3 = {"None": {0: {"coco/bbox_mAP": 0.41, "coco/bbox_mAP_l": -1.0}}}  # mmdetection's --corruptions None
+    assert read_mmdet_robustness(write_pickle(tmp_path / "v3.pkl", v3), "m").table["corruption"].tolist() == ["clean", "clean"]
+
+    # clean copies that differ (results merged from separate runs): P is their mean, and a note says so
+    differing = hand_results(snow={0: {"bbox": {"AP": 0.5}}, 5: {"bbox": {"AP": 0.1}}})
+    imported = read_mmdet_robustness(write_pickle(tmp_path / "d.pkl", differing), "m")
+    clean = imported.table[(imported.table["severity"] == 0) & (imported.table["metric"] == "AP")]
+    assert clean["value"].tolist() == [pytest.approx(0.45)] and "differs between corruptions" in imported.notes[0]
+    no_clean = read_mmdet_robustness(write_pickle(tmp_path / "nc.pkl", {"fog": {1: {"bbox": {"AP": 0.2}}}}), "m")
+    assert "no severity 0" in no_clean.notes[0]
