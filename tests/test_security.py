@@ -97,6 +97,20 @@ def test_model_names_cannot_steer_where_files_are_written(tmp_path, tiny_coco):
 # ---------------------------------------------------------------- mmdetection's robustness pickles
 
 
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_robustness_pickle_whose_unpickling_writes_a_file_is_refused(tmp_path, protocol):
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil_results.pkl"
+    evil.write_bytes(pickle.dumps({"fog": {0: {"bbox": {"AP": _CreatesAFile(marker)}}}}, protocol=protocol))
+    result = runner.invoke(app, ["robustness", "--import", str(evil), "--name", "m", "--out", str(tmp_path / "rob")])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("kdeval: error:") and "\n" not in message, message
+    assert "evil_results.pkl" in message and "refused" in message and "open" in message and "convert" in message
+    assert not marker.exists()
+    assert not (tmp_path / "rob" / "imported").exists()
+
+
 def _hand_pickle(*opcodes: bytes) -> bytes:
     return b"\x80\x02" + b"".join(opcodes) + b"."
 
