@@ -341,3 +341,217 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     files = sorted(p.relative_to(one) for p in (one / "detections").rglob("*.json.gz"))
     assert len(files) == n_scenarios
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
+# ---------------------------------------------------------------- importing mmdetection's results
+
+
+MMDET_FLAT = {"AP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l"}
+
+
+def mmdet_results(table: pd.DataFrame, spelling: str = "bbox") -> dict:
+    """A tidy table as mmdetection's test_robustness.py pickles it: {corruption: {severity: metrics}},
+    clean results repeated under every corruption. 'bbox': {'bbox': {'AP': np.float64}} as its
+    coco_eval_with_return wrote it; 'bbox_mAP' / 'coco/bbox_mAP': the flat keys of dataset.evaluate()
+    (an OrderedDict with a copypaste string) and of mmdetection 3 (plain floats)."""
+    from collections import OrderedDict
+
+    results: dict = {}
+    for row in table.itertuples():
+        scenario = results.setdefault(row.corruption, {}).setdefault(int(row.severity), OrderedDict() if spelling == "bbox_mAP" else {})
+        if spelling == "bbox":
+            scenario.setdefault("bbox", {})[row.metric] = np.float64(row.value)
+        elif row.metric in MMDET_FLAT:
+            prefix = "coco/bbox_" if spelling == "coco/bbox_mAP" else "bbox_"
+            scenario[prefix + MMDET_FLAT[row.metric]] = round(float(row.value), 6) if spelling == "bbox_mAP" else float(row.value)
+            scenario[prefix + "mAP_copypaste"] = "0.356 0.555 0.383 0.200 0.396 0.468"
+    return results
+
+
+def write_pickle(path: Path, obj, protocol: int = 2) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))  # mmcv's dump writes protocol 2
+    return path
+
+
+def summary_row(stdout: str, model: str) -> list[str]:
+    return next(line.split() for line in stdout.splitlines() if line.split()[:1] == [model])
+
+
+@pytest.mark.skipif(not GOLDEN.is_file(), reason="the shared golden data is not next to this checkout")
+def test_imported_mmdet_results_give_the_published_numbers(tmp_path):
+    golden = pd.read_csv(GOLDEN)
+    retinanet = write_pickle(tmp_path / "retinanet_results.pkl", mmdet_results(golden[golden["model"] == "retinanet_r50_fpn_1x"]))
+    cascade = write_pickle(tmp_path / "cascade_results.pkl", mmdet_results(golden[golden["model"] == "cascade_rcnn_r50_fpn_1x"], "bbox_mAP"))
+    out = tmp_path / "rob"
+
+    result = run("robustness", "--import", retinanet, "--name", "retinanet", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert summary_row(result.stdout, "retinanet") == ["retinanet", "35.6", "17.8", "50.1"]
+    assert "PARTIAL" not in result.stdout and "imported from mmdetection" in result.stdout
+    summary = pd.read_csv(out / "robustness_summary.csv", index_col="model")
+    assert (round(100 * summary.loc["retinanet", "AP"], 1), round(100 * summary.loc["retinanet", "mPC"], 1),
+            round(100 * summary.loc["retinanet", "rPC"], 1)) == (35.6, 17.8, 50.1)
+    assert summary.loc["retinanet", "scenarios"] == 75
+
+    # the tidy table is kdeval's own: clean once under 'clean', every metric, all 19 corruptions
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(table.columns) == ["model", "corruption", "severity", "metric", "value"]
+    assert len(table) == (1 + 19 * 5) * 12 and set(table["metric"]) == set(COCO_STAT_NAMES)
+    assert set(table.loc[table["severity"] == 0, "corruption"]) == {"clean"}
+    assert (out / "imported" / "retinanet.csv").is_file()
+    assert "| retinanet | 35.6 | 17.8 | 50.1 |" in (out / "robustness_summary.md").read_text()
+
+    # a second import, in the later flat spelling, joins the first; gains against a baseline
+    result = run("robustness", "--import", cascade, "--name", "cascade", "--baseline", "retinanet", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert summary_row(result.stdout, "cascade") == ["cascade", "40.4", "(+4.8)", "20.1", "(+2.2)", "49.7", "(-0.4)"]
+    assert summary_row(result.stdout, "retinanet") == ["retinanet", "35.6", "17.8", "50.1"]
+    summary = pd.read_csv(out / "robustness_summary.csv", index_col="model")
+    assert round(100 * summary.loc["cascade", "rPC"], 1) == 49.7 and summary.loc["cascade", "scenarios"] == 75
+    for name in ("ap_vs_severity", "heatmap-retinanet", "heatmap-cascade"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    by_corruption = pd.read_csv(out / "robustness_by_corruption.csv", index_col=0)
+    assert list(by_corruption.index) == ["cascade", "retinanet"] and by_corruption.shape[1] == 19
+
+    # importing a name again replaces it
+    halved = golden[golden["model"] == "retinanet_r50_fpn_1x"].assign(value=lambda t: t["value"] / 2)
+    again = run("robustness", "--import", write_pickle(tmp_path / "half.pkl", mmdet_results(halved, "coco/bbox_mAP")),
+                "--name", "retinanet", "--out", out)
+    assert again.exit_code == 0, again.output
+    assert summary_row(again.stdout, "retinanet")[1:3] == ["17.8", "8.9"]
+    table = pd.read_csv(out / "robustness.csv")
+    assert len(table[table["model"] == "retinanet"]) == (1 + 19 * 5) * 6  # the flat spelling has the six AP metrics
+
+
+def hand_results(clean=0.4, **overrides) -> dict:
+    """A tiny mmdetection result: clean AP `clean` (copied under both corruptions, as mmdetection
+    does), fog at severity 2 and snow at severity 5."""
+    clean_metrics = {"bbox": {"AP": clean, "AP50": 0.6, "ARl": -1.0}}
+    results = {"fog": {0: clean_metrics, 2: {"bbox": {"AP": 0.3, "AP50": 0.5}}},
+               "snow": {0: clean_metrics, 5: {"bbox": {"AP": 0.1}}}}
+    results.update(overrides)
+    return results
+
+
+def test_the_reader_accepts_mmdetections_spellings_and_numpy_scalars(tmp_path):
+    import collections
+
+    from kdeval.data.mmdet_robustness import read_mmdet_robustness
+
+    # clean first, then corruptions in the benchmark's order (snow before fog), metrics in COCOeval's
+    expected = [("clean", 0, "AP", 0.4), ("clean", 0, "AP50", 0.6), ("clean", 0, "ARl", -1.0),
+                ("snow", 5, "AP", 0.1), ("fog", 2, "AP", 0.3), ("fog", 2, "AP50", 0.5)]
+    as_numpy = {c: {s: {"bbox": {k: np.float32(v) if k == "AP50" else np.float64(v) for k, v in m["bbox"].items()}}
+                    for s, m in by.items()} for c, by in hand_results().items()}
+    for protocol in (0, 2, 4, 5):
+        imported = read_mmdet_robustness(write_pickle(tmp_path / f"p{protocol}.pkl", as_numpy, protocol), "m")
+        rows = list(imported.table.drop(columns="model").itertuples(index=False, name=None))
+        assert [r[:3] for r in rows] == [e[:3] for e in expected] and np.allclose([r[3] for r in rows], [e[3] for e in expected])
+        assert all(type(value) is float for value in imported.table["value"].tolist())
+        assert imported.scenarios == 3 and imported.notes == ()
+
+    flat = {"fog": {0: collections.OrderedDict(bbox_mAP=0.4, bbox_mAP_50=0.6, bbox_mAP_copypaste="0.4 0.6", segm_mAP=0.3),
+                    3: collections.OrderedDict(bbox_mAP=0.2)}}
+    imported = read_mmdet_robustness(write_pickle(tmp_path / "flat.pkl", flat), "m")
+    assert imported.table[["corruption", "severity", "metric", "value"]].values.tolist() == [
+        ["clean", 0, "AP", 0.4], ["clean", 0, "AP50", 0.6], ["fog", 3, "AP", 0.2]]
+    assert imported.notes == ("left out keys kdeval does not tabulate: segm_mAP",)  # said, never silently dropped
+    assert imported.layout == "{'bbox_mAP': ..}"
+    v3 = {"None": {0: {"coco/bbox_mAP": 0.41, "coco/bbox_mAP_l": -1.0}}}  # mmdetection's --corruptions None
+    assert read_mmdet_robustness(write_pickle(tmp_path / "v3.pkl", v3), "m").table["corruption"].tolist() == ["clean", "clean"]
+
+    # clean copies that differ (results merged from separate runs): P is their mean, and a note says so
+    differing = hand_results(snow={0: {"bbox": {"AP": 0.5}}, 5: {"bbox": {"AP": 0.1}}})
+    imported = read_mmdet_robustness(write_pickle(tmp_path / "d.pkl", differing), "m")
+    clean = imported.table[(imported.table["severity"] == 0) & (imported.table["metric"] == "AP")]
+    assert clean["value"].tolist() == [pytest.approx(0.45)] and "differs between corruptions" in imported.notes[0]
+    no_clean = read_mmdet_robustness(write_pickle(tmp_path / "nc.pkl", {"fog": {1: {"bbox": {"AP": 0.2}}}}), "m")
+    assert "no severity 0" in no_clean.notes[0]
+
+
+@pytest.mark.parametrize("results, fragments", [
+    ([1, 2], ["expected mmdetection's robustness results", "got list"]),
+    ({}, ["got an empty dict"]),
+    ({"haze": {1: {"bbox": {"AP": 0.2}}}}, ["['haze']", "unknown corruption", "jpeg_compression"]),
+    ({"fog": [0.2]}, ["['fog']", "severity → metrics"]),
+    ({"fog": {6: {"bbox": {"AP": 0.2}}}}, ["['fog'][6]", "0 (clean) to 5"]),
+    ({"fog": {"2": {"bbox": {"AP": 0.2}}}}, ["['fog']['2']", "integers"]),
+    ({"fog": {True: {"bbox": {"AP": 0.2}}}}, ["['fog'][True]", "integers"]),
+    ({"None": {2: {"bbox": {"AP": 0.2}}}}, ["['None'][2]", "clean-only"]),
+    ({"fog": {2: {"bbox": {"AP": float("nan")}}}}, ["['fog'][2]['bbox']['AP']", "finite number"]),
+    ({"fog": {2: {"bbox": {"AP": "0.3"}}}}, ["['fog'][2]['bbox']['AP']", "finite number"]),
+    ({"fog": {2: {"bbox": {"AP": True}}}}, ["['fog'][2]['bbox']['AP']", "finite number"]),
+    ({"fog": {2: {"bbox": {"AP": 35.6}}}}, ["['fog'][2]['bbox']['AP']", "outside 0–1", "percentage"]),
+    ({"fog": {2: {"bbox": {"AP": 0.3, "bbox_mAP": 0.3}}}}, ["['fog'][2]['bbox']['bbox_mAP']", "also given as 'AP'"]),
+    ({"fog": {2: {"bbox": {"AP50": 0.3}}}}, ["['fog'][2]['bbox']", "no bbox AP"]),
+    ({"fog": {2: {"segm": {"AP": 0.3}}}}, ["['fog'][2]", "only segm"]),
+    ({"fog": {2: [{"ap": [0.5]}]}}, ["['fog'][2]", "Pascal VOC"]),
+    ({"fog": {2: {"bbox": [0.3]}}}, ["['fog'][2]['bbox']", "dict of metrics"]),
+])
+def test_malformed_results_get_one_line_naming_the_file_and_key(tmp_path, results, fragments):
+    path = write_pickle(tmp_path / "bad_results.pkl", results)
+    assert_user_error(run("robustness", "--import", path, "--name", "m", "--out", tmp_path / "rob"), "bad_results.pkl", *fragments)
+    assert not (tmp_path / "rob" / "imported").exists()
+
+
+def test_import_flags_are_checked(tmp_path):
+    path = write_pickle(tmp_path / "r.pkl", hand_results())
+    out = ["--out", tmp_path / "rob"]
+    assert_user_error(run("robustness", "--import", path, *out), "--import FILE and --name NAME go together")
+    assert_user_error(run("robustness", "--name", "m", *out), "--import FILE and --name NAME go together")
+    assert_user_error(run("robustness", *out), "give MODEL checkpoints to run, or --import")
+    assert_user_error(run("robustness", "--import", tmp_path / "none.pkl", "--name", "m", *out), "none.pkl", "not found")
+    assert_user_error(run("robustness", "--import", path, "--name", " ", *out), "--name")
+    assert_user_error(run("robustness", "--import", path, "--name", "m", "--severities", "3", *out), "--severities", "MODEL")
+    assert_user_error(run("robustness", "--import", path, "--name", "m", "--overwrite", *out), "--overwrite")
+    assert_user_error(run("robustness", "--import", path, "--name", "m", "--baseline", "x", *out), "--baseline 'x'", "(m)")
+    assert not (tmp_path / "rob" / "imported").exists()  # nothing is stored by a refused command
+    (tmp_path / "garbage.pkl").write_bytes(b"\x80\x04not a pickle")
+    assert_user_error(run("robustness", "--import", tmp_path / "garbage.pkl", "--name", "m", *out), "garbage.pkl", "not a readable pickle")
+    result = run("robustness", "--import", path, "--name", "m", *out)
+    assert result.exit_code == 0, result.output
+    # two names that share a file name are refused rather than overwriting each other
+    assert run("robustness", "--import", path, "--name", "a b", *out).exit_code == 0
+    assert_user_error(run("robustness", "--import", path, "--name", "a_b", *out), "'a b' in", "shares the file name a_b.csv")
+    # partial imports are labelled as partial, like partial runs
+    assert "PARTIAL mPC" in result.stdout and "2 of the 75" in result.stdout
+
+
+def test_imports_sit_beside_kdevals_own_models(tiny_shapes, trained, tmp_path):
+    out = tmp_path / "rob"
+    quick = [*shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "fog", "--severities", "2", "--max-images", 2, "--out", out]
+    mmdet = write_pickle(tmp_path / "mm_results.pkl", hand_results())
+
+    # with MODEL arguments: the import is stored first, then the run's report shows both
+    result = run("robustness", f"own={trained}", *quick, "--import", mmdet, "--name", "mm", "--baseline", "own")
+    assert result.exit_code == 0, result.output
+    assert summary_row(result.stdout, "mm")[1] == "40.0" and "imported from mmdetection" in result.stdout
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(dict.fromkeys(table["model"])) == ["own", "mm"]
+    assert set(pd.read_csv(out / "robustness_summary.csv")["model"]) == {"own", "mm"}
+    assert (out / "figures" / "heatmap-mm.png").is_file() and (out / "figures" / "heatmap-own.png").is_file()
+    assert json.loads((out / "run.json").read_text())["models"].keys() == {"own"}  # an import is not a run
+    source = json.loads((out / "imported" / "mm.source.json").read_text())
+    assert source["source"] == str(mmdet) and len(source["sha256"]) == 64
+
+    # a name is kdeval's or imported, never both
+    assert_user_error(run("robustness", f"mm={trained}", *quick), "'mm' is an imported model")
+    assert_user_error(run("robustness", "--import", mmdet, "--name", "own", "--out", out), "kdeval's own robustness results under the name 'own'")
+    assert_user_error(run("robustness", f"x={trained}", *quick, "--import", mmdet, "--name", "x"), "--name 'x' is also the name of a MODEL")
+
+    # --import alone runs nothing and rewrites the report from all the folder holds
+    again = run("robustness", "--import", mmdet, "--name", "mm2", "--out", out, "--baseline", "own")
+    assert again.exit_code == 0, again.output
+    assert [summary_row(again.stdout, m)[0] for m in ("own", "mm", "mm2")] == ["own", "mm", "mm2"]
+    assert "run by kdeval on 2 images" in again.stdout
+    before = pd.read_csv(out / "robustness.csv")
+    assert before[before["model"] == "own"].reset_index(drop=True).equals(table[table["model"] == "own"].reset_index(drop=True))
+
+    # a rerun reuses kdeval's scenarios and keeps the imports; so does --overwrite, which discards kdeval's only
+    rerun = run("robustness", f"own={trained}", *quick)
+    assert "0 scenario(s) run, 2 reused" in rerun.stdout and summary_row(rerun.stdout, "mm2")
+    fresh = run("robustness", f"own={trained}", *quick, "--overwrite")
+    assert "2 scenario(s) run, 0 reused" in fresh.stdout
+    assert set(pd.read_csv(out / "robustness.csv")["model"]) == {"own", "mm", "mm2"}

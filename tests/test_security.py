@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import pickle
+import struct
 
 import pytest
 import torch
@@ -91,3 +92,68 @@ def test_model_names_cannot_steer_where_files_are_written(tmp_path, tiny_coco):
     assert result.exit_code == 0, result.output
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - {gt, dets}
     assert written and all(out in p.parents for p in written), sorted(map(str, written))
+
+
+# ---------------------------------------------------------------- mmdetection's robustness pickles
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_robustness_pickle_whose_unpickling_writes_a_file_is_refused(tmp_path, protocol):
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil_results.pkl"
+    evil.write_bytes(pickle.dumps({"fog": {0: {"bbox": {"AP": _CreatesAFile(marker)}}}}, protocol=protocol))
+    result = runner.invoke(app, ["robustness", "--import", str(evil), "--name", "m", "--out", str(tmp_path / "rob")])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("kdeval: error:") and "\n" not in message, message
+    assert "evil_results.pkl" in message and "refused" in message and "open" in message and "convert" in message
+    assert not marker.exists()
+    assert not (tmp_path / "rob" / "imported").exists()
+
+
+def _hand_pickle(*opcodes: bytes) -> bytes:
+    return b"\x80\x02" + b"".join(opcodes) + b"."
+
+
+@pytest.mark.parametrize("payload, refused", [
+    # a global named the protocol-0 way, and by STACK_GLOBAL
+    (b"cos\nsystem\n(S'touch pwned'\ntR", "os.system"),
+    (b"\x8c\x02os\x8c\x06system\x93\x8c\x0btouch pwned\x85R", "os.system"),
+    # INST builds an instance of a named class
+    (b"(S'touch pwned'\nios\nsystem\n", "os.system"),
+    # what numpy needs is admitted as kdeval's stand-ins only: no arrays, no object or string dtypes,
+    # no other codec, no state pushed into a stand-in
+    (b"cnumpy.core.multiarray\n_reconstruct\n", "a numpy array"),
+    (b"cnumpy\ndtype\n(X\x02\x00\x00\x00O8\x89\x88tR", "numpy.dtype"),
+    (b"c_codecs\nencode\n(X\x01\x00\x00\x00xX\x05\x00\x00\x00rot13tR", "_codecs.encode"),
+    (b"cnumpy\ndtype\n}b", "a change to numpy.dtype"),
+    (b"cnumpy.core.multiarray\nscalar\n(cnumpy\ndtype\n(X\x02\x00\x00\x00f8\x89\x88tR(K\x03X\x01\x00\x00\x00<tbC\x03abctR",
+     "f8 scalar of 3 bytes"),
+    (b"cbuiltins\neval\n", "builtins.eval"),
+    (b"P0\n", "persistent id"),
+])
+def test_a_robustness_pickle_may_name_no_code(tmp_path, payload, refused):
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(_hand_pickle(payload))
+    with pytest.raises(KdevalError, match="refused") as caught:
+        from kdeval.data.mmdet_robustness import load_plain_pickle
+
+        load_plain_pickle(path)
+    assert refused in str(caught.value) and "crafted.pkl" in str(caught.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_numpy_scalars_are_decoded_without_numpy(tmp_path):
+    import numpy as np
+
+    from kdeval.data.mmdet_robustness import load_plain_pickle
+
+    values = [np.float64(0.356), np.float32(0.25), np.float16(0.5), np.int64(3), np.uint8(7), np.float64(-1.0)]
+    path = tmp_path / "n.pkl"
+    path.write_bytes(pickle.dumps(values, protocol=2))
+    loaded = load_plain_pickle(path)
+    assert loaded == [0.356, 0.25, 0.5, 3, 7, -1.0] and [type(v) for v in loaded] == [float, float, float, int, int, float]
+    # the byte order travels in the dtype's state: a big-endian float64 written by hand
+    path.write_bytes(_hand_pickle(b"cnumpy.core.multiarray\nscalar\n(cnumpy\ndtype\n(X\x02\x00\x00\x00f8\x89\x88tR(K\x03X\x01\x00\x00\x00>tbC\x08"
+                                  + struct.pack(">d", 0.125) + b"tR"))
+    assert load_plain_pickle(path) == 0.125

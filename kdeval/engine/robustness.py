@@ -40,14 +40,14 @@ from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
 from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers, merge_shards
 from kdeval.errors import KdevalError
-from kdeval.fileio import file_sha256, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import file_sha256, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, TIDY_COLUMNS, corruption_means, robustness_summary
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
 from kdeval.report.robustness_figures import severity_curves, severity_heatmap
 from kdeval.report.tables import to_latex, to_markdown, to_text
-from kdeval.vocab import BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, ROBUSTNESS_COLUMNS, SEVERITIES
+from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, ROBUSTNESS_COLUMNS, SEVERITIES
 
 RUN_FORMAT = "kdeval-robustness"
 RUN_VERSION = 1
@@ -423,15 +423,25 @@ def summary_title(split: Split, run: RobustnessRun, seed: int) -> str:
 
 
 def write_robustness_report(
-    run: RobustnessRun, settings: RobustnessSettings, split: Split, out_dir: Path, baseline: str | None = None
+    run: RobustnessRun, settings: RobustnessSettings, split: Split, out_dir: Path, baseline: str | None = None,
+    notes: tuple[str, ...] = (),
 ) -> list[Path]:
-    """The tidy CSV, the summary (CSV, Markdown, LaTeX), the per-corruption table, the figures."""
+    """The tables and figures of `run.table` (write_robustness_tables) and the run's settings."""
+    title = summary_title(split, run, settings.seed)
+    paths = write_robustness_tables(run.table, out_dir, title, baseline, notes)
+    return paths + [write_json_atomic(Path(out_dir) / "settings.json", run_settings(settings))]
+
+
+def write_robustness_tables(
+    table: pd.DataFrame, out_dir: Path, title: str, baseline: str | None = None, notes: tuple[str, ...] = ()
+) -> list[Path]:
+    """The tidy CSV, the summary (CSV, Markdown, LaTeX), the per-corruption table, the figures.
+    `notes` are sentences shown under the summary (and in the LaTeX caption), e.g. where an
+    imported model's numbers come from."""
     out_dir = Path(out_dir)
-    table = run.table
     summary = robustness_summary(table)
     shown = summary[list(ROBUSTNESS_COLUMNS)]
-    title = summary_title(split, run, settings.seed)
-    note = partial_note(summary)
+    notes = _all_notes(summary, notes)
     by_corruption = corruption_means(table)
 
     summary_csv = shown.copy()
@@ -440,18 +450,17 @@ def write_robustness_report(
             summary_csv[f"{column}_gain"] = shown[column] - shown.loc[baseline, column]
     summary_csv["scenarios"] = summary["scenarios"]
     markdown = [f"**{title}**", "", to_markdown(shown, baseline)]
-    if note:
+    for note in notes:
         markdown += [f"*{note}*", ""]
     if not by_corruption.empty:
         markdown += ["**AP (%) per corruption, mean over the severities run**", "", to_markdown(by_corruption, baseline)]
-    caption = title + (f". {note}" if note else "")
+    caption = ". ".join([title, *notes])
 
     paths = [
         write_text_atomic(out_dir / "robustness.csv", table.to_csv(index=False)),
         write_text_atomic(out_dir / "robustness_summary.csv", summary_csv.to_csv(float_format="%.6f")),
         write_text_atomic(out_dir / "robustness_summary.md", "\n".join(markdown)),
         write_text_atomic(out_dir / "robustness_summary.tex", to_latex(shown, baseline, caption)),
-        write_json_atomic(out_dir / "settings.json", run_settings(settings)),
     ]
     if not by_corruption.empty:
         paths.append(write_text_atomic(out_dir / "robustness_by_corruption.csv", by_corruption.to_csv(float_format="%.6f")))
@@ -464,9 +473,55 @@ def write_robustness_report(
     return paths
 
 
-def summary_text(run: RobustnessRun, split: Split, settings: RobustnessSettings, baseline: str | None = None) -> str:
+def _all_notes(summary: pd.DataFrame, notes: tuple[str, ...]) -> list[str]:
+    partial = partial_note(summary)
+    return ([partial] if partial else []) + list(notes)
+
+
+def summary_text(
+    run: RobustnessRun, split: Split, settings: RobustnessSettings, baseline: str | None = None, notes: tuple[str, ...] = ()
+) -> str:
     """The paper's Table 3 layout for the terminal: AP, mPC, rPC per model, gains in brackets."""
-    summary = robustness_summary(run.table)
-    text = to_text(summary[list(ROBUSTNESS_COLUMNS)], baseline, title=summary_title(split, run, settings.seed))
-    note = partial_note(summary)
-    return text + (f"\nnote: {note}" if note else "")
+    return robustness_text(run.table, summary_title(split, run, settings.seed), baseline, notes)
+
+
+def robustness_text(table: pd.DataFrame, title: str, baseline: str | None = None, notes: tuple[str, ...] = ()) -> str:
+    summary = robustness_summary(table)
+    text = to_text(summary[list(ROBUSTNESS_COLUMNS)], baseline, title=title)
+    return "\n".join([text, *(f"note: {note}" for note in _all_notes(summary, notes))])
+
+
+# ---------------------------------------------------------------- a run folder read back
+
+
+def has_results(out_dir: Path, model: str) -> bool:
+    """Whether the run folder holds any finished scenario of `model` (or of a name sharing its folder)."""
+    return bool(_finished_files(Path(out_dir), model))
+
+
+def stored_results(out_dir: Path) -> pd.DataFrame:
+    """The tidy table of every finished scenario in a run folder, read back without running a model:
+    the models recorded in run.json, in its order, each with the scenarios whose stats files match
+    its recorded settings and checkpoint (those a rerun would reuse)."""
+    out_dir = Path(out_dir)
+    path = out_dir / "run.json"
+    rows = []
+    if path.is_file():
+        record = read_json(path, "robustness run")
+        if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+            raise KdevalError(f"{path}: not a kdeval robustness run; choose another --out")
+        for model, checkpoint in record.get("models", {}).items():
+            for stats_path in sorted(_finished_files(out_dir, model)):
+                found = read_json_or_none(stats_path)
+                if not isinstance(found, dict) or found.get("model") != model:
+                    continue
+                scenario = Scenario(found.get("corruption"), found.get("severity"))
+                stats = _finished_stats(stats_path, _scenario_key(record.get("data"), checkpoint, scenario))
+                if stats is not None:
+                    rows += [(model, scenario.corruption, scenario.severity, m, float(stats[m])) for m in COCO_STAT_NAMES]
+    table = pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+    order = {name: i for i, name in enumerate(ALL_CORRUPTIONS)}
+    keys = [table["model"].map({m: i for i, m in enumerate(dict.fromkeys(table["model"]))}),
+            table["severity"] > 0, table["corruption"].map(order).fillna(-1), table["severity"],
+            table["metric"].map({m: i for i, m in enumerate(COCO_STAT_NAMES)})]
+    return table.iloc[np.lexsort(keys[::-1])].reset_index(drop=True) if len(table) else table
