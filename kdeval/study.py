@@ -291,9 +291,13 @@ def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.visualize import VisualizeSettings, build_visualization, write_visualization
 
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
-    settings = VisualizeSettings(select="improved", num=ctx.settings.visualize_images, seed=ctx.settings.seed)
-    result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device),
-                                 progress=ctx.progress)
+    for select in ("improved", "disagreement", "random"):  # weak models may improve on no image at all
+        settings = VisualizeSettings(select=select, num=ctx.settings.visualize_images, seed=ctx.settings.seed)
+        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device),
+                                     progress=ctx.progress)
+        if result.gallery.rows:
+            break
+        ctx.echo(f"  visualize: no image qualifies for --select {select}; trying the next strategy")
     return {"files": [ctx.rel(p) for p in write_visualization(result, ctx.out / "visualize", ctx.val_split)]}
 
 
