@@ -239,3 +239,26 @@ def test_report_page_links_figures_and_opens_the_gallery(browser, tiny_shapes, g
     assert page.locator("rect.det").count() > 0
     opened.assert_offline_and_clean()
     opened.close()
+
+
+def test_report_tables_sort_by_a_clicked_column(browser, tiny_coco, tmp_path):
+    gt = write_json(tmp_path / "gt.json", tiny_coco)
+    good = write_json(tmp_path / "good.json", perfect_detections(tiny_coco))
+    half = write_json(tmp_path / "half.json", [d for d in perfect_detections(tiny_coco) if d["category_id"] == 1])
+    run_dir = tmp_path / "run"
+    run("evaluate", f"half={half}", f"good={good}", "--annotations", gt, "--baseline", "half", "--per-class",
+        "--out", run_dir / "evaluate")
+    run("report", run_dir)
+    opened = Opened(browser, run_dir / "index.html")
+    page = opened.page
+    table = page.locator("table", has=page.locator("th", has_text="category")).first
+    first_cells = lambda: table.locator("tbody tr td:first-child").all_text_contents()  # noqa: E731
+    before = first_cells()
+    assert before == ["cat (1)", "dog (2)"]
+    half_column = table.locator("thead th", has_text="half")
+    half_column.click()  # descending: cat (100.0) before dog (0.0)
+    assert first_cells() == ["cat (1)", "dog (2)"] and half_column.get_attribute("aria-sort") == "descending"
+    half_column.click()  # ascending
+    assert first_cells() == ["dog (2)", "cat (1)"] and half_column.get_attribute("aria-sort") == "ascending"
+    opened.assert_offline_and_clean()
+    opened.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kdeval.errors import KdevalError
 from kdeval.fileio import write_text_atomic
-from kdeval.report.html import content_security_policy, render
+from kdeval.report.html import content_security_policy, new_nonce, render
 from kdeval.versions import package_versions
 
 PAGE_FILE = "index.html"
@@ -283,12 +283,14 @@ def gather_run(run_dir: Path) -> RunReport:
 def write_run_report(run_dir: Path) -> tuple[Path, list[str]]:
     """RUN_DIR/index.html, written atomically; and a line per section for the terminal."""
     report = gather_run(run_dir)
+    nonce = new_nonce()
     page = render(
         "report.html.j2",
         report=report,
         run_name=report.run_dir.resolve().name,
         written=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        csp=content_security_policy(),
+        csp=content_security_policy(nonce),
+        nonce=nonce,
     )
     path = write_text_atomic(report.run_dir / PAGE_FILE, page)
     summary = []
