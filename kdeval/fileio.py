@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -37,6 +38,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def safe_file_stem(name: str) -> str:
+    """A model or category name as one file-name part: letters, digits and . _ + - kept, anything else
+    (slashes, spaces, quotes) as '_', no leading or trailing dots, so no name can point elsewhere."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "model"
 
 
 def read_json_or_none(path: Path) -> Any:

@@ -4,7 +4,6 @@ and the appendix's Figures 1 and 2, written under one folder."""
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import tempfile
 import warnings
@@ -18,7 +17,7 @@ from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput, detections_of
 from kdeval.engine.predict import PredictSettings
-from kdeval.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.metrics.analyze import ErrorCurves, ap_long_table, curve_long_table, error_curves, supercategories
 from kdeval.metrics.tide import run_tide, tide_context, tide_table
 from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
@@ -64,10 +63,6 @@ def analyze_models(models: list[ModelInput], split: Split, settings: PredictSett
     return ErrorAnalysis(curves, tide, notes)
 
 
-def _safe_stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
-
-
 @contextlib.contextmanager
 def _quiet_opencv():
     import cv2
@@ -90,7 +85,7 @@ def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
         runs = analysis.tide.runs
         main_errors = analysis.tide.get_main_errors()
         # its pie divides by the sum of the errors: a model without any has no plot to draw
-        renamed = {_safe_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
+        renamed = {safe_file_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
         if not renamed:
             return paths
         analysis.tide.runs = renamed  # file names come from run names
@@ -164,7 +159,7 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
             curves_c = curve_long_table(analysis.curves, category_id)
             ap_c = per_cat[per_cat["category_id"] == category_id]
             figure = error_curves_figure(curves_c, ap_c, models, title=f"{name} (category {category_id})")
-            paths += save_figure(figure, out_dir / "per_category", f"{category_id}_{_safe_stem(name)}")
+            paths += save_figure(figure, out_dir / "per_category", f"{category_id}_{safe_file_stem(name)}")
     paths.append(write_json_atomic(out_dir / "errors_settings.json", {
         "annotations": str(split.annotations), "models": models, "baseline": baseline, "notes": analysis.notes,
     }))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
 from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers, merge_shards
 from kdeval.errors import KdevalError
-from kdeval.fileio import file_sha256, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, TIDY_COLUMNS, corruption_means, robustness_summary
@@ -109,16 +108,12 @@ def _data_key(split: Split, gt: dict, settings: RobustnessSettings) -> dict:
     }
 
 
-def _model_dir_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
-
-
 def _check_model_names(models: list[ModelInput]) -> None:
     folders: dict[str, str] = {}
     for model in models:
         if model.is_results_json:
             raise KdevalError(f"{model.path}: robustness runs models on corrupted images; give a checkpoint, not a results JSON")
-        folder = _model_dir_name(model.name)
+        folder = safe_file_stem(model.name)
         if folder in folders:
             raise KdevalError(f"model names '{folders[folder]}' and '{model.name}' share the folder name '{folder}'; rename one")
         folders[folder] = model.name
@@ -131,7 +126,7 @@ def _change(key: str, before, now) -> str:
 
 
 def _finished_files(out_dir: Path, model: str | None = None) -> list[Path]:
-    folder = out_dir / "scenarios" / (_model_dir_name(model) if model is not None else "")
+    folder = out_dir / "scenarios" / (safe_file_stem(model) if model is not None else "")
     return [p for p in folder.rglob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
 
 
@@ -175,11 +170,11 @@ def _clear_run(out_dir: Path) -> None:
 
 
 def _stats_path(out_dir: Path, model: str, scenario: Scenario) -> Path:
-    return out_dir / "scenarios" / _model_dir_name(model) / f"{scenario.slug}.json"
+    return out_dir / "scenarios" / safe_file_stem(model) / f"{scenario.slug}.json"
 
 
 def _detections_path(out_dir: Path, model: str, scenario: Scenario) -> Path:
-    return out_dir / "detections" / _model_dir_name(model) / f"{scenario.slug}.json.gz"
+    return out_dir / "detections" / safe_file_stem(model) / f"{scenario.slug}.json.gz"
 
 
 def _scenario_key(data_key: dict, checkpoint_sha: str, scenario: Scenario) -> dict:
@@ -469,7 +464,7 @@ def write_robustness_tables(
         top = table.loc[table["metric"] == "AP", "value"].max()
         for model in dict.fromkeys(table["model"]):
             heatmap = severity_heatmap(table, model, vmax=float(top) if top > 0 else None)
-            paths += save_figure(heatmap, out_dir / "figures", f"heatmap-{_model_dir_name(model)}")
+            paths += save_figure(heatmap, out_dir / "figures", f"heatmap-{safe_file_stem(model)}")
     return paths
 
 

@@ -21,9 +21,9 @@ import pandas as pd
 
 from kdeval.data.mmdet_robustness import ImportedRobustness
 from kdeval.data.coco import read_json
-from kdeval.engine.robustness import _model_dir_name, has_results, stored_results
+from kdeval.engine.robustness import has_results, stored_results
 from kdeval.errors import KdevalError
-from kdeval.fileio import file_sha256, read_json_or_none, write_json_atomic, write_text_atomic
+from kdeval.fileio import file_sha256, read_json_or_none, safe_file_stem, write_json_atomic, write_text_atomic
 from kdeval.metrics.robustness import TIDY_COLUMNS, check_tidy
 from kdeval.vocab import ALL_CORRUPTIONS, CLEAN
 
@@ -39,7 +39,7 @@ class StoredImport:
 
 
 def _table_path(out_dir: Path, name: str) -> Path:
-    return Path(out_dir) / IMPORTS_DIR / f"{_model_dir_name(name)}.csv"
+    return Path(out_dir) / IMPORTS_DIR / f"{safe_file_stem(name)}.csv"
 
 
 def _source_path(table_path: Path) -> Path:
