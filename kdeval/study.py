@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split, resolve_split
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, read_json_or_none, write_json_atomic, write_text_atomic
@@ -176,7 +177,7 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     settings = replace(base, seed=study.seed, **sizes, **{k: v for k, v in (("batch_size", study.batch_size),
                                                                        ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
     # a short schedule must not spend itself warming up: warm-up is at most a fifth of it
-    n_images = len(read_json_or_none(ctx.train_split.annotations)["images"])
+    n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
     settings = replace(settings, warmup_iters=max(1, min(settings.warmup_iters, total // 5)))
     out_dir = ctx.out / "models" / name

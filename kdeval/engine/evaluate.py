@@ -117,9 +117,9 @@ def write_per_class(per_class: dict[str, pd.DataFrame], out_dir: Path, baseline:
     """per_class.csv (tidy, with gains) and, per metric, categories × models in Markdown and LaTeX."""
     paths = [write_text_atomic(out_dir / "per_class.csv", per_class_long(per_class, baseline).to_csv(index=False, float_format="%.6f"))]
     markdown, latex = [], []
+    labels = next(iter(per_class.values()))["category"]
     for metric in TABLE_METRICS:
         wide = pd.DataFrame({model: t[metric] for model, t in per_class.items()})
-        labels = next(iter(per_class.values()))["category"]
         wide.index = [f"{labels[i]} ({i})" for i in wide.index]
         by_model = wide.T  # gains are taken between rows, so models are rows until shown
         markdown += [f"### {metric} per category\n", to_markdown(by_model, baseline, transpose=True, row_label="category")]
