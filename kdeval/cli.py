@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.errors import KdevalError
-from kdeval.vocab import ARCHS, BOX_FORMATS, DISTILL_LOSSES, GALLERY_SELECTIONS, NORMS, OPTIMIZERS, RECIPES, ROLES, SSIM_RESCALES, SSIM_WINDOW_SHAPES
+from kdeval.vocab import ARCHS, BOX_FORMATS, DISTILL_LOSSES, GALLERY_SELECTIONS, HEAD_NORMS, NORMS, OPTIMIZERS, RECIPES, ROLES, SSIM_RESCALES, SSIM_WINDOW_SHAPES
 
 app = typer.Typer(
     name="kdeval",
@@ -50,6 +50,7 @@ def _choices(name: str, values) -> type[Enum]:
 Arch = _choices("Arch", ARCHS)
 Role = _choices("Role", ROLES)
 Norm = _choices("Norm", NORMS)
+HeadNorm = _choices("HeadNorm", HEAD_NORMS)
 DistillLoss = _choices("DistillLoss", DISTILL_LOSSES)
 WindowShape = _choices("WindowShape", SSIM_WINDOW_SHAPES)
 Rescale = _choices("Rescale", SSIM_RESCALES)
@@ -188,6 +189,7 @@ def train(
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Resize the short side to this (recipe default); long side ≤ max(this, recipe max).")] = None,
     fpn_channels: Annotated[Optional[int], typer.Option(min=8, help="FPN and head width (recipe default: 64 shapes, 256 coco-1x).")] = None,
     norm: Annotated[Optional[Norm], typer.Option(help="Backbone normalisation (recipe default).")] = None,
+    head_norm: Annotated[Optional[HeadNorm], typer.Option(help="GroupNorm in the head ('gn', as torchvision's RetinaNet v2) or none (recipe default: gn shapes, none coco-1x).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")] = 0,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint for feature distillation (with --distill).")] = None,
     distill: Annotated[Optional[DistillLoss], typer.Option(help="Loss between student and teacher FPN maps.")] = None,
@@ -248,6 +250,7 @@ def train(
         "optimizer": optimizer.value if optimizer else None,
         "fpn_channels": fpn_channels,
         "norm": norm.value if norm else None,
+        "head_norm": head_norm.value if head_norm else None,
     }
     if image_size is not None:
         overrides["min_size"] = image_size

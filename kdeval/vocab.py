@@ -23,6 +23,7 @@ ROLES = ("teacher", "baseline", "distilled")
 # Choices of models and training, named once for the library and the command line.
 ARCHS = ("r18", "r34", "r50", "r101")
 NORMS = ("bn", "gn", "frozen-bn")
+HEAD_NORMS = ("none", "gn")
 OPTIMIZERS = ("adamw", "sgd")
 RECIPES = ("shapes", "coco-1x")
 DISTILL_LOSSES = ("ssim", "ms-ssim", "l1+ms-ssim", "smooth-l1", "l2")

@@ -100,3 +100,28 @@ def test_a_pickle_that_needs_code_is_refused(tmp_path):
     torch.save({"format": "kdeval-checkpoint", "obj": argparse.Namespace(a=1)}, tmp_path / "evil.pt")
     with pytest.raises(KdevalError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("fpn_channels,groups", [(64, 16), (256, 32), (16, 4), (9, 1), (10, 2)])
+def test_group_norm_head_round_trips_and_old_checkpoints_keep_their_head(tmp_path, fpn_channels, groups):
+    torch.manual_seed(3)
+    spec = ModelSpec("r18", num_classes=2, fpn_channels=fpn_channels, head_norm="gn", min_size=64, max_size=64)
+    model = build_retinanet(spec).eval()
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 8 and {m.num_groups for m in norms} == {groups}  # 4 tower convs in each of the two heads
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "gn.pt", model, spec, CATEGORIES, "baseline", {}))
+    assert loaded.spec.head_norm == "gn"
+    image = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model([image])[0]["scores"], loaded.model.eval()([image])[0]["scores"])
+    # a checkpoint written before head_norm existed has no such field: it gets the original head
+    payload = torch.load(tmp_path / "gn.pt", weights_only=True)
+    plain = ModelSpec("r18", num_classes=2, fpn_channels=fpn_channels, min_size=64, max_size=64)
+    save_checkpoint(tmp_path / "old.pt", build_retinanet(plain), plain, CATEGORIES, "baseline", {})
+    old = torch.load(tmp_path / "old.pt", weights_only=True)
+    del old["model"]["head_norm"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").spec.head_norm == "none"
+    assert payload["model"]["head_norm"] == "gn"
+    with pytest.raises(KdevalError, match="unknown head_norm 'bn'"):
+        ModelSpec("r18", num_classes=2, head_norm="bn")

@@ -8,18 +8,20 @@ channels (256 as in the paper; narrower for the embedded benchmark, where the he
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from kdeval.errors import KdevalError
-from kdeval.vocab import ARCHS, NORMS
+from kdeval.vocab import ARCHS, HEAD_NORMS, NORMS
 
 RESNETS = dict(zip(ARCHS, (resnet.resnet18, resnet.resnet34, resnet.resnet50, resnet.resnet101)))
 FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
@@ -33,6 +35,7 @@ class ModelSpec:
     num_classes: int
     fpn_channels: int = 256
     norm: str = "bn"  # backbone normalisation: trainable BatchNorm, GroupNorm, or frozen BatchNorm
+    head_norm: str = "none"  # "gn": GroupNorm after each head conv (torchvision's RetinaNet v2); "none": the original head
     min_size: int = 800  # the transform resizes the short side to min_size, the long side to at most max_size
     max_size: int = 1333
     anchor_size_per_stride: float = 4.0  # COCO RetinaNet: 32-pixel anchors at stride 8
@@ -45,6 +48,8 @@ class ModelSpec:
             raise KdevalError(f"unknown arch '{self.arch}' (expected one of {', '.join(RESNETS)})")
         if self.norm not in NORMS:
             raise KdevalError(f"unknown norm '{self.norm}' (expected one of {', '.join(NORMS)})")
+        if self.head_norm not in HEAD_NORMS:
+            raise KdevalError(f"unknown head_norm '{self.head_norm}' (expected one of {', '.join(HEAD_NORMS)})")
         if self.num_classes < 1 or self.fpn_channels < 1:
             raise KdevalError("num_classes and fpn_channels must be positive")
 
@@ -77,13 +82,27 @@ def build_backbone(spec: ModelSpec) -> BackboneWithFPN:
     )
 
 
+def build_head(spec: ModelSpec, num_anchors: int) -> RetinaNetHead:
+    """RetinaNet's head; with head_norm 'gn' every tower conv is followed by GroupNorm (16 groups at 64
+    channels, 32 from 128 up), which lets a from-scratch head learn markedly faster (Shapes: +1.6 AP
+    after 375 iterations at the same cost; benchmarks/RESULTS.md)."""
+    norm_layer = None
+    if spec.head_norm == "gn":
+        wanted = max(1, min(32, spec.fpn_channels // 4))
+        groups = max(g for g in range(1, wanted + 1) if spec.fpn_channels % g == 0)
+        norm_layer = partial(nn.GroupNorm, groups)
+    return RetinaNetHead(spec.fpn_channels, num_anchors, spec.num_classes, norm_layer=norm_layer)
+
+
 def build_retinanet(spec: ModelSpec) -> RetinaNet:
+    anchors = anchor_generator(spec)
     return RetinaNet(
         build_backbone(spec),
         num_classes=spec.num_classes,
         min_size=spec.min_size,
         max_size=spec.max_size,
-        anchor_generator=anchor_generator(spec),
+        anchor_generator=anchors,
+        head=build_head(spec, anchors.num_anchors_per_location()[0]),
         score_thresh=spec.score_thresh,
         nms_thresh=spec.nms_thresh,
         detections_per_img=spec.detections_per_img,
