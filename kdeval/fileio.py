@@ -100,6 +100,40 @@ def check_output_folder(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return folder
 
 
+# _atomic_write's temporaries (mkstemp: ".<name>.<8 random characters>.tmp")
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _held_by_another(lock_path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete what killed runs left in `folder`'s tree: the temporaries of atomic writes that never
+    got renamed. Call it holding `folder`'s lock; sub-folders that another live kdeval holds are skipped."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _held_by_another(Path(root) / d / ".kdeval.lock")]
+        for name in files:
+            if _TEMPORARY.match(name):
+                path = Path(root) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 @contextmanager
 def run_lock(folder: Path, what: str):
     """Hold `folder`/.kdeval.lock for the duration: a second kdeval writing the same folder is refused
@@ -120,6 +154,7 @@ def run_lock(folder: Path, what: str):
             raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"kdeval {what} (pid {os.getpid()})".encode(), 0)
+        remove_stale_temporaries(folder)
         yield folder
     finally:
         os.close(fd)  # closing releases the lock
