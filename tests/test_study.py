@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from kdeval.cli import app
 from kdeval.config import read_settings_file, settings_from_mapping
 from kdeval.errors import KdevalError
-from kdeval.study import StudySettings, run_study
+from kdeval.study import StudySettings, run_study, study_summary
 
 runner = CliRunner()
 
@@ -37,6 +37,10 @@ def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
         assert (tmp_path / made).is_file(), made
     table = (tmp_path / "evaluate" / "ap_table.md").read_text()
     assert "| baseline |" in table and "| distilled-ssim |" in table and "| teacher |" in table
+    summary = study_summary(tmp_path)
+    assert "Table 1: feature distillation" in summary and "| distilled-ssim |" in summary and "Table 3: robustness" in summary
+    assert "Table 2: without annotations\nnot run: `kdeval study --unlabeled`" in summary
+    assert summary.endswith(f"report: {(tmp_path / 'index.html').resolve()}")
     second = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
     assert second.ran == [] and "teacher" in second.skipped
     # a changed student schedule reruns the students and what reads them, not the teacher
