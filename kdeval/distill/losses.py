@@ -132,7 +132,7 @@ def _window_mask(mask: Tensor | None, win: Tensor) -> Tensor | None:
     """Positions whose whole window lies on valid features."""
     if mask is None:
         return None
-    return (_filter(mask, torch.ones_like(win) / win.numel()) > 1 - 1e-4).float()
+    return (_filter(mask, torch.ones_like(win)) > win.numel() ** 2 - 0.5).float()  # counts: exact in any dtype
 
 
 # ---------------------------------------------------------------- per-level losses
@@ -229,7 +229,17 @@ def feature_distillation_loss(
     image_sizes: list[tuple[int, int]] | None = None,
     padded_hw: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Mean over FPN levels of the per-level loss; levels too small for the window are skipped."""
+    """Mean over FPN levels of the per-level loss; levels too small for the window are skipped.
+
+    Always computed in fp32, autocast switched off: under bf16 autocast the window filters (conv2d)
+    would run in bf16, where 9 × bf16(1/9) < 1 − 1e-4 empties every window mask, so SSIM read as 0 and
+    the loss as a constant 1 with no gradient (seen in a CUDA AMP study before this was fixed)."""
+    device_type = next(iter(student.values())).device.type
+    with torch.autocast(device_type, enabled=False):
+        return _feature_distillation_loss_fp32(student, teacher, settings, image_sizes, padded_hw)
+
+
+def _feature_distillation_loss_fp32(student, teacher, settings, image_sizes, padded_hw) -> Tensor:
     losses = []
     for name, s in student.items():
         t = teacher[name]
