@@ -255,20 +255,14 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path
 # ---------------------------------------------------------------- images as they come
 
 
-def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
-    """Grayscale, RGBA, 16-bit, tiny, huge and EXIF-rotated files: decoded by PIL and converted to RGB,
-    without EXIF rotation (torchvision's CocoDetection does the same), and scored without a crash."""
+
+def _unusual_images(folder):
+    """Grayscale, RGBA, 16-bit, 8×8, 8000×6000 and EXIF-rotated files in `folder`: {file name: image}."""
     import numpy as np
     from PIL import Image
-    from typer.testing import CliRunner
-
-    from conftest import write_json
-    from kdeval.cli import app
-    from kdeval.data.dataset import read_rgb
 
     rng = np.random.default_rng(0)
-    folder = tmp_path / "images"
-    folder.mkdir()
+    folder.mkdir(parents=True, exist_ok=True)
     files = {
         "gray.png": Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8), "L"),
         "rgba.png": Image.fromarray(rng.integers(0, 255, (48, 64, 4), dtype=np.uint8), "RGBA"),
@@ -283,6 +277,22 @@ def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     rotated.save(folder / "exif.jpg", exif=exif)
     files["exif.jpg"] = rotated
+    return files
+
+
+def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
+    """Grayscale, RGBA, 16-bit, tiny, huge and EXIF-rotated files: decoded by PIL and converted to RGB,
+    without EXIF rotation (torchvision's CocoDetection does the same), and scored without a crash."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from conftest import write_json
+    from kdeval.cli import app
+    from kdeval.data.dataset import read_rgb
+
+    folder = tmp_path / "images"
+    files = _unusual_images(folder)
     for name, image in files.items():
         loaded = read_rgb(folder / name)
         assert loaded.mode == "RGB" and loaded.size == image.size, name  # no EXIF transpose
@@ -295,3 +305,56 @@ def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
     result = CliRunner().invoke(app, ["evaluate", f"m={trained}", "--images", str(folder), "--annotations", str(gt),
                                       "--device", "cpu", "--no-progress", "--batch-size", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
+
+
+def test_corruptions_apply_to_unusual_images(tmp_path):
+    """Every corruption at the harshest severity on each unusual file, as robustness reads it: an
+    RGB array of the file's own size comes back. The 8000×6000 photo gets the three cheapest (all 19
+    on it take minutes; benchmarks/RESULTS.md has that run)."""
+    import numpy as np
+
+    from kdeval.data.corrupted import ALL_CORRUPTIONS, CLEAN_SCENARIO, Scenario, corrupted_rgb
+
+    folder = tmp_path / "images"
+    files = _unusual_images(folder)
+    for name, image in files.items():
+        corruptions = ("jpeg_compression", "pixelate", "contrast") if name == "huge.jpg" else ALL_CORRUPTIONS
+        for corruption in corruptions:
+            out = corrupted_rgb(folder / name, name, Scenario(corruption, 5), seed=0)
+            assert out.dtype == np.uint8 and out.shape == (image.size[1], image.size[0], 3), (name, corruption)
+    # the corrupted pixels differ from the clean ones (the corruption did something)
+    clean = corrupted_rgb(folder / "gray.png", "gray.png", CLEAN_SCENARIO, seed=0)
+    assert not np.array_equal(clean, corrupted_rgb(folder / "gray.png", "gray.png", Scenario("gaussian_noise", 5), seed=0))
+
+
+def test_jpeg_bytes_decode_to_the_pixels_pil_gives(tmp_path):
+    """The GPU path hands JPEGs over undecoded and decodes them in batches (nvJPEG on CUDA, libjpeg
+    here); the pixels must be PIL's: RGB, no EXIF rotation, grayscale replicated. PNGs stay decoded."""
+    import numpy as np
+    from PIL import Image
+
+    from kdeval.data.coco import LabelSpace
+    from kdeval.data.dataset import CocoDetectionDataset
+    from kdeval.data.source import Split
+    from kdeval.engine.predict import images_to_device
+
+    folder = tmp_path / "images"
+    files = {name: image for name, image in _unusual_images(folder).items() if name != "huge.jpg"}
+    gray = Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 50), dtype=np.uint8), "L")
+    gray.save(folder / "gray.jpg")
+    files["gray.jpg"] = gray
+    coco = {"images": [{"id": i + 1, "file_name": name, "width": im.size[0], "height": im.size[1]} for i, (name, im) in enumerate(files.items())],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    split = Split(tmp_path / "gt.json", folder, "val")
+    labels = LabelSpace.from_categories(coco["categories"])
+    as_float = CocoDetectionDataset(split, coco, labels)
+    as_bytes = CocoDetectionDataset(split, coco, labels, pixels="jpeg-bytes")
+    images = [as_bytes[i][0] for i in range(len(files))]
+    assert sum(image.dim() == 1 for image in images) == 2  # exif.jpg and gray.jpg travel undecoded
+    decoded = images_to_device(images, torch.device("cpu"))
+    for position, name in enumerate(files):
+        expected = as_float[position][0]
+        assert decoded[position].dtype == torch.float32 and decoded[position].shape == expected.shape, name
+        assert torch.equal(decoded[position], expected), name
+    with pytest.raises(KdevalError, match="image 7: cannot decode JPEG"):
+        images_to_device(images[:1] * 6 + [torch.tensor([255, 216, 255, 0], dtype=torch.uint8)], torch.device("cpu"), list(range(1, 8)))
