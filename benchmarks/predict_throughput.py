@@ -2,11 +2,14 @@
 detection `evaluate` (batch 1, fp32, images decoded on the CPU), same model, same images.
 
     python benchmarks/predict_throughput.py CKPT [--data shapes | --images DIR --annotations FILE]
-        [--max-images N] [--batch-size 8] [--device auto] [--amp] [--resize-to 640x480]
+        [--max-images N] [--batch-size 8] [--device auto] [--resize-to 640x480]
+        [--input-size 800 --max-input-size 1333] [--out reports/bench/predict_throughput.json]
 
-With --resize-to the images are first written at that size (COCO-like 640×480) into a temporary
-folder, so a model trained at another size sees COCO-sized inputs (it resizes them as RetinaNet does).
-On CUDA, --amp also reports the AP of fp32 and AMP detections on the same images.
+With --resize-to the images are first written as JPEGs of that size (COCO-like 640×480) into a
+temporary folder; --input-size/--max-input-size set the model's resize (RetinaNet's 800/1333), so a
+model trained at another size sees COCO-sized inputs. On CUDA it times, besides the plain loop:
+kdeval fp32, kdeval AMP with PIL decoding in the workers, and kdeval AMP with nvJPEG decoding; and
+reports each one's AP and detections per image (fp32 against AMP: the AP difference).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,16 +37,23 @@ from kdeval.models.checkpoint import load_checkpoint
 
 
 def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) -> tuple[list[dict], float]:
-    """torchvision references/detection style: one image at a time, fp32, decoded on the CPU."""
-    model = model.to(device).eval()
+    """torchvision references/detection style: one image at a time, fp32, decoded on the CPU, the
+    model in its own (contiguous) memory format; the first 8 images once untimed, as a warm-up."""
+    model = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
     detections = []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for image in sorted(coco["images"], key=lambda im: im["id"]):
-            with Image.open(image_path(split.images, image["file_name"])) as pil:
-                tensor = pil_to_tensor(pil.convert("RGB")).float().div_(255)
-            output = model([tensor.to(device)])[0]
-            detections.extend(detections_from_output(output, image["id"], labels))
+    images = sorted(coco["images"], key=lambda im: im["id"])
+    for timed in (False, True):
+        if timed:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        detections = []
+        with torch.inference_mode():
+            for image in images if timed else images[:8]:
+                with Image.open(image_path(split.images, image["file_name"])) as pil:
+                    tensor = pil_to_tensor(pil.convert("RGB")).float().div_(255)
+                output = model([tensor.to(device)])[0]
+                detections.extend(detections_from_output(output, image["id"], labels))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return detections, time.perf_counter() - start
@@ -62,8 +73,9 @@ def subset_split(split: Split, max_images: int | None, resize_to: tuple[int, int
         for im in images:
             sx, sy = w / im["width"], h / im["height"]
             with Image.open(image_path(split.images, im["file_name"])) as pil:
-                pil.convert("RGB").resize((w, h), Image.BILINEAR).save(images_dir / Path(im["file_name"]).name, quality=95)
-            im.update(file_name=Path(im["file_name"]).name, width=w, height=h)
+                name = Path(im["file_name"]).stem + ".jpg"
+                pil.convert("RGB").resize((w, h), Image.BILINEAR).save(images_dir / name, quality=95)
+            im.update(file_name=name, width=w, height=h)
             for a in coco["annotations"]:
                 if a["image_id"] == im["id"]:
                     x, y, bw, bh = a["bbox"]
@@ -72,6 +84,14 @@ def subset_split(split: Split, max_images: int | None, resize_to: tuple[int, int
     annotations = folder / "annotations.json"
     annotations.write_text(json.dumps(coco))
     return Split(annotations, images_dir, split.name)
+
+
+def timed_predict(model, dataset, settings: PredictSettings, labels) -> tuple[list[dict], float]:
+    start = time.perf_counter()
+    detections = run_model(model, dataset, settings, labels, progress=False)
+    if settings.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return detections, time.perf_counter() - start
 
 
 def main() -> None:
@@ -84,8 +104,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true")
     parser.add_argument("--resize-to", default=None, help="WxH, e.g. 640x480")
+    parser.add_argument("--input-size", type=int, default=None, help="the model's short-side resize (RetinaNet: 800)")
+    parser.add_argument("--max-input-size", type=int, default=None, help="the model's long-side cap (RetinaNet: 1333)")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/predict_throughput.json"))
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
@@ -94,29 +116,45 @@ def main() -> None:
         split = subset_split(resolve_split(args.data, args.images, args.annotations), args.max_images, resize, Path(folder))
         coco = load_coco_annotations(split.annotations)
         loaded = load_checkpoint(args.checkpoint)
+        model, labels = loaded.model, loaded.labels
+        if args.input_size:
+            model.transform.min_size = (args.input_size,)
+        if args.max_input_size:
+            model.transform.max_size = args.max_input_size
         n = len(coco["images"])
-        print(f"{args.checkpoint} ({loaded.spec.arch}, input {loaded.spec.min_size}–{loaded.spec.max_size} px) on {n} images"
-              f"{' resized to ' + args.resize_to if resize else ''}; device {device}"
-              f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} CPU threads")
-        dataset = CocoDetectionDataset(split, coco, loaded.labels)
-        settings = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers, amp=args.amp)
-        run_model(loaded.model, torch.utils.data.Subset(dataset, range(min(8, n))), settings, loaded.labels, progress=False)  # warm-up
-        plain, plain_s = plain_loop(loaded.model, split, coco, loaded.labels, device)
-        start = time.perf_counter()
-        fast = run_model(loaded.model, dataset, settings, loaded.labels, progress=False)
+        machine = (f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; "
+                   f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
+        print(f"{args.checkpoint} ({loaded.spec.arch}, {loaded.spec.fpn_channels}-channel FPN, input resized to "
+              f"{model.transform.min_size[0]}/{model.transform.max_size} px) on {n} images"
+              f"{' written as ' + args.resize_to + ' JPEGs' if resize else ''}; {machine}")
+        base = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers)
+        variants = [("kdeval predict, fp32", base)]
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        fast_s = time.perf_counter() - start
-        print(f"plain loop (batch 1, fp32, CPU decode): {n / plain_s:8.1f} images/s")
-        print(f"kdeval predict (batch {args.batch_size}, {'AMP' if args.amp and device.type == 'cuda' else 'fp32'}, "
-              f"workers {settings.workers if settings.workers is not None else 'auto'}): {n / fast_s:8.1f} images/s")
-        print(f"ratio: {plain_s / fast_s:.2f}x")
-        ap_plain, ap_fast = coco_stats(coco, plain)["AP"], coco_stats(coco, fast)["AP"]
-        print(f"AP plain {100 * ap_plain:.2f}, kdeval {100 * ap_fast:.2f} (difference {100 * (ap_fast - ap_plain):+.2f})")
-        if args.amp and device.type == "cuda":
-            fp32 = run_model(loaded.model, dataset, replace(settings, amp=False), loaded.labels, progress=False)
-            print(f"AP fp32 {100 * coco_stats(coco, fp32)['AP']:.2f} vs AMP {100 * ap_fast:.2f}")
+            variants += [("kdeval predict, AMP, PIL decoding in workers", replace(base, amp=True, gpu_decode=False)),
+                         ("kdeval predict, AMP, nvJPEG decoding", replace(base, amp=True, gpu_decode=True))]
+        rows = []
+        plain_dataset = CocoDetectionDataset(split, coco, labels)
+        run_model(model, torch.utils.data.Subset(plain_dataset, range(min(16, n))), replace(base, amp=True), labels, progress=False)  # warm-up
+        plain, plain_s = plain_loop(model, split, coco, labels, device)
+        rows.append(("plain loop (batch 1, fp32, PIL decoding)", 1, plain, plain_s))
+        for name, settings in variants:
+            dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
+            detections, seconds = timed_predict(model, dataset, settings, labels)
+            rows.append((name, settings.batch_size, detections, seconds))
+        results = []
+        print("| way | batch | images/s | × plain | AP | detections/image |\n|---|---:|---:|---:|---:|---:|")
+        for name, batch, detections, seconds in rows:
+            ap = 100 * coco_stats(coco, detections)["AP"]
+            results.append({"way": name, "batch": batch, "images_per_s": n / seconds, "ratio": plain_s / seconds, "AP": ap,
+                            "detections_per_image": len(detections) / n})
+            print(f"| {name} | {batch} | {n / seconds:.1f} | {plain_s / seconds:.2f} | {ap:.2f} | {len(detections) / n:.1f} |")
+        if device.type == "cuda":
+            fp32 = next(r for r in results if r["way"].endswith("fp32"))
+            for r in results:
+                if "AMP" in r["way"]:
+                    print(f"AP {r['way']} − fp32: {r['AP'] - fp32['AP']:+.3f}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "images": n, "machine": machine, "results": results}, indent=2))
     sys.stdout.flush()
 
 

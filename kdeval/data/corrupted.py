@@ -217,7 +217,8 @@ def corrupted_rgb(source: Path, file_name: str, scenario: Scenario, seed: int, c
 
 
 class ScenarioImages(Dataset):
-    """(scenario index, image position) → (float image CHW in [0, 1], {image_id, scenario}).
+    """(scenario index, image position) → (uint8 image CHW, {image_id, scenario}); `images_to_device`
+    makes it float on the model's device.
 
     The corruption runs in __getitem__, so in DataLoader worker processes, overlapping with the
     model's forward passes in the main process. `images` are COCO image records.
@@ -238,5 +239,5 @@ class ScenarioImages(Dataset):
         info = self.images[position]
         source = image_path(self.images_dir, info["file_name"])
         rgb = corrupted_rgb(source, info["file_name"], self.scenarios[scenario_index], self.seed, self.cache)
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
         return image, {"image_id": info["id"], "scenario": scenario_index}

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from tqdm import tqdm
 
 from kdeval.engine import distributed
 from kdeval.data.coco import LabelSpace, load_coco_annotations, read_json
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
+from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
 
@@ -36,14 +38,25 @@ class PredictSettings:
     device: str = "cpu"
     workers: int | None = None  # None: by device (loader_workers)
     amp: bool = False  # only on CUDA
+    gpu_decode: bool = True  # on CUDA, JPEG files are decoded on the GPU (nvJPEG), other formats by PIL in the workers
     category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
 
     def cache_fields(self) -> dict:
         # batch size and workers do not change detections; device, precision and the category map may
         fields = {"device_type": torch.device(self.device).type, "amp": self.amp and self.device.startswith("cuda")}
+        if self.decodes_on_gpu():  # nvJPEG's pixels may differ from libjpeg's by a level here and there
+            fields["decode"] = "gpu"
         if self.category_map is not None:
             fields["category_map"] = self.category_map.digest()
         return fields
+
+    def decodes_on_gpu(self) -> bool:
+        return self.gpu_decode and torch.device(self.device).type == "cuda"
+
+    def pixels(self) -> str:
+        """What the dataset hands over (CocoDetectionDataset's `pixels`): undecoded JPEGs for the GPU,
+        else uint8 images, converted to float on the model's device."""
+        return "jpeg-bytes" if self.decodes_on_gpu() else "uint8"
 
 
 def detections_from_output(output: dict, image_id: int, labels: LabelSpace) -> list[dict]:
@@ -80,9 +93,38 @@ def loader_workers(settings: PredictSettings, device: torch.device) -> int:
     return 0 if device.type != "cuda" else min(8, os.cpu_count() or 1)
 
 
+def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids: list[int] | None = None) -> list[torch.Tensor]:
+    """A batch as the dataset gave it (float or uint8 CHW, or undecoded JPEG bytes as 1-D uint8) →
+    float CHW in [0, 1] on `device`. JPEGs are decoded together by nvJPEG on CUDA (by libjpeg on the
+    CPU), without EXIF rotation and converted to RGB, as PIL and COCO's loaders read them; one that
+    nvJPEG refuses (CMYK, say) is decoded on the CPU."""
+    encoded = [i for i, image in enumerate(images) if image.dim() == 1]
+    images = list(images)
+    if encoded:
+        data = [images[i] for i in encoded]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = []
+            for i, one in zip(encoded, data):
+                try:
+                    decoded.append(decode_image(one, mode=ImageReadMode.RGB))
+                except RuntimeError as exc:
+                    name = f"image {image_ids[i]}" if image_ids else "an image"
+                    raise KdevalError(f"{name}: cannot decode JPEG ({exc})") from None
+        for i, image in zip(encoded, decoded):
+            images[i] = image
+    on_device = []
+    for image in images:
+        image = image.to(device, non_blocking=True)
+        on_device.append(image.float().div_(255) if image.dtype == torch.uint8 else image)
+    return on_device
+
+
 def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, progress: bool = True, desc: str = "predict") -> list[dict]:
     """Batched inference over a dataset of (image, target): AMP and channels_last on CUDA, pinned
-    memory with non-blocking copies. Detections in dataset order."""
+    memory with non-blocking copies, images moved as uint8 (or undecoded JPEG bytes) and made float
+    on the device. Detections in dataset order."""
     device = torch.device(settings.device)
     model = model.to(device).eval()
     if device.type == "cuda":
@@ -100,14 +142,14 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
     detections: list[dict] = []
     with torch.inference_mode(), autocast:
         for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-            outputs = model([image.to(device, non_blocking=True) for image in images])
+            outputs = model(images_to_device(images, device, [target["image_id"] for target in targets]))
             for output, target in zip(outputs, targets):
                 detections.extend(detections_from_output(output, target["image_id"], labels))
     return detections
 
 
 def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
-    """Detections gathered from ranks that took every world-th image, back in single-process order."""
+    """Detections gathered from ranks that took every world-th batch, back in single-process order."""
     by_image: dict[int, list[dict]] = {}
     for shard in shards:
         for det in shard:
@@ -118,19 +160,19 @@ def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
 def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict]:
     """Detections of `loaded` on every image of `split` (at most detections_per_img per image).
 
-    Under torchrun each rank runs every world-th image and all ranks get the gathered detections,
+    Under torchrun each rank runs every world-th batch and all ranks get the gathered detections,
     in the order one process would have produced them."""
     coco = load_coco_annotations(split.annotations)
     labels = loaded.labels
     if settings.category_map is not None:
         labels = settings.category_map.map_labels(labels, coco["categories"])
     labels.check_matches(coco["categories"], str(split.annotations))
-    dataset = CocoDetectionDataset(split, coco, labels)
+    dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
     dataset.check_images_exist()
     dist_env = distributed.current()
     if dist_env.world == 1:
         return run_model(loaded.model, dataset, settings, labels, progress)
-    mine = run_model(loaded.model, Subset(dataset, dist_env.shard(len(dataset))), settings, labels, progress and dist_env.is_main)
+    mine = run_model(loaded.model, Subset(dataset, dist_env.shard(len(dataset), settings.batch_size)), settings, labels, progress and dist_env.is_main)
     return merge_shards(distributed.all_gather_lists(mine), [image["id"] for image in dataset.images])
 
 

@@ -37,7 +37,7 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import PredictSettings, detections_from_output, loader_workers, merge_shards
+from kdeval.engine.predict import PredictSettings, autocast_dtype, detections_from_output, images_to_device, loader_workers, merge_shards
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -249,14 +249,14 @@ def _run_pending(
     detections: dict[tuple[str, int], list[dict]] = {}
     stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
-    autocast = torch.autocast(device.type, enabled=predict.amp and device.type == "cuda", dtype=torch.bfloat16)
+    autocast = torch.autocast(device.type, enabled=predict.amp and device.type == "cuda", dtype=autocast_dtype(device))
     processed = 0
     with torch.inference_mode(), autocast:
         bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
         for batch_images, targets in bar:
             scenario_index = targets[0]["scenario"]
             bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
-            inputs = [image.to(device, non_blocking=True) for image in batch_images]
+            inputs = images_to_device(batch_images, device)
             for name in pending[scenario_index]:
                 outputs = loaded[name].model(inputs)
                 found = detections.setdefault((name, scenario_index), [])
@@ -294,7 +294,8 @@ def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
     else:
         found: dict = {}
         _, processed, seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, show,
-                                             positions=dist_env.shard(len(gt["images"])), finished=found)
+                                             positions=dist_env.shard(len(gt["images"]), settings.predict.batch_size),
+                                             finished=found)
         shards = distributed.all_gather_lists([found])
         if dist_env.is_main:
             start = time.perf_counter()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run (benchmarks/RESULTS.md quotes their output):
+#   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
+#      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8);
+#   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
+#   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images;
+#   3. torchrun with the NCCL backend: `predict` under torchrun gives the single process's detections;
+#   5. the R50 throughput again at batch 16.
+# Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
+#
+#   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
+#
+# Where kdeval's dependencies are missing (a lent machine with PyTorch alone), wheels in .whl/ are
+# installed into /tmp/site first.
+set -u
+OUT=${1:-${OUT:-reports/gpu}}
+mkdir -p "$OUT"
+WORK=${WORK:-/tmp/kdeval-gpu}
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1 KDEVAL_CACHE=$WORK/cache
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+step() { echo; echo "=== $1 ($(date +%T))"; }
+clock() { local start=$SECONDS; "$@"; local rc=$?; echo "--- wall $((SECONDS - start)) s, exit $rc"; return $rc; }
+
+step machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(), os.cpu_count(), 'CPUs')"
+
+step "0. Shapes generated into the cache"
+clock python3 -c "from kdeval.data.source import shapes_split; shapes_split('train'); shapes_split('val')"
+
+step "4. R50, 256-channel FPN, trained briefly at 800 px"
+clock timeout "${R50_LIMIT:-120}" python3 -m kdeval train --arch r50 --epochs "${R50_EPOCHS:-1}" --image-size 800 \
+    --fpn-channels 256 --head-norm none --batch-size 16 --workers 8 --device cuda --out "$WORK/r50" --resume --no-progress
+if [ -f "$WORK/r50/model.pt" ]; then
+    for batch in ${R50_BATCHES:-8}; do
+        timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
+            --max-input-size 1333 --max-images 500 --batch-size $batch --out "$WORK/r50_b$batch.json" && cp "$WORK/r50_b$batch.json" "$OUT/"
+    done
+fi
+step "1. kdeval study (default settings) on the GPU"
+clock timeout "${STUDY_LIMIT:-240}" python3 -m kdeval study --out "$WORK/study" --device cuda --no-progress
+cp "$WORK/study/evaluate/ap_table.md" "$OUT/study_ap_table.md" 2>/dev/null
+cp "$WORK/study/robustness/robustness_summary.md" "$OUT/study_robustness.md" 2>/dev/null
+
+step "2. fp32 against AMP on Shapes val (300 images, 128 px)"
+for model in "$WORK"/study/models/*/model.pt; do
+    name=$(basename "$(dirname "$model")")
+    timeout 90 python3 benchmarks/predict_throughput.py "$model" --max-images 300 --batch-size 32 \
+        --out "$WORK/amp_$name.json" && cp "$WORK/amp_$name.json" "$OUT/"
+done
+
+step "3. torchrun, NCCL: predict under torchrun against one process"
+model=$(ls "$WORK"/study/models/*/model.pt | head -1)
+timeout 60 python3 -m kdeval predict "$model" -o "$WORK/one.json" --device cuda --no-cache --no-progress
+timeout 90 torchrun --standalone --nproc-per-node 1 -m kdeval predict "$model" -o "$WORK/ranks.json" --device cuda --no-cache --no-progress
+python3 - "$WORK/one.json" "$WORK/ranks.json" <<'EOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+print(f"single process {len(a)} detections, torchrun (nccl) {len(b)}: {'identical' if a == b else 'DIFFERENT'}")
+EOF
+
+if [ -f "$WORK/r50/model.pt" ] && [ -z "${R50_BATCHES:-}" ]; then
+    step "5. R50 throughput at batch 16"
+    timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
+        --max-input-size 1333 --max-images 500 --batch-size 16 --out "$WORK/r50_b16.json" && cp "$WORK/r50_b16.json" "$OUT/"
+fi
+echo; echo "=== done ($(date +%T))"
