@@ -120,3 +120,14 @@ def test_torchrun_evaluate_shards_images_and_matches_one_process(tiny_shapes, tr
     assert outputs["one-dets"] == outputs["two-dets"]  # the same detections, in the same order
     assert len(json.loads(outputs["one-dets"])) > 100
     assert outputs["one"] == outputs["two"]
+
+
+@pytest.mark.parametrize("n,world,batch", [(10, 2, 4), (7, 3, 2), (3, 4, 8), (16, 2, 1)])
+def test_ranks_take_whole_batches_and_together_cover_every_image_once(n, world, batch):
+    from kdeval.engine.distributed import Distributed
+
+    shards = [Distributed(rank=rank, world=world, local_rank=rank).shard(n, batch) for rank in range(world)]
+    assert sorted(p for shard in shards for p in shard) == list(range(n))
+    single_batches = [list(range(start, min(start + batch, n))) for start in range(0, n, batch)]
+    for shard in shards:  # cut into batches as the DataLoader does: each is one of the single process's batches
+        assert all(shard[i:i + batch] in single_batches for i in range(0, len(shard), batch))

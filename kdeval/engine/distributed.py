@@ -25,9 +25,13 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, n: int) -> list[int]:
-        """The positions 0..n-1 this rank handles: every world-th, so shards differ by at most one."""
-        return list(range(self.rank, n, self.world))
+    def shard(self, n: int, batch_size: int = 1) -> list[int]:
+        """The positions 0..n-1 this rank handles: every world-th batch of `batch_size` consecutive
+        positions. Each batch then holds the images one process would batch together, so a model's
+        outputs are bit for bit those of one process (on the CPU, convolutions pick their algorithm by
+        batch size: other batches differ in the last bits, which GroupNorm can lift into the scores)."""
+        starts = range(self.rank * batch_size, n, self.world * batch_size)
+        return [position for start in starts for position in range(start, min(start + batch_size, n))]
 
 
 def start_distributed(device: str) -> tuple[Distributed, str]:
