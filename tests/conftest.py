@@ -13,9 +13,12 @@ from kdeval.data.shapes import ShapesSpec, generate_shapes
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own kdeval cache, so no test reads another's cached detections."""
+def _private_cache_and_folder(tmp_path_factory, monkeypatch):
+    """Every test gets its own kdeval cache, so no test reads another's cached detections, and runs
+    in its own empty folder, so a command left at its default --out (reports/...) writes nothing
+    into the checkout."""
     monkeypatch.setenv("KDEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture

@@ -145,24 +145,24 @@ def test_bad_annotations_get_one_line_and_exit_2(tmp_path, tiny_coco, mutate, fr
 
 def test_missing_and_malformed_files(tmp_path, tiny_coco, tiny_shapes, trained):
     gt = write_json(tmp_path / "gt.json", tiny_coco)
-    assert_user_error(run("evaluate", tmp_path / "nope.json", "--annotations", gt), "nope.json", "not found")
-    assert_user_error(run("evaluate", write_json(tmp_path / "d.json", []), "--annotations", tmp_path / "x.json"), "x.json", "not found")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", tmp_path / "nope.json", "--annotations", gt), "nope.json", "not found")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", write_json(tmp_path / "d.json", []), "--annotations", tmp_path / "x.json"), "x.json", "not found")
     (tmp_path / "broken.json").write_text("{ not json")
-    assert_user_error(run("evaluate", tmp_path / "broken.json", "--annotations", gt), "broken.json", "not valid JSON")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", tmp_path / "broken.json", "--annotations", gt), "broken.json", "not valid JSON")
     (tmp_path / "model.pt").write_bytes(b"junk")
-    assert_user_error(run("evaluate", tmp_path / "model.pt", *shapes_args(tiny_shapes)), "model.pt", "not a readable PyTorch file")
-    assert_user_error(run("evaluate", f"a={tmp_path / 'd.json'}", f"a={tmp_path / 'd.json'}", "--annotations", gt), "'a' appears twice")
-    assert_user_error(run("evaluate", tmp_path / "d.json", "--annotations", gt, "--baseline", "zzz"), "--baseline 'zzz'")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", tmp_path / "model.pt", *shapes_args(tiny_shapes)), "model.pt", "not a readable PyTorch file")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", f"a={tmp_path / 'd.json'}", f"a={tmp_path / 'd.json'}", "--annotations", gt), "'a' appears twice")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", tmp_path / "d.json", "--annotations", gt, "--baseline", "zzz"), "--baseline 'zzz'")
     # a checkpoint scored without its images, and a dataset whose images went missing
-    assert_user_error(run("evaluate", trained, "--annotations", tiny_shapes / "annotations" / "instances_val.json"), "needs the images")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", trained, "--annotations", tiny_shapes / "annotations" / "instances_val.json"), "needs the images")
     empty_dir = tmp_path / "noimages"
     empty_dir.mkdir()
     assert_user_error(
-        run("evaluate", trained, "--images", empty_dir, "--annotations", tiny_shapes / "annotations" / "instances_val.json"),
+        run("evaluate", "--out", tmp_path / "o", trained, "--images", empty_dir, "--annotations", tiny_shapes / "annotations" / "instances_val.json"),
         "image file not found",
     )
     # a model trained on other categories than the dataset's
-    assert_user_error(run("evaluate", trained, "--images", tmp_path, "--annotations", gt), "category id 1 is 'cat' in the dataset but 'circle' in the model")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", trained, "--images", tmp_path, "--annotations", gt), "category id 1 is 'cat' in the dataset but 'circle' in the model")
 
 
 def test_train_refuses_to_overwrite_a_finished_run(tiny_shapes, trained):

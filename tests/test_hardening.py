@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,7 +221,7 @@ def test_a_second_kdeval_on_the_same_folder_is_refused_and_a_killed_one_leaves_n
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom kdeval.fileio import run_lock\n"
          "with run_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -232,6 +233,33 @@ def test_a_second_kdeval_on_the_same_folder_is_refused_and_a_killed_one_leaves_n
         holder.wait()
     assert _evaluate(tmp_path, tiny_coco, out).exit_code == 0
     assert (out / "ap_table.csv").is_file()
+
+
+def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_their_folder(tmp_path):
+    """An atomic write killed before its rename leaves ".NAME.XXXXXXXX.tmp"; the next run that takes the
+    folder's lock deletes those, but not in a sub-folder whose lock a live kdeval holds, nor files
+    that only look alike."""
+    import fcntl
+
+    from kdeval.fileio import run_lock
+
+    run = tmp_path / "run"
+    busy = run / "busy"
+    busy.mkdir(parents=True)
+    stale = [run / ".ap_table.csv.a1B2c3D4.tmp", run / "sub" / ".model.pt.zz_9yy8x.tmp"]
+    stale[1].parent.mkdir()
+    kept = [run / "ap_table.csv", run / "notes.tmp", run / ".short.abc.tmp", busy / ".model.pt.q1w2e3r4.tmp"]
+    for path in stale + kept:
+        path.write_text("x")
+    fd = os.open(busy / ".kdeval.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # stands for another live kdeval writing busy/
+    try:
+        with run_lock(run, "test"):
+            pass
+    finally:
+        os.close(fd)
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
 
 
 def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path, tiny_coco, monkeypatch):
@@ -358,3 +386,17 @@ def test_jpeg_bytes_decode_to_the_pixels_pil_gives(tmp_path):
         assert torch.equal(decoded[position], expected), name
     with pytest.raises(KdevalError, match="image 7: cannot decode JPEG"):
         images_to_device(images[:1] * 6 + [torch.tensor([255, 216, 255, 0], dtype=torch.uint8)], torch.device("cpu"), list(range(1, 8)))
+
+
+def test_outputs_come_back_from_the_device_unchanged_in_one_copy():
+    """On CUDA a batch's outputs are packed into one tensor for one copy; the split must give every
+    image its own boxes, scores and integer labels back (here on the CPU, where the packing runs too)."""
+    from kdeval.engine.predict import packed_to_cpu
+
+    torch.manual_seed(0)
+    outputs = [{"boxes": torch.rand(n, 4) * 100, "scores": torch.rand(n), "labels": torch.randint(1, 91, (n,))} for n in (3, 0, 5)]
+    moved = packed_to_cpu(outputs)
+    assert len(moved) == 3
+    for before, after in zip(outputs, moved):
+        assert torch.equal(before["boxes"], after["boxes"]) and torch.equal(before["scores"], after["scores"])
+        assert after["labels"].dtype == torch.int64 and torch.equal(before["labels"], after["labels"])
