@@ -37,7 +37,7 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import PredictSettings, autocast_dtype, detections_from_output, images_to_device, loader_workers, merge_shards
+from kdeval.engine.predict import PredictSettings, autocast_dtype, detections_from_output, images_to_device, loader_workers, merge_shards, outputs_to_cpu
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -258,7 +258,7 @@ def _run_pending(
             bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
             inputs = images_to_device(batch_images, device)
             for name in pending[scenario_index]:
-                outputs = loaded[name].model(inputs)
+                outputs = outputs_to_cpu(loaded[name].model(inputs))
                 found = detections.setdefault((name, scenario_index), [])
                 for output, target in zip(outputs, targets):
                     found.extend(detections_from_output(output, target["image_id"], loaded[name].labels))
