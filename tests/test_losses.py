@@ -157,6 +157,6 @@ def test_autocast_does_not_change_the_loss_or_its_gradient(loss):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_amp = feature_distillation_loss(student, teacher, settings, sizes, padded)
     amp_grad = torch.autograd.grad(under_amp, student["p3"])[0]
-    assert under_amp.dtype == torch.float32 and 0 < float(plain) < 1.5
+    assert under_amp.dtype == torch.float32 and 0 < plain.item() < 1.5
     assert torch.allclose(under_amp, plain, rtol=1e-6, atol=1e-7)
     assert plain_grad.abs().sum() > 0 and torch.allclose(amp_grad, plain_grad, rtol=1e-5, atol=1e-8)
