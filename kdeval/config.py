@@ -87,7 +87,7 @@ def settings_from_mapping(cls, raw: dict, source: str, base=None):
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise KdevalError(f"{source}: unknown setting '{key}' (known: {', '.join(sorted(names))})")
+            raise KdevalError(f"{source}: unknown setting {str(key)!r} (known: {', '.join(sorted(names))})")
         values[name] = _check_type(value, hints[name], f"{source}: {key}")
     try:
         return dataclasses.replace(base, **values) if base is not None else cls(**values)

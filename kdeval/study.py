@@ -23,7 +23,7 @@ from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split, resolve_split
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, read_json_or_none, write_json_atomic, write_text_atomic
-from kdeval.vocab import DISTILL_LOSSES
+from kdeval.vocab import ARCHS, DISTILL_LOSSES
 
 # λ per feature loss: SSIM's 3 is the Shapes ablation's best; the others equalise the initial pull
 # of each loss with SSIM's (benchmarks/RESULTS.md, Table 1 on Shapes)
@@ -63,6 +63,7 @@ class StudySettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        self._check_ranges()
         unknown = [loss for loss in self.losses if loss not in DISTILL_LOSSES]
         if unknown:
             raise KdevalError(f"losses: unknown '{unknown[0]}' (expected some of {', '.join(DISTILL_LOSSES)})")
@@ -70,6 +71,28 @@ class StudySettings:
             raise KdevalError(f"distill_weights: {len(self.distill_weights)} weights for {len(self.losses)} losses")
         if self.distilled is not None and len(self.losses) != 1:
             raise KdevalError("--distilled takes the checkpoint of one distilled student: give exactly one loss with it")
+
+    def _check_ranges(self) -> None:
+        """Values the command line bounds (typer's min=…) but a config file could set to anything."""
+        from kdeval.data.corrupted import parse_corruptions
+
+        for name, low in (("teacher_epochs", 1), ("student_epochs", 1), ("robustness_images", 1), ("visualize_images", 1),
+                          ("image_size", 32), ("batch_size", 1), ("fpn_channels", 8)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise KdevalError(f"{name}: {value} is below {low}")
+        for name in ("teacher_arch", "student_arch"):
+            if getattr(self, name) not in ARCHS:
+                raise KdevalError(f"{name}: unknown '{getattr(self, name)}' (expected one of {', '.join(ARCHS)})")
+        if not self.severities or any(not 1 <= severity <= 5 for severity in self.severities):
+            raise KdevalError(f"severities: {list(self.severities)} (expected some of 1 to 5)")
+        if not (0.0 <= self.pseudo_threshold <= 1.0):  # NaN fails too
+            raise KdevalError(f"pseudo_threshold: {self.pseudo_threshold} (expected a score from 0 to 1)")
+        if any(not (0.0 <= weight < float("inf")) for weight in self.distill_weights):
+            raise KdevalError(f"distill_weights: {list(self.distill_weights)} (expected finite weights ≥ 0)")
+        if not self.losses:
+            raise KdevalError("losses: give at least one feature loss")
+        parse_corruptions(self.corruptions)
 
     def weight_of(self, loss: str) -> float:
         if self.distill_weights:

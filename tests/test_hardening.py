@@ -146,6 +146,54 @@ def test_category_map_loader_accepts_or_names_the_problem(tmp_path_factory, cont
     assert mapping.ids or mapping.names
 
 
+def _study_fields() -> list[str]:
+    import dataclasses
+
+    from kdeval.study import StudySettings
+
+    return [field.name for field in dataclasses.fields(StudySettings)]
+
+
+def _load_study_config(path):
+    from kdeval.config import read_settings_file, settings_from_mapping
+    from kdeval.study import StudySettings
+
+    return settings_from_mapping(StudySettings, read_settings_file(path), str(path))
+
+
+@CASES
+@given(st.dictionaries(st.one_of(st.sampled_from(_study_fields()), st.sampled_from(["colour", "epochs", "Seed"]), st.text(max_size=6)),
+                       st.one_of(odd_values, st.sampled_from(["r50", "ssim,l2", "fog", "1-5", "shapes"]),
+                                 st.lists(st.sampled_from(["ssim", "l2", "cosine"]), max_size=3)), max_size=5),
+       st.sampled_from([".yaml", ".json"]))
+def test_config_loader_accepts_or_names_the_problem(tmp_path_factory, mapping, suffix):
+    """Any study setting (or a made-up one) with any value: a StudySettings whose values are in
+    range, or one line naming the file (and the key)."""
+    import math
+
+    path = tmp_path_factory.mktemp("c") / f"study{suffix}"
+    path.write_text(json.dumps(mapping, allow_nan=True))  # JSON is valid YAML too
+    try:
+        settings = _load_study_config(path)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+        return
+    assert settings.teacher_epochs >= 1 and settings.student_epochs >= 1 and settings.robustness_images >= 1
+    assert settings.severities and all(1 <= severity <= 5 for severity in settings.severities)
+    assert 0 <= settings.pseudo_threshold <= 1 and all(math.isfinite(w) and w >= 0 for w in settings.distill_weights)
+
+
+@CASES
+@given(st.text(max_size=60), st.sampled_from([".yaml", ".toml", ".json"]))
+def test_config_loader_survives_any_text(tmp_path_factory, text, suffix):
+    path = tmp_path_factory.mktemp("c") / f"study{suffix}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        _load_study_config(path)
+    except KdevalError as exc:
+        _assert_named_error(exc, str(path))
+
+
 @pytest.fixture(scope="module")
 def checkpoint_bytes(trained) -> bytes:
     return trained.read_bytes()
