@@ -66,7 +66,7 @@ class StudySettings:
         self._check_ranges()
         unknown = [loss for loss in self.losses if loss not in DISTILL_LOSSES]
         if unknown:
-            raise KdevalError(f"losses: unknown '{unknown[0]}' (expected some of {', '.join(DISTILL_LOSSES)})")
+            raise KdevalError(f"losses: unknown {unknown[0]!r} (expected some of {', '.join(DISTILL_LOSSES)})")
         if self.distill_weights and len(self.distill_weights) != len(self.losses):
             raise KdevalError(f"distill_weights: {len(self.distill_weights)} weights for {len(self.losses)} losses")
         if self.distilled is not None and len(self.losses) != 1:
@@ -83,7 +83,7 @@ class StudySettings:
                 raise KdevalError(f"{name}: {value} is below {low}")
         for name in ("teacher_arch", "student_arch"):
             if getattr(self, name) not in ARCHS:
-                raise KdevalError(f"{name}: unknown '{getattr(self, name)}' (expected one of {', '.join(ARCHS)})")
+                raise KdevalError(f"{name}: unknown {getattr(self, name)!r} (expected one of {', '.join(ARCHS)})")
         if not self.severities or any(not 1 <= severity <= 5 for severity in self.severities):
             raise KdevalError(f"severities: {list(self.severities)} (expected some of 1 to 5)")
         if not (0.0 <= self.pseudo_threshold <= 1.0):  # NaN fails too

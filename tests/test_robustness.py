@@ -555,3 +555,19 @@ def test_imports_sit_beside_kdevals_own_models(tiny_shapes, trained, tmp_path):
     fresh = run("robustness", f"own={trained}", *quick, "--overwrite")
     assert "2 scenario(s) run, 0 reused" in fresh.stdout
     assert set(pd.read_csv(out / "robustness.csv")["model"]) == {"own", "mm", "mm2"}
+
+
+@pytest.mark.parametrize("corruption", ["brightness", "saturate"])
+def test_pixelwise_corruptions_in_bands_give_the_same_pixels(monkeypatch, corruption):
+    """Large images run brightness and saturate in bands of rows (memory); the pixels must be those of
+    one piece, including a last band that would be thinner than 32 rows."""
+    import numpy as np
+
+    from kdeval.data import corrupted
+
+    rgb = np.random.default_rng(5).integers(0, 256, (150, 90, 3), dtype=np.uint8)
+    whole = corrupted.corrupt_image(rgb, corruption, 5, seed=1)
+    monkeypatch.setattr(corrupted, "BAND_PIXELS", 40 * 90)  # 40-row bands: 40, 40, 40 and a 30-row rest
+    assert np.array_equal(corrupted.corrupt_image(rgb, corruption, 5, seed=1), whole)
+    monkeypatch.setattr(corrupted, "BAND_PIXELS", 33 * 90)  # 33-row bands, rest 18 rows: merged into the last
+    assert np.array_equal(corrupted.corrupt_image(rgb, corruption, 5, seed=1), whole)

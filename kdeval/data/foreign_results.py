@@ -37,7 +37,8 @@ def _key(value, path: Path):
         return value
     if isinstance(value, str):
         text = value.strip()
-        return int(text) if text.lstrip("-").isdigit() else text
+        digits = text[1:] if text.startswith("-") else text
+        return int(text) if digits.isascii() and digits.isdigit() else text  # not "²": isdigit() but no int
     raise KdevalError(f"{path}: category map entries must be ids or names, got {value!r}")
 
 
