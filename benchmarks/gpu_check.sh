@@ -26,6 +26,10 @@ else
 fi
 step() { echo; echo "=== $1 ($(date +%T))"; }
 clock() { local start=$SECONDS; "$@"; local rc=$?; echo "--- wall $((SECONDS - start)) s, exit $rc"; return $rc; }
+r50_throughput() {  # batch size: COCO-sized JPEGs resized as RetinaNet does, 500 images
+    timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
+        --max-input-size 1333 --max-images 500 --batch-size "$1" --out "$WORK/r50_b$1.json" && cp "$WORK/r50_b$1.json" "$OUT/"
+}
 
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -38,10 +42,7 @@ step "4. R50, 256-channel FPN, trained briefly at 800 px"
 clock timeout "${R50_LIMIT:-120}" python3 -m kdeval train --arch r50 --epochs "${R50_EPOCHS:-1}" --image-size 800 \
     --fpn-channels 256 --head-norm none --batch-size 16 --workers 8 --device cuda --out "$WORK/r50" --resume --no-progress
 if [ -f "$WORK/r50/model.pt" ]; then
-    for batch in ${R50_BATCHES:-8}; do
-        timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
-            --max-input-size 1333 --max-images 500 --batch-size $batch --out "$WORK/r50_b$batch.json" && cp "$WORK/r50_b$batch.json" "$OUT/"
-    done
+    r50_throughput 8
 fi
 step "1. kdeval study (default settings) on the GPU"
 clock timeout "${STUDY_LIMIT:-240}" python3 -m kdeval study --out "$WORK/study" --device cuda --no-progress
@@ -65,9 +66,8 @@ a, b = (json.load(open(p)) for p in sys.argv[1:])
 print(f"single process {len(a)} detections, torchrun (nccl) {len(b)}: {'identical' if a == b else 'DIFFERENT'}")
 EOF
 
-if [ -f "$WORK/r50/model.pt" ] && [ -z "${R50_BATCHES:-}" ]; then
+if [ -f "$WORK/r50/model.pt" ]; then
     step "5. R50 throughput at batch 16"
-    timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
-        --max-input-size 1333 --max-images 500 --batch-size 16 --out "$WORK/r50_b16.json" && cp "$WORK/r50_b16.json" "$OUT/"
+    r50_throughput 16
 fi
 echo; echo "=== done ($(date +%T))"
