@@ -44,6 +44,8 @@ class PredictSettings:
     def cache_fields(self) -> dict:
         # batch size and workers do not change detections; device, precision and the category map may
         fields = {"device_type": torch.device(self.device).type, "amp": self.amp and self.device.startswith("cuda")}
+        if fields["amp"]:  # AMP detections made before the batch-wide postprocessing (scores, boxes in bf16) do not count
+            fields["amp_postprocess"] = "float32"
         if self.decodes_on_gpu():  # nvJPEG's pixels may differ from libjpeg's by a level here and there
             fields["decode"] = "gpu"
         if self.category_map is not None:

@@ -21,6 +21,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from kdeval.errors import KdevalError
+from kdeval.models.postprocess import BatchedRetinaNet
 from kdeval.vocab import ARCHS, HEAD_NORMS, NORMS
 
 RESNETS = dict(zip(ARCHS, (resnet.resnet18, resnet.resnet34, resnet.resnet50, resnet.resnet101)))
@@ -95,8 +96,9 @@ def build_head(spec: ModelSpec, num_anchors: int) -> RetinaNetHead:
 
 
 def build_retinanet(spec: ModelSpec) -> RetinaNet:
+    """torchvision's RetinaNet with kdeval's batch-wide inference postprocessing (same state_dict)."""
     anchors = anchor_generator(spec)
-    return RetinaNet(
+    return BatchedRetinaNet(
         build_backbone(spec),
         num_classes=spec.num_classes,
         min_size=spec.min_size,
