@@ -4,13 +4,15 @@ torchvision's `RetinaNet.postprocess_detections` walks image by image and level 
 the batch's images × 5 levels it thresholds, compacts (a host–device synchronisation on CUDA), takes
 the top 1,000, decodes and clips — about 15 small operations each, 600 for a batch of 8, which on a
 GPU leave it idle while Python launches them. Here each level is done for the whole batch in one
-go, and the batch synchronises once, to learn how many candidates each image keeps per level.
+go (one compaction per level), the batch reads its per-image counts once, and only the class-wise
+NMS and the final selection still run image by image.
 
 Semantics are torchvision's, step for step: sigmoid scores; per level the (at most) 1,000 best scores
 above `score_thresh`, ordered by score; boxes decoded by the model's BoxCoder and clipped to the
 image; per image class-wise NMS (`batched_nms`) and the `detections_per_img` best. The candidates
-reach NMS in torchvision's order (level by level, best first), so detections are the same; only
-exact score ties at a level's 1,000th place could be broken differently. One deliberate difference:
+reach NMS in torchvision's order (level by level, best first), so detections are the same (tested
+bit for bit); only exactly equal scores may be ordered differently — rare in float32, common in
+bf16, where torchvision's own order of ties is arbitrary too. One deliberate difference:
 scores and boxes are computed in float32 even when the head ran in bf16/fp16 under autocast —
 torchvision decodes in the head's dtype, where bf16 rounds a 1,000-px coordinate to 4 px.
 """
