@@ -9,7 +9,8 @@ With --resize-to the images are first written as JPEGs of that size (COCO-like 6
 temporary folder; --input-size/--max-input-size set the model's resize (RetinaNet's 800/1333), so a
 model trained at another size sees COCO-sized inputs. On CUDA it times, besides the plain loop:
 kdeval fp32, kdeval AMP with PIL decoding in the workers, and kdeval AMP with nvJPEG decoding; and
-reports each one's AP and detections per image (fp32 against AMP: the AP difference). Each kdeval
+reports each one's AP and detections per image (fp32 against AMP: the AP difference). kdeval fp32 is
+also timed with torchvision's own postprocessing, which shows what the batch-wide one gains. Each kdeval
 variant runs --repeats times and the fastest counts (the plain loop warms up on 8 images first).
 """
 
@@ -22,11 +23,13 @@ import os
 import sys
 import tempfile
 import time
+import types
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.models.detection import RetinaNet
 from torchvision.transforms.functional import pil_to_tensor
 
 from kdeval.data.coco import image_path, load_coco_annotations
@@ -37,10 +40,19 @@ from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
 
 
+def with_torchvision_postprocess(model):
+    """A copy of the model that postprocesses as torchvision's RetinaNet does (image by image, level by
+    level) instead of kdeval's batch-wide way."""
+    model = copy.deepcopy(model)
+    model.postprocess_detections = types.MethodType(RetinaNet.postprocess_detections, model)
+    return model
+
+
 def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) -> tuple[list[dict], float]:
     """torchvision references/detection style: one image at a time, fp32, decoded on the CPU, the
-    model in its own (contiguous) memory format; the first 8 images once untimed, as a warm-up."""
-    model = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
+    model in its own (contiguous) memory format and with torchvision's postprocessing; the first 8
+    images once untimed, as a warm-up."""
+    model = with_torchvision_postprocess(model).to(device, memory_format=torch.contiguous_format).eval()
     detections = []
     images = sorted(coco["images"], key=lambda im: im["id"])
     for timed in (False, True):
@@ -95,6 +107,41 @@ def timed_predict(model, dataset, settings: PredictSettings, labels) -> tuple[li
     return detections, time.perf_counter() - start
 
 
+def profile_predict(model, dataset, settings: PredictSettings, labels, batches: int, folder: Path) -> str:
+    """torch.profiler over the first `batches` batches of kdeval's predict: where a batch's time goes
+    (kdeval's named ranges, and the operations that cost most host and device time), and a Chrome
+    trace (chrome://tracing, ui.perfetto.dev)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), batches * settings.batch_size)))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        run_model(model, subset, settings, labels, progress=False)
+        if settings.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    folder.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(folder / "predict_trace.json"))
+    events = prof.key_averages()
+    n_batches = -(-len(subset) // settings.batch_size)
+    device_time = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+    lines = [f"{n_batches} batches of {settings.batch_size}, {seconds * 1000 / n_batches:.1f} ms per batch under the profiler",
+             "", "| range | calls | host ms per batch | device ms per batch |", "|---|---:|---:|---:|"]
+    for event in sorted(events, key=lambda e: -e.cpu_time_total):
+        if event.key.startswith(("kdeval.", "enumerate(DataLoader)")):
+            lines.append(f"| {event.key} | {event.count} | {event.cpu_time_total / 1000 / n_batches:.2f} | "
+                         f"{getattr(event, device_time) / 1000 / n_batches:.2f} |")
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    lines += ["", f"ATen operations per batch (nested ones included): {ops / n_batches:.0f}", "",
+              events.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if settings.device.startswith("cuda"):
+        lines += ["", events.table(sort_by=f"self_{device_time}", row_limit=25)]
+    text = "\n".join(lines)
+    (folder / "predict_profile.txt").write_text(text)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -109,6 +156,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None, help="the model's short-side resize (RetinaNet: 800)")
     parser.add_argument("--max-input-size", type=int, default=None, help="the model's long-side cap (RetinaNet: 1333)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each kdeval variant; the fastest counts")
+    parser.add_argument("--profile", type=int, default=0, metavar="BATCHES",
+                        help="also profile this many batches of the fastest kdeval way (beside --out: predict_profile.txt, predict_trace.json)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/predict_throughput.json"))
     args = parser.parse_args()
 
@@ -130,7 +179,7 @@ def main() -> None:
               f"{model.transform.min_size[0]}/{model.transform.max_size} px) on {n} images"
               f"{' written as ' + args.resize_to + ' JPEGs' if resize else ''}; {machine}")
         base = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers)
-        variants = [("kdeval predict, fp32", base)]
+        variants = [("kdeval predict, fp32, torchvision's postprocessing", base), ("kdeval predict, fp32", base)]
         if device.type == "cuda":
             variants += [("kdeval predict, AMP, PIL decoding in workers", replace(base, amp=True, gpu_decode=False)),
                          ("kdeval predict, AMP, nvJPEG decoding", replace(base, amp=True, gpu_decode=True))]
@@ -142,7 +191,8 @@ def main() -> None:
         for name, settings in variants:
             dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
             # the fastest of --repeats runs: the first also pays for worker start-up and lazy kernel set-up
-            runs = [timed_predict(model, dataset, settings, labels) for _ in range(args.repeats)]
+            way_model = with_torchvision_postprocess(model) if "torchvision's" in name else model
+            runs = [timed_predict(way_model, dataset, settings, labels) for _ in range(args.repeats)]
             detections, seconds = min(runs, key=lambda run: run[1])
             rows.append((name, settings.batch_size, detections, seconds))
         results = []
@@ -153,10 +203,17 @@ def main() -> None:
                             "detections_per_image": len(detections) / n})
             print(f"| {name} | {batch} | {n / seconds:.1f} | {plain_s / seconds:.2f} | {ap:.2f} | {len(detections) / n:.1f} |")
         if device.type == "cuda":
-            fp32 = next(r for r in results if r["way"].endswith("fp32"))
+            fp32 = next(r for r in results if r["way"] == "kdeval predict, fp32")
             for r in results:
                 if "AMP" in r["way"]:
                     print(f"AP {r['way']} − fp32: {r['AP'] - fp32['AP']:+.3f}")
+        if args.profile:
+            name, settings = variants[-1]  # on CUDA: AMP with nvJPEG; on the CPU: fp32
+            if device.type == "cuda":
+                name, settings = max(((v, s) for v, s in variants), key=lambda v: next(r["images_per_s"] for r in results if r["way"] == v[0]))
+            print(f"\nprofile of {name}:")
+            print(profile_predict(model, CocoDetectionDataset(split, coco, labels, pixels=settings.pixels()), settings, labels,
+                                  args.profile, args.out.parent))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "images": n, "machine": machine, "results": results}, indent=2))
     sys.stdout.flush()

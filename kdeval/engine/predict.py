@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from tqdm import tqdm
@@ -161,9 +162,16 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
     detections: list[dict] = []
     with torch.inference_mode(), autocast:
         for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-            outputs = model(images_to_device(images, device, [target["image_id"] for target in targets]))
-            for output, target in zip(outputs_to_cpu(outputs), targets):
-                detections.extend(detections_from_output(output, target["image_id"], labels))
+            # the named ranges show in torch.profiler traces (benchmarks/predict_throughput.py --profile)
+            with record_function("kdeval.images_to_device"):
+                images = images_to_device(images, device, [target["image_id"] for target in targets])
+            with record_function("kdeval.model"):
+                outputs = model(images)
+            with record_function("kdeval.outputs_to_cpu"):
+                outputs = outputs_to_cpu(outputs)
+            with record_function("kdeval.detections"):
+                for output, target in zip(outputs, targets):
+                    detections.extend(detections_from_output(output, target["image_id"], labels))
     return detections
 
 
