@@ -201,7 +201,7 @@ def train(
     pseudo_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score above which a teacher detection becomes a label.")] = 0.3,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="ImageNet ResNet state_dict on disk (nothing is downloaded).")] = None,
     amp: Annotated[bool, typer.Option("--amp/--fp32", help="Mixed precision on CUDA (bf16 where supported).")] = True,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes (default: 0 on the CPU, up to 8 beside a GPU).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,

@@ -71,3 +71,24 @@ def test_the_checkpoint_records_what_made_it(tiny_shapes, tmp_path):
     assert loaded.train_settings["iterations"] == 4 and loaded.train_settings["lr"] == TINY.lr
     assert [c["name"] for c in loaded.categories][:2] == ["circle", "ellipse"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "model.pt", "settings.json", "train_state.pt"]
+
+
+@pytest.mark.slow
+def test_worker_processes_do_not_change_what_is_learned(tiny_shapes, tmp_path):
+    """Flips are a function of (seed, epoch, position), so the default workers beside a GPU train the
+    same model as the main process alone."""
+    settings = TrainSettings(**{**TINY.__dict__, "hflip": 0.5})
+    alone = train(settings, _split(tiny_shapes), tmp_path / "alone", progress=False, workers=0, stop_after=3)
+    helped = train(settings, _split(tiny_shapes), tmp_path / "helped", progress=False, workers=2, stop_after=3)
+    a, b = (torch.load(r / "train_state.pt", weights_only=True)["model"] for r in (tmp_path / "alone", tmp_path / "helped"))
+    assert alone.iterations == helped.iterations == 3
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_workers_by_device(monkeypatch):
+    from kdeval.engine.predict import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda", 0)) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert default_workers(torch.device("cuda")) == 4

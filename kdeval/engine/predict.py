@@ -108,8 +108,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
 def loader_workers(settings: PredictSettings, device: torch.device) -> int:
     """--workers, or by default: none on the CPU (they would compete with the model for cores),
     up to 8 decoding processes beside a GPU."""
-    if settings.workers is not None:
-        return settings.workers
+    return settings.workers if settings.workers is not None else default_workers(device)
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader processes when none are asked for: none on the CPU, where the model uses every core
+    (measured faster on 2 cores), up to 8 beside a GPU, so the main process only launches kernels."""
     return 0 if device.type != "cuda" else min(8, os.cpu_count() or 1)
 
 

@@ -31,6 +31,7 @@ from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
 from kdeval.engine.distributed import start_distributed
+from kdeval.engine.predict import default_workers
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
 from kdeval.vocab import OPTIMIZERS
@@ -221,7 +222,7 @@ def train(
     device: str = "cpu",
     resume: bool = False,
     overwrite: bool = False,
-    workers: int = 0,
+    workers: int | None = None,
     backbone_weights: Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
@@ -307,7 +308,7 @@ def train(
     loader = DataLoader(
         dataset,
         batch_sampler=EpochBatches(len(dataset), settings.batch_size, settings.seed, start, end, dist_env.rank, dist_env.world),
-        num_workers=workers,
+        num_workers=default_workers(torch_device) if workers is None else workers,  # samples are a function of their index: any count gives the same batches
         collate_fn=collate,
         pin_memory=torch_device.type == "cuda",
         persistent_workers=False,
