@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -134,6 +135,9 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+LOCK_TRIES = 4
+
+
 @contextmanager
 def run_lock(folder: Path, what: str):
     """Hold `folder`/.kdeval.lock for the duration: a second kdeval writing the same folder is refused
@@ -147,11 +151,17 @@ def run_lock(folder: Path, what: str):
     path = folder / ".kdeval.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-            raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or choose another --out") from None
+        # a few tries: the lock may be held for microseconds by a run on the parent folder that is
+        # checking whether this folder is in use (remove_stale_temporaries); a real run holds it for minutes
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+                    raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or choose another --out") from None
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"kdeval {what} (pid {os.getpid()})".encode(), 0)
         remove_stale_temporaries(folder)

@@ -313,6 +313,32 @@ def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_th
     assert all(path.exists() for path in kept)
 
 
+def test_a_lock_held_for_an_instant_does_not_refuse_a_run(tmp_path):
+    """remove_stale_temporaries probes a sub-folder's lock by taking it for microseconds; a kdeval
+    starting on that sub-folder at that instant waits out the probe instead of being refused."""
+    import fcntl
+    import threading
+
+    from kdeval.errors import KdevalError
+    from kdeval.fileio import run_lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    fd = os.open(folder / ".kdeval.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe
+    threading.Timer(0.06, os.close, (fd,)).start()
+    with run_lock(folder, "test"):
+        pass
+    fd = os.open(folder / ".kdeval.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run that holds on
+    try:
+        with pytest.raises(KdevalError, match="in use by"):
+            with run_lock(folder, "test"):
+                pass
+    finally:
+        os.close(fd)
+
+
 def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path, tiny_coco, monkeypatch):
     from collections import namedtuple
 
