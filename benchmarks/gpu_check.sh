@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one run (benchmarks/RESULTS.md quotes their output):
 #   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
-#      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8);
+#      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8),
+#      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
+#      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json);
 #   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
 #   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images;
 #   3. torchrun with the NCCL backend: `predict` under torchrun gives the single process's detections;
@@ -26,9 +28,11 @@ else
 fi
 step() { echo; echo "=== $1 ($(date +%T))"; }
 clock() { local start=$SECONDS; "$@"; local rc=$?; echo "--- wall $((SECONDS - start)) s, exit $rc"; return $rc; }
-r50_throughput() {  # batch size: COCO-sized JPEGs resized as RetinaNet does, 500 images
-    timeout 150 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
-        --max-input-size 1333 --max-images 500 --batch-size "$1" --out "$WORK/r50_b$1.json" && cp "$WORK/r50_b$1.json" "$OUT/"
+r50_throughput() {  # batch size [profiled batches]: COCO-sized JPEGs resized as RetinaNet does, 500 images
+    timeout 180 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
+        --max-input-size 1333 --max-images 500 --batch-size "$1" --profile "${2:-0}" --out "$WORK/b$1/r50.json"
+    cp "$WORK/b$1/r50.json" "$OUT/r50_b$1.json" 2>/dev/null
+    cp "$WORK/b$1/predict_profile.txt" "$OUT/r50_b$1_profile.txt" 2>/dev/null
 }
 
 step machine
@@ -42,8 +46,10 @@ step "4. R50, 256-channel FPN, trained briefly at 800 px"
 clock timeout "${R50_LIMIT:-120}" python3 -m kdeval train --arch r50 --epochs "${R50_EPOCHS:-1}" --image-size 800 \
     --fpn-channels 256 --head-norm none --batch-size 16 --workers 8 --device cuda --out "$WORK/r50" --resume --no-progress
 if [ -f "$WORK/r50/model.pt" ]; then
-    r50_throughput 8
+    r50_throughput 8 6
 fi
+step "4b. postprocessing alone: torchvision's against kdeval's (R50 at 800 px, 80 classes, batch 8)"
+timeout 90 python3 benchmarks/postprocess_cost.py --device cuda --out "$OUT/postprocess_cost.json"
 step "1. kdeval study (default settings) on the GPU"
 clock timeout "${STUDY_LIMIT:-240}" python3 -m kdeval study --out "$WORK/study" --device cuda --no-progress
 cp "$WORK/study/evaluate/ap_table.md" "$OUT/study_ap_table.md" 2>/dev/null
