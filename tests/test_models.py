@@ -127,3 +127,47 @@ def test_group_norm_head_round_trips_and_old_checkpoints_keep_their_head(tmp_pat
     assert payload["model"]["head_norm"] == "gn"
     with pytest.raises(KdevalError, match="unknown head_norm 'bn'"):
         ModelSpec("r18", num_classes=2, head_norm="bn")
+
+
+def _with_running_statistics(model):
+    """Non-trivial BatchNorm statistics and affine parameters, as a trained model has."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if hasattr(module, "running_var") and module.running_var is not None:
+            shape = module.running_var.shape
+            module.running_mean.copy_(torch.rand(shape, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(shape, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(shape, generator=generator) * 0.4 - 0.2)
+    return model
+
+
+@pytest.mark.parametrize("arch,norm,folds", [("r18", "bn", 20), ("r50", "frozen-bn", 53), ("r18", "gn", 0)])
+def test_folded_batch_norms_compute_the_same_features(arch, norm, folds):
+    from kdeval.models.retinanet import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = _with_running_statistics(build_retinanet(ModelSpec(arch, num_classes=3, fpn_channels=32, norm=norm, min_size=96, max_size=96))).eval()
+    images = [torch.rand(3, 96, 80), torch.rand(3, 64, 96)]
+    with torch.no_grad():
+        before = fpn_features(model, images)
+        assert fold_batch_norms(model) == folds
+        after = fpn_features(model, images)
+        assert fold_batch_norms(model) == 0  # nothing left to fold
+    for level in before:
+        scale = before[level].abs().max()
+        assert (before[level] - after[level]).abs().max() <= 1e-5 * scale, level
+    kinds = {type(m).__name__ for m in model.backbone.body.modules()}
+    assert not kinds & {"BatchNorm2d", "FrozenBatchNorm2d"} if folds else "GroupNorm" in kinds
+
+
+def test_inference_model_folds_a_copy_and_training_batch_norms_are_left(tmp_path):
+    from kdeval.engine.predict import PredictSettings, inference_model
+    from kdeval.models.retinanet import fold_batch_norms
+
+    model = build_retinanet(ModelSpec("r18", num_classes=2, fpn_channels=16))
+    ready = inference_model(model, PredictSettings())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ready.modules()) and not ready.training
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 20  # the caller's model is as it was
+    assert inference_model(model, PredictSettings(fold_batch_norms=False)) is model
+    assert fold_batch_norms(model.train()) == 0  # batch statistics while training: nothing to fold

@@ -6,6 +6,7 @@ command that needs the same detections reads them instead of running the model a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -26,11 +27,12 @@ from kdeval.data.source import Split
 from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+from kdeval.models.retinanet import fold_batch_norms
 
 if TYPE_CHECKING:
     from kdeval.data.foreign_results import CategoryMap
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: BatchNorms folded into convolutions (detections equal up to float rounding)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class PredictSettings:
     workers: int | None = None  # None: by device (loader_workers)
     amp: bool = False  # only on CUDA
     gpu_decode: bool = True  # on CUDA, JPEG files are decoded on the GPU (nvJPEG), other formats by PIL in the workers
+    fold_batch_norms: bool = True  # BatchNorms folded into their convolutions (inference_model)
     category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
 
     def cache_fields(self) -> dict:
@@ -51,6 +54,8 @@ class PredictSettings:
             fields["decode"] = "gpu"
         if self.category_map is not None:
             fields["category_map"] = self.category_map.digest()
+        if not self.fold_batch_norms:
+            fields["fold_batch_norms"] = False
         return fields
 
     def decodes_on_gpu(self) -> bool:
@@ -145,14 +150,24 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
     return on_device
 
 
+def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
+    """The model as kdeval runs it for detections: in eval mode on the device, its BatchNorms folded
+    into their convolutions (in a copy: the caller's model keeps its layers), channels_last on CUDA."""
+    device = torch.device(settings.device)
+    model = model.eval()
+    if settings.fold_batch_norms:
+        model = copy.deepcopy(model)
+        fold_batch_norms(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
 def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, progress: bool = True, desc: str = "predict") -> list[dict]:
-    """Batched inference over a dataset of (image, target): AMP and channels_last on CUDA, pinned
+    """Batched inference over a dataset of (image, target): BatchNorms folded, AMP and channels_last on CUDA, pinned
     memory with non-blocking copies, images moved as uint8 (or undecoded JPEG bytes) and made float
     on the device. Detections in dataset order."""
     device = torch.device(settings.device)
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = inference_model(model, settings)
     loader = DataLoader(
         dataset,
         batch_size=settings.batch_size,

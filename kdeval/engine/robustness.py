@@ -22,7 +22,7 @@ import gzip
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import PredictSettings, autocast_dtype, detections_from_output, images_to_device, loader_workers, merge_shards, outputs_to_cpu
+from kdeval.engine.predict import (PredictSettings, autocast_dtype, detections_from_output, images_to_device, inference_model,
+                                   loader_workers, merge_shards, outputs_to_cpu)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -367,9 +368,9 @@ def run_robustness(
         needed = [model for model in models if any(model.name in names for names in pending.values())]
         loaded = {}
         for model in needed:  # each model is built once, for all its scenarios
-            loaded[model.name] = load_checkpoint(model.path)
-            loaded[model.name].labels.check_matches(gt["categories"], str(split.annotations))
-            loaded[model.name].model.to(settings.predict.device).eval()
+            checkpoint = load_checkpoint(model.path)
+            checkpoint.labels.check_matches(gt["categories"], str(split.annotations))
+            loaded[model.name] = replace(checkpoint, model=inference_model(checkpoint.model, settings.predict))
         dist_env = distributed.current()
         if dist_env.world == 1:
             computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)

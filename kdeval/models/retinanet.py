@@ -142,3 +142,46 @@ def fpn_features(model: RetinaNet, images: list[torch.Tensor]) -> dict[str, torc
     return model.backbone(image_list.tensors)
 
 
+
+
+def fold_batch_norms(model: nn.Module) -> int:
+    """Fold every inference-mode BatchNorm that follows a convolution in the ResNet body (trainable
+    BatchNorm's running statistics, or FrozenBatchNorm2d as torchvision's COCO weights use) into that
+    convolution's weight and bias, in place; returns how many. The same function of the input up to
+    float rounding (≈ 1e-6 relative), one memory-bound pass over every activation map fewer — five
+    for FrozenBatchNorm2d, which runs as separate elementwise operations. For inference only:
+    the folded model cannot be trained as before. GroupNorm normalises by statistics of its input and
+    cannot be folded."""
+    folded = 0
+    for module in list(model.modules()):  # the stem (conv1, bn1) and every residual block (conv1..3, bn1..3)
+        for index in (1, 2, 3):
+            folded += _fold_pair(module, f"conv{index}", f"bn{index}")
+        if isinstance(getattr(module, "downsample", None), nn.Sequential) and len(module.downsample) == 2:
+            folded += _fold_pair(module.downsample, "0", "1")
+    return folded
+
+
+def _fold_pair(parent: nn.Module, conv_name: str, norm_name: str) -> int:
+    conv, norm = getattr(parent, conv_name, None), getattr(parent, norm_name, None)
+    if type(conv) is not nn.Conv2d:
+        return 0
+    if isinstance(norm, nn.BatchNorm2d):
+        if norm.training or norm.running_mean is None:
+            return 0
+        gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+        beta = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
+    elif isinstance(norm, FrozenBatchNorm2d):
+        gamma, beta = norm.weight, norm.bias
+    else:
+        return 0
+    with torch.no_grad():
+        scale = gamma * (norm.running_var + norm.eps).rsqrt()
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                          device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        fused.bias.copy_(beta + (bias - norm.running_mean) * scale)
+    setattr(parent, conv_name, fused)
+    setattr(parent, norm_name, nn.Identity())
+    return 1
