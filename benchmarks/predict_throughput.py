@@ -24,13 +24,11 @@ import os
 import sys
 import tempfile
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.models.detection import RetinaNet
 from torchvision.transforms.functional import pil_to_tensor
 
 from kdeval.data.coco import image_path, load_coco_annotations
@@ -39,21 +37,14 @@ from kdeval.data.source import Split, resolve_split
 from kdeval.engine.predict import PredictSettings, detections_from_output, run_model
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
-
-
-def with_torchvision_postprocess(model):
-    """A copy of the model that postprocesses as torchvision's RetinaNet does (image by image, level by
-    level) instead of kdeval's batch-wide way."""
-    model = copy.deepcopy(model)
-    model.postprocess_detections = types.MethodType(RetinaNet.postprocess_detections, model)
-    return model
+from kdeval.models.postprocess import with_torchvision_postprocessing
 
 
 def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) -> tuple[list[dict], float]:
     """torchvision references/detection style: one image at a time, fp32, decoded on the CPU, the
     model in its own (contiguous) memory format and with torchvision's postprocessing; the first 8
     images once untimed, as a warm-up."""
-    model = with_torchvision_postprocess(model).to(device, memory_format=torch.contiguous_format).eval()
+    model = with_torchvision_postprocessing(model).to(device, memory_format=torch.contiguous_format).eval()
     detections = []
     images = sorted(coco["images"], key=lambda im: im["id"])
     for timed in (False, True):
@@ -193,7 +184,7 @@ def main() -> None:
         for name, settings in variants:
             dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
             # the fastest of --repeats runs: the first also pays for worker start-up and lazy kernel set-up
-            way_model = with_torchvision_postprocess(model) if "torchvision's" in name else model
+            way_model = with_torchvision_postprocessing(model) if "torchvision's" in name else model
             runs = [timed_predict(way_model, dataset, settings, labels) for _ in range(args.repeats)]
             detections, seconds = min(runs, key=lambda run: run[1])
             rows.append((name, settings.batch_size, detections, seconds))

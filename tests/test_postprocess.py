@@ -1,13 +1,10 @@
 """kdeval's batch-wide RetinaNet postprocessing against torchvision's per-image, per-level loop."""
 
-import types
-
 import pytest
 import torch
-from torchvision.models.detection import RetinaNet
 
 from kdeval.models import postprocess
-from kdeval.models.postprocess import BatchedRetinaNet
+from kdeval.models.postprocess import BatchedRetinaNet, with_torchvision_postprocessing
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 
@@ -32,7 +29,7 @@ def head_outputs(model, image_sizes, padded, logit_mean, seed=0, dtype=torch.flo
 
 
 def torchvision_postprocess(model, split, anchors, image_sizes):
-    return types.MethodType(RetinaNet.postprocess_detections, model)(split, anchors, image_sizes)
+    return with_torchvision_postprocessing(model).postprocess_detections(split, anchors, image_sizes)
 
 
 def assert_same(ours, theirs):

@@ -19,7 +19,9 @@ torchvision decodes in the head's dtype, where bf16 rounds a 1,000-px coordinate
 
 from __future__ import annotations
 
+import copy
 import itertools
+import types
 
 import torch
 from torch import Tensor
@@ -123,3 +125,11 @@ class BatchedRetinaNet(RetinaNet):
             self.nms_thresh,
             self.detections_per_img,
         )
+
+
+def with_torchvision_postprocessing(model: RetinaNet) -> RetinaNet:
+    """A copy of the model that postprocesses as torchvision's RetinaNet does, image by image and level
+    by level (the reference the benchmarks compare against)."""
+    model = copy.deepcopy(model)
+    model.postprocess_detections = types.MethodType(RetinaNet.postprocess_detections, model)
+    return model
