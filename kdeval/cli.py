@@ -60,7 +60,7 @@ BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
 ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="Mixed-precision inference on CUDA (bf16, else fp16).")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="Mixed-precision (fp16) inference on CUDA; fp32 by default.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 

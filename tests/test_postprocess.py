@@ -97,3 +97,16 @@ def test_half_precision_head_outputs_are_scored_and_decoded_in_float32(dtype):
     in_half = model.box_coder.decode_single(codes, level_anchors).float()
     in_float = model.box_coder.decode_single(codes.float(), level_anchors)
     assert (in_half - in_float).abs().max() >= 1.0
+
+
+def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes():
+    from kdeval.errors import KdevalError
+
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval()
+    image_sizes = [(64, 64)]
+    split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-3.0], dtype=torch.float16)
+    with torch.inference_mode():
+        assert len(model.postprocess_detections(split, anchors, image_sizes)[0]["scores"]) > 0
+        split["bbox_regression"][2][0, 5, 1] = float("inf")
+        with pytest.raises(KdevalError, match="overflowed float16 under --amp.*--fp32"):
+            model.postprocess_detections(split, anchors, image_sizes)

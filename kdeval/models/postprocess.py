@@ -30,6 +30,8 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import boxes as box_ops
 
+from kdeval.errors import KdevalError
+
 
 # above this many candidates per image and per level (an undertrained model), a level is first cut to
 # each image's top-k by a row-wise topk instead of sorting every candidate
@@ -95,6 +97,8 @@ def batched_postprocess(
     levels = [level_candidates(logits, regression, level_anchors, image_sizes, box_coder, score_thresh, topk_candidates)
               for logits, regression, level_anchors in zip(class_logits, box_regression, anchors)]
     counts = torch.stack([level_counts for *_, level_counts in levels]).tolist()  # [level][image]
+    if class_logits[0].dtype == torch.float16 and not bool(torch.stack([t.isfinite().all() for t in class_logits + box_regression]).all()):
+        raise KdevalError("the model's outputs overflowed float16 under --amp (inf or NaN): run it with --fp32")
     starts = [[0] + list(itertools.accumulate(level_counts))[:-1] for level_counts in counts]
     detections = []
     for image in range(len(image_shapes)):
