@@ -5,7 +5,8 @@
 #      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
 #      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json);
 #   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
-#   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images;
+#   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images,
+#      and AP under bf16 and fp16 with either postprocessing (amp_ap.py);
 #   3. torchrun with the NCCL backend: `predict` under torchrun gives the single process's detections;
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
@@ -60,6 +61,11 @@ for model in "$WORK"/study/models/*/model.pt; do
     name=$(basename "$(dirname "$model")")
     timeout 90 python3 benchmarks/predict_throughput.py "$model" --max-images 300 --batch-size 32 \
         --out "$WORK/amp_$name.json" && cp "$WORK/amp_$name.json" "$OUT/"
+done
+
+step "2b. AMP's AP on CUDA: bf16 and fp16, each with torchvision's and kdeval's postprocessing"
+for dtype in bfloat16 float16; do
+    timeout 120 python3 benchmarks/amp_ap.py "$WORK"/study/models/*/model.pt --device cuda --dtype $dtype --out "$OUT/amp_ap_$dtype.json"
 done
 
 step "3. torchrun, NCCL: predict under torchrun against one process"
