@@ -92,3 +92,8 @@ def test_default_workers_by_device(monkeypatch):
     assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda", 0)) == 8
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     assert default_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 GPUs on a 32-core node: 4 workers per rank
+    assert default_workers(torch.device("cuda", 3)) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert default_workers(torch.device("cuda", 3)) == 1

@@ -120,8 +120,12 @@ def loader_workers(settings: PredictSettings, device: torch.device) -> int:
 
 def default_workers(device: torch.device) -> int:
     """DataLoader processes when none are asked for: none on the CPU, where the model uses every core
-    (measured faster on 2 cores), up to 8 beside a GPU, so the main process only launches kernels."""
-    return 0 if device.type != "cuda" else min(8, os.cpu_count() or 1)
+    (measured faster on 2 cores), up to 8 beside a GPU, so the main process only launches kernels;
+    under torchrun the node's cores are shared among its ranks (LOCAL_WORLD_SIZE)."""
+    if device.type != "cuda":
+        return 0
+    ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks_on_node))
 
 
 def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids: list[int] | None = None) -> list[torch.Tensor]:
