@@ -99,7 +99,37 @@ def test_half_precision_head_outputs_are_scored_and_decoded_in_float32(dtype):
     assert (in_half - in_float).abs().max() >= 1.0
 
 
-def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes():
+@pytest.mark.parametrize("dense_from", [0, 10**9], ids=["row-wise-topk", "sorted-candidates"])
+def test_nan_scores_are_passed_over_as_torchvision_does(dense_from, monkeypatch):
+    """NaN is never above the threshold; in the row-wise path it must not take a top-k place either."""
+    monkeypatch.setattr(postprocess, "DENSE_CANDIDATES_PER_TOPK", dense_from)
+    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8)).eval()
+    model.topk_candidates = 50
+    image_sizes = [(96, 96), (96, 80)]
+    split, anchors = head_outputs(model, image_sizes, (96, 96), logit_mean=[-2.0, -2.0], seed=2)
+    split["cls_logits"][0][0, :60] = float("nan")  # 60 anchors × 4 classes of the first image's P3
+    with torch.inference_mode():
+        ours = model.postprocess_detections(split, anchors, image_sizes)
+        theirs = torchvision_postprocess(model, split, anchors, image_sizes)
+    assert all(len(d["scores"]) == 100 and not d["scores"].isnan().any() for d in ours)
+    assert_same(ours, theirs)
+
+
+def test_anchors_are_float32_under_autocast_and_stay_so():
+    from torchvision.models.detection.image_list import ImageList
+
+    model = build_retinanet(ModelSpec("r18", num_classes=2, fpn_channels=8)).eval()
+    image_list = ImageList(torch.zeros(2, 3, 800, 1088), [(800, 1067), (800, 1088)])
+    sizes = [(100, 136), (50, 68), (25, 34), (13, 17), (7, 9)]
+    reference = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w) for h, w in sizes])
+    half = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w, dtype=torch.bfloat16) for h, w in sizes])
+    again = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w) for h, w in sizes])
+    assert reference[0].dtype == half[0].dtype == torch.float32 and reference[0].max() > 1000
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(reference, half, again))
+
+
+@pytest.mark.parametrize("output", ["cls_logits", "bbox_regression"])
+def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes(output):
     from kdeval.errors import KdevalError
 
     model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval()
@@ -107,6 +137,6 @@ def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes
     split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-3.0], dtype=torch.float16)
     with torch.inference_mode():
         assert len(model.postprocess_detections(split, anchors, image_sizes)[0]["scores"]) > 0
-        split["bbox_regression"][2][0, 5, 1] = float("inf")
+        split[output][2][0, 5, 1] = float("inf")
         with pytest.raises(KdevalError, match="overflowed float16 under --amp.*--fp32"):
             model.postprocess_detections(split, anchors, image_sizes)

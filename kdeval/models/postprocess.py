@@ -4,8 +4,9 @@ torchvision's `RetinaNet.postprocess_detections` walks image by image and level 
 the batch's images × 5 levels it thresholds, compacts (a host–device synchronisation on CUDA), takes
 the top 1,000, decodes and clips — about 15 small operations each, 600 for a batch of 8, which on a
 GPU leave it idle while Python launches them. Here each level is done for the whole batch in one
-go (one compaction per level), the batch reads its per-image counts once, and only the class-wise
-NMS and the final selection still run image by image.
+go (one synchronisation per level, to size its compaction), the batch reads its per-image counts
+once, and only the class-wise NMS (one synchronisation each, inside torchvision's nms) and the final
+selection still run image by image.
 
 Semantics are torchvision's, step for step: sigmoid scores; per level the (at most) 1,000 best scores
 above `score_thresh`, ordered by score; boxes decoded by the model's BoxCoder and clipped to the
@@ -13,8 +14,9 @@ image; per image class-wise NMS (`batched_nms`) and the `detections_per_img` bes
 reach NMS in torchvision's order (level by level, best first), so detections are the same (tested
 bit for bit); only exactly equal scores may be ordered differently — rare in float32, common in
 bf16, where torchvision's own order of ties is arbitrary too. One deliberate difference:
-scores and boxes are computed in float32 even when the head ran in bf16/fp16 under autocast —
-torchvision decodes in the head's dtype, where bf16 rounds a 1,000-px coordinate to 4 px.
+scores and boxes are computed in float32 even when the head ran in bf16/fp16 under autocast, from
+float32 anchors (retinanet.Float32AnchorGenerator) — torchvision builds anchors and decodes in the
+head's dtype, where bf16 rounds a 1,000-px coordinate to 4 px.
 """
 
 from __future__ import annotations
@@ -38,22 +40,25 @@ from kdeval.errors import KdevalError
 DENSE_CANDIDATES_PER_TOPK = 8
 
 
-def best_per_image(scores: Tensor, score_thresh: float, topk_candidates: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Scores [B, M] → (image, index, score) of every score above the threshold, grouped by image and
-    best first within an image (equal scores: lower index first), with the images' counts [B]; each
-    image's first topk_candidates are torchvision's top-k."""
+def best_per_image(scores: Tensor, score_thresh: float, topk_candidates: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scores [B, M] → (image, index, score) of every score above the threshold (NaN never is, as in
+    torchvision), grouped by image and best first within an image (equal scores: lower index first),
+    and the images' counts [B]; each image's first topk_candidates are torchvision's top-k. One
+    host-device synchronisation (the level's number of candidates), two for an undertrained model."""
     batch = scores.shape[0]
-    image_idxs, flat_idxs = (scores > score_thresh).nonzero(as_tuple=True)  # by image, then by index
-    if image_idxs.numel() > DENSE_CANDIDATES_PER_TOPK * topk_candidates * batch:
-        top_scores, top_idxs = scores.topk(min(topk_candidates, scores.shape[1]), dim=1)
-        image_idxs, ranks = (top_scores > score_thresh).nonzero(as_tuple=True)
-        flat_idxs, candidate_scores = top_idxs[image_idxs, ranks], top_scores[image_idxs, ranks]
-    else:
-        candidate_scores = scores[image_idxs, flat_idxs]
-        order = candidate_scores.argsort(descending=True, stable=True)
-        order = order[image_idxs[order].argsort(stable=True)]
-        image_idxs, flat_idxs, candidate_scores = image_idxs[order], flat_idxs[order], candidate_scores[order]
-    return image_idxs, flat_idxs, candidate_scores, torch.bincount(image_idxs, minlength=batch)
+    above = scores > score_thresh
+    counts = above.sum(dim=1)
+    total = int(counts.sum())
+    if total > DENSE_CANDIDATES_PER_TOPK * topk_candidates * batch:  # cut each row to its top-k first
+        top_scores, top_idxs = scores.masked_fill(~above, -1.0).topk(min(topk_candidates, scores.shape[1]), dim=1)
+        top_above = top_scores > score_thresh  # a prefix of each row
+        image_idxs, ranks = top_above.nonzero(as_tuple=True)
+        return image_idxs, top_idxs[image_idxs, ranks], top_scores[image_idxs, ranks], top_above.sum(dim=1)
+    image_idxs, flat_idxs = torch.nonzero_static(above, size=total).unbind(1)  # by image, then by index
+    candidate_scores = scores[image_idxs, flat_idxs]
+    order = candidate_scores.argsort(descending=True, stable=True)
+    order = order[image_idxs[order].argsort(stable=True)]
+    return image_idxs[order], flat_idxs[order], candidate_scores[order], counts
 
 
 def level_candidates(
@@ -71,7 +76,7 @@ def level_candidates(
     anchor_idxs = torch.div(flat_idxs, num_classes, rounding_mode="floor")
     labels = flat_idxs % num_classes
     boxes = box_coder.decode_single(regression[image_idxs, anchor_idxs].float(), anchors.float()[anchor_idxs])
-    sizes = image_sizes[image_idxs].to(boxes)
+    sizes = image_sizes[image_idxs]
     # torchvision's clip_boxes_to_image (clamp to [0, width] and [0, height]), with each box's image's size
     xs = torch.minimum(boxes[:, 0::2].clamp(min=0), sizes[:, 1:2])
     ys = torch.minimum(boxes[:, 1::2].clamp(min=0), sizes[:, 0:1])
@@ -92,13 +97,17 @@ def batched_postprocess(
     """Detections (boxes xyxy in the resized image, scores, labels) of every image of a batch, from the
     head's outputs split by level (lists over levels of [B, N_l, C] and [B, N_l, 4]) and one image's
     anchors per level."""
-    device = class_logits[0].device
-    image_sizes = torch.tensor(image_shapes, device=device).reshape(len(image_shapes), 2)
+    device, batch = class_logits[0].device, len(image_shapes)
+    image_sizes = torch.tensor(image_shapes, dtype=torch.float32).reshape(batch, 2).to(device, non_blocking=True)
     levels = [level_candidates(logits, regression, level_anchors, image_sizes, box_coder, score_thresh, topk_candidates)
               for logits, regression, level_anchors in zip(class_logits, box_regression, anchors)]
-    counts = torch.stack([level_counts for *_, level_counts in levels]).tolist()  # [level][image]
-    if class_logits[0].dtype == torch.float16 and not bool(torch.stack([t.isfinite().all() for t in class_logits + box_regression]).all()):
-        raise KdevalError("the model's outputs overflowed float16 under --amp (inf or NaN): run it with --fp32")
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    if class_logits[0].dtype == torch.float16:  # an overflow would otherwise silently cost boxes
+        finite = torch.stack([t.isfinite().all() for t in class_logits + box_regression]).all()
+    read = torch.cat([torch.stack([level_counts for *_, level_counts in levels]).flatten(), finite.long().view(1)]).tolist()
+    if not read[-1]:
+        raise KdevalError("the model's outputs overflowed float16 under --amp (inf or NaN in the head's outputs): run it with --fp32")
+    counts = [read[level * batch:(level + 1) * batch] for level in range(len(levels))]  # [level][image]
     starts = [[0] + list(itertools.accumulate(level_counts))[:-1] for level_counts in counts]
     detections = []
     for image in range(len(image_shapes)):

@@ -63,11 +63,22 @@ def _norm_layer(norm: str):
     return lambda channels: nn.GroupNorm(min(32, channels), channels)
 
 
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, always in float32. torchvision builds them in the feature maps' dtype,
+    which under autocast is bf16 (a 1,500-px coordinate off by up to 6 px) or fp16, and converts its
+    cell anchors in place, so one bf16 batch would round them for every later batch. The maps are
+    read only for their size, device and dtype: shape-only float32 stand-ins are passed on."""
+
+    def forward(self, image_list, feature_maps):
+        sizes_only = [torch.empty((0, 0, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps]
+        return super().forward(image_list, sizes_only)
+
+
 def anchor_generator(spec: ModelSpec) -> AnchorGenerator:
     # three octave scales per level, as torchvision's RetinaNet (including its rounding down)
     bases = [spec.anchor_size_per_stride * stride for stride in FPN_STRIDES]
     sizes = tuple((int(b), int(b * 2 ** (1 / 3)), int(b * 2 ** (2 / 3))) for b in bases)
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return Float32AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def build_backbone(spec: ModelSpec) -> BackboneWithFPN:
@@ -165,7 +176,7 @@ def _fold_pair(parent: nn.Module, conv_name: str, norm_name: str) -> int:
     conv, norm = getattr(parent, conv_name, None), getattr(parent, norm_name, None)
     if type(conv) is not nn.Conv2d:
         return 0
-    if isinstance(norm, nn.BatchNorm2d):
+    if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         if norm.training or norm.running_mean is None:
             return 0
         gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
