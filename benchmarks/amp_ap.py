@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader, Subset
 from kdeval.data.coco import load_coco_annotations
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import resolve_split
-from kdeval.engine.predict import detections_from_output, images_to_device, outputs_to_cpu
+from kdeval.engine.predict import PredictSettings, detections_from_output, images_to_device, inference_model, outputs_to_cpu
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
 from kdeval.models.postprocess import with_torchvision_postprocessing
 
 
 def detections(model, dataset, labels, device: torch.device, dtype: torch.dtype | None, batch_size: int) -> list[dict]:
-    model = model.to(device).eval()
+    model = inference_model(model, PredictSettings(device=str(device)))  # folded, as kdeval runs it
     found = []
     autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     with torch.inference_mode(), autocast:
@@ -61,7 +61,7 @@ def main() -> None:
         dataset = CocoDetectionDataset(split, coco, loaded.labels, pixels="uint8")
         if args.max_images:
             dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
-        image_ids = {coco_image["id"] for coco_image in coco["images"][: args.max_images or None]}
+        image_ids = {im["id"] for im in sorted(coco["images"], key=lambda im: im["id"])[: args.max_images or None]}  # the dataset's order
         scored = {**coco, "images": [im for im in coco["images"] if im["id"] in image_ids],
                   "annotations": [a for a in coco["annotations"] if a["image_id"] in image_ids]}
         start = time.perf_counter()

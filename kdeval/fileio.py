@@ -123,14 +123,22 @@ def _held_by_another(lock_path: Path) -> bool:
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete what killed runs left in `folder`'s tree: the temporaries of atomic writes that never
-    got renamed. Call it holding `folder`'s lock; sub-folders that another live kdeval holds are skipped."""
+    got renamed. Call it holding `folder`'s lock; sub-folders that another live kdeval holds are skipped,
+    and so are temporaries written since this call began (a kdeval that took a sub-folder's lock
+    after it was checked)."""
+    began = time.time_ns()
     removed = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not _held_by_another(Path(root) / d / ".kdeval.lock")]
         for name in files:
             if _TEMPORARY.match(name):
                 path = Path(root) / name
-                path.unlink(missing_ok=True)
+                try:
+                    if path.stat().st_mtime_ns >= began:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
                 removed.append(path)
     return removed
 

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -299,9 +300,12 @@ def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_th
     busy.mkdir(parents=True)
     stale = [run / ".ap_table.csv.a1B2c3D4.tmp", run / "sub" / ".model.pt.zz_9yy8x.tmp"]
     stale[1].parent.mkdir()
-    kept = [run / "ap_table.csv", run / "notes.tmp", run / ".short.abc.tmp", busy / ".model.pt.q1w2e3r4.tmp"]
+    kept = [run / "ap_table.csv", run / "notes.tmp", run / ".short.abc.tmp", busy / ".model.pt.q1w2e3r4.tmp",
+            run / "sub" / ".log.jsonl.n3w3r0n3.tmp"]
     for path in stale + kept:
         path.write_text("x")
+    # written after the clean-up began, by a kdeval that took sub/'s lock just after it was checked
+    os.utime(kept[-1], ns=(time.time_ns() + 10**10,) * 2)
     fd = os.open(busy / ".kdeval.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # stands for another live kdeval writing busy/
     try:
@@ -313,30 +317,34 @@ def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_th
     assert all(path.exists() for path in kept)
 
 
-def test_a_lock_held_for_an_instant_does_not_refuse_a_run(tmp_path):
+def test_a_lock_held_for_an_instant_does_not_refuse_a_run(tmp_path, monkeypatch):
     """remove_stale_temporaries probes a sub-folder's lock by taking it for microseconds; a kdeval
     starting on that sub-folder at that instant waits out the probe instead of being refused."""
     import fcntl
-    import threading
 
+    from kdeval import fileio
     from kdeval.errors import KdevalError
     from kdeval.fileio import run_lock
 
     folder = tmp_path / "run"
     folder.mkdir()
     fd = os.open(folder / ".kdeval.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe
-    threading.Timer(0.06, os.close, (fd,)).start()
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe, let go while run_lock waits
+    waits = []
+    monkeypatch.setattr(fileio.time, "sleep", lambda seconds: waits.append(seconds) or (len(waits) == 1 and os.close(fd)))
     with run_lock(folder, "test"):
-        pass
+        assert len(waits) == 1
     fd = os.open(folder / ".kdeval.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run that holds on
+    waits.clear()
+    waits.append("not the first")  # this holder is never let go
     try:
         with pytest.raises(KdevalError, match="in use by"):
             with run_lock(folder, "test"):
                 pass
     finally:
         os.close(fd)
+    assert len(waits) == fileio.LOCK_TRIES  # the marker and a wait before each retry
 
 
 def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path, tiny_coco, monkeypatch):

@@ -169,5 +169,6 @@ def test_inference_model_folds_a_copy_and_training_batch_norms_are_left(tmp_path
     ready = inference_model(model, PredictSettings())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ready.modules()) and not ready.training
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 20  # the caller's model is as it was
-    assert inference_model(model, PredictSettings(fold_batch_norms=False)) is model
+    kept = inference_model(model, PredictSettings(fold_batch_norms=False))
+    assert kept is not model and sum(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules()) == 20
     assert fold_batch_norms(model.train()) == 0  # batch statistics while training: nothing to fold

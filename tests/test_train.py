@@ -86,14 +86,16 @@ def test_worker_processes_do_not_change_what_is_learned(tiny_shapes, tmp_path):
 
 
 def test_default_workers_by_device(monkeypatch):
+    from kdeval.engine import predict
     from kdeval.engine.predict import default_workers
 
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(predict, "usable_cores", lambda: 16)
     assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda", 0)) == 8
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr(predict, "usable_cores", lambda: 4)
     assert default_workers(torch.device("cuda")) == 4
-    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    monkeypatch.setattr(predict, "usable_cores", lambda: 32)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 GPUs on a 32-core node: 4 workers per rank
     assert default_workers(torch.device("cuda", 3)) == 4
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr(predict, "usable_cores", lambda: 4)
     assert default_workers(torch.device("cuda", 3)) == 1

@@ -125,7 +125,15 @@ def default_workers(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, min(8, (os.cpu_count() or 1) // ranks_on_node))
+    return max(1, min(8, usable_cores() // ranks_on_node))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a Slurm job or a container may get fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids: list[int] | None = None) -> list[torch.Tensor]:
@@ -157,12 +165,11 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
 
 
 def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
-    """The model as kdeval runs it for detections: in eval mode on the device, its BatchNorms folded
-    into their convolutions (in a copy: the caller's model keeps its layers), channels_last on CUDA."""
+    """The model as kdeval runs it for detections, a copy (the caller's model is left as it was): in
+    eval mode on the device, its BatchNorms folded into their convolutions, channels_last on CUDA."""
     device = torch.device(settings.device)
-    model = model.eval()
+    model = copy.deepcopy(model).eval()
     if settings.fold_batch_norms:
-        model = copy.deepcopy(model)
         fold_batch_norms(model)
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
