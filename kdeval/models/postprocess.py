@@ -44,21 +44,26 @@ def best_per_image(scores: Tensor, score_thresh: float, topk_candidates: int) ->
     """Scores [B, M] → (image, index, score) of every score above the threshold (NaN never is, as in
     torchvision), grouped by image and best first within an image (equal scores: lower index first),
     and the images' counts [B]; each image's first topk_candidates are torchvision's top-k. One
-    host-device synchronisation (the level's number of candidates), two for an undertrained model."""
+    host-device synchronisation (the compaction), two for an undertrained model."""
     batch = scores.shape[0]
     above = scores > score_thresh
-    counts = above.sum(dim=1)
-    total = int(counts.sum())
-    if total > DENSE_CANDIDATES_PER_TOPK * topk_candidates * batch:  # cut each row to its top-k first
+    image_idxs, flat_idxs = above.nonzero(as_tuple=True)  # by image, then by index
+    if image_idxs.numel() > DENSE_CANDIDATES_PER_TOPK * topk_candidates * batch:  # cut each row to its top-k
         top_scores, top_idxs = scores.masked_fill(~above, -1.0).topk(min(topk_candidates, scores.shape[1]), dim=1)
-        top_above = top_scores > score_thresh  # a prefix of each row
-        image_idxs, ranks = top_above.nonzero(as_tuple=True)
-        return image_idxs, top_idxs[image_idxs, ranks], top_scores[image_idxs, ranks], top_above.sum(dim=1)
-    image_idxs, flat_idxs = torch.nonzero_static(above, size=total).unbind(1)  # by image, then by index
+        image_idxs, ranks = (top_scores > score_thresh).nonzero(as_tuple=True)  # a prefix of each row
+        return image_idxs, top_idxs[image_idxs, ranks], top_scores[image_idxs, ranks], counts_per_image(image_idxs, batch)
     candidate_scores = scores[image_idxs, flat_idxs]
     order = candidate_scores.argsort(descending=True, stable=True)
     order = order[image_idxs[order].argsort(stable=True)]
-    return image_idxs[order], flat_idxs[order], candidate_scores[order], counts
+    image_idxs = image_idxs[order]
+    return image_idxs, flat_idxs[order], candidate_scores[order], counts_per_image(image_idxs, batch)
+
+
+def counts_per_image(image_idxs: Tensor, batch: int) -> Tensor:
+    """How many of the sorted image indices are 0, 1, …, batch − 1, on the device (torch.bincount
+    would read its range back to the host on CUDA)."""
+    bounds = torch.arange(batch + 1, device=image_idxs.device, dtype=image_idxs.dtype)
+    return torch.searchsorted(image_idxs, bounds).diff()
 
 
 def level_candidates(
