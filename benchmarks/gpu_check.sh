@@ -10,8 +10,11 @@
 #   3. torchrun with the NCCL backend: `predict` under torchrun gives the single process's detections;
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
+# All steps take longer than one 10-minute device call: STEPS picks some, in this order (default all):
+# r50 (4, about 6 min), postprocess (4b, about 1 min), study (1), amp (2, 2b; needs the study), torchrun (3), r50b16 (5).
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
+#   STEPS="r50 postprocess" bash benchmarks/gpu_check.sh $OUT
 #
 # Where kdeval's dependencies are missing (a lent machine with PyTorch alone), wheels in .whl/ are
 # installed into /tmp/site first.
@@ -28,6 +31,7 @@ else
     export PYTHONPATH=$PWD
 fi
 step() { echo; echo "=== $1 ($(date +%T))"; }
+want() { [[ " ${STEPS:-all} " == *" all "* || " ${STEPS:-all} " == *" $1 "* ]]; }
 clock() { local start=$SECONDS; "$@"; local rc=$?; echo "--- wall $((SECONDS - start)) s, exit $rc"; return $rc; }
 r50_throughput() {  # batch size [profiled batches]: COCO-sized JPEGs resized as RetinaNet does, 500 images
     timeout 180 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
@@ -43,42 +47,49 @@ python3 -c "import torch, torchvision, os; print('torch', torch.__version__, 'to
 step "0. Shapes generated into the cache"
 clock python3 -c "from kdeval.data.source import shapes_split; shapes_split('train'); shapes_split('val')"
 
-step "4. R50, 256-channel FPN, trained briefly at 800 px"
-clock timeout "${R50_LIMIT:-120}" python3 -m kdeval train --arch r50 --epochs "${R50_EPOCHS:-1}" --image-size 800 \
-    --fpn-channels 256 --head-norm none --batch-size 16 --workers 8 --device cuda --out "$WORK/r50" --resume --no-progress
-if [ -f "$WORK/r50/model.pt" ]; then
-    r50_throughput 8 6
+if want r50; then
+    step "4. R50, 256-channel FPN, trained briefly at 800 px"
+    clock timeout "${R50_LIMIT:-120}" python3 -m kdeval train --arch r50 --epochs "${R50_EPOCHS:-1}" --image-size 800 \
+        --fpn-channels 256 --head-norm none --batch-size 16 --workers 8 --device cuda --out "$WORK/r50" --resume --no-progress
+    if [ -f "$WORK/r50/model.pt" ]; then
+        r50_throughput 8 6
+    fi
 fi
-step "4b. postprocessing alone: torchvision's against kdeval's (R50 at 800 px, 80 classes, batch 8)"
-timeout 90 python3 benchmarks/postprocess_cost.py --device cuda --out "$OUT/postprocess_cost.json"
-step "1. kdeval study (default settings) on the GPU"
-clock timeout "${STUDY_LIMIT:-240}" python3 -m kdeval study --out "$WORK/study" --device cuda --no-progress
-cp "$WORK/study/evaluate/ap_table.md" "$OUT/study_ap_table.md" 2>/dev/null
-cp "$WORK/study/robustness/robustness_summary.md" "$OUT/study_robustness.md" 2>/dev/null
+if want postprocess; then
+    step "4b. postprocessing alone: torchvision's against kdeval's (R50 at 800 px, 80 classes, batch 8)"
+    timeout 90 python3 benchmarks/postprocess_cost.py --device cuda --out "$OUT/postprocess_cost.json"
+fi
+if want study; then
+    step "1. kdeval study (default settings) on the GPU"
+    clock timeout "${STUDY_LIMIT:-240}" python3 -m kdeval study --out "$WORK/study" --device cuda --no-progress
+    cp "$WORK/study/evaluate/ap_table.md" "$OUT/study_ap_table.md" 2>/dev/null
+    cp "$WORK/study/robustness/robustness_summary.md" "$OUT/study_robustness.md" 2>/dev/null
+fi
+if want amp; then
+    step "2. fp32 against AMP on Shapes val (300 images, 128 px)"
+    for model in "$WORK"/study/models/*/model.pt; do
+        name=$(basename "$(dirname "$model")")
+        timeout 90 python3 benchmarks/predict_throughput.py "$model" --max-images 300 --batch-size 32 \
+            --out "$WORK/amp_$name.json" && cp "$WORK/amp_$name.json" "$OUT/"
+    done
 
-step "2. fp32 against AMP on Shapes val (300 images, 128 px)"
-for model in "$WORK"/study/models/*/model.pt; do
-    name=$(basename "$(dirname "$model")")
-    timeout 90 python3 benchmarks/predict_throughput.py "$model" --max-images 300 --batch-size 32 \
-        --out "$WORK/amp_$name.json" && cp "$WORK/amp_$name.json" "$OUT/"
-done
-
-step "2b. AMP's AP on CUDA: bf16 and fp16, each with torchvision's and kdeval's postprocessing"
-for dtype in bfloat16 float16; do
-    timeout 120 python3 benchmarks/amp_ap.py "$WORK"/study/models/*/model.pt --device cuda --dtype $dtype --out "$OUT/amp_ap_$dtype.json"
-done
-
-step "3. torchrun, NCCL: predict under torchrun against one process"
-model=$(ls "$WORK"/study/models/*/model.pt | head -1)
-timeout 60 python3 -m kdeval predict "$model" -o "$WORK/one.json" --device cuda --no-cache --no-progress
-timeout 90 torchrun --standalone --nproc-per-node 1 -m kdeval predict "$model" -o "$WORK/ranks.json" --device cuda --no-cache --no-progress
-python3 - "$WORK/one.json" "$WORK/ranks.json" <<'EOF'
+    step "2b. AMP's AP on CUDA: bf16 and fp16, each with torchvision's and kdeval's postprocessing"
+    for dtype in bfloat16 float16; do
+        timeout 120 python3 benchmarks/amp_ap.py "$WORK"/study/models/*/model.pt --device cuda --dtype $dtype --out "$OUT/amp_ap_$dtype.json"
+    done
+fi
+if want torchrun; then
+    step "3. torchrun, NCCL: predict under torchrun against one process"
+    model=$(ls "$WORK"/study/models/*/model.pt | head -1)
+    timeout 60 python3 -m kdeval predict "$model" -o "$WORK/one.json" --device cuda --no-cache --no-progress
+    timeout 90 torchrun --standalone --nproc-per-node 1 -m kdeval predict "$model" -o "$WORK/ranks.json" --device cuda --no-cache --no-progress
+    python3 - "$WORK/one.json" "$WORK/ranks.json" <<'EOF'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
 print(f"single process {len(a)} detections, torchrun (nccl) {len(b)}: {'identical' if a == b else 'DIFFERENT'}")
 EOF
-
-if [ -f "$WORK/r50/model.pt" ]; then
+fi
+if want r50b16 && [ -f "$WORK/r50/model.pt" ]; then
     step "5. R50 throughput at batch 16"
     r50_throughput 16
 fi
