@@ -166,17 +166,16 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
 
 def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
     """The model as kdeval runs it for detections, a copy (the caller's model is left as it was): in
-    eval mode on the device, its BatchNorms folded into their convolutions, channels_last on CUDA."""
-    device = torch.device(settings.device)
+    eval mode on the device, its BatchNorms folded into their convolutions, in channels_last (on the
+    CPU too: oneDNN's convolutions ran 2-14 % faster so, R34 at 128 px to R50 at 512 px)."""
     model = copy.deepcopy(model).eval()
     if settings.fold_batch_norms:
         fold_batch_norms(model)
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    return model.to(torch.device(settings.device), memory_format=torch.channels_last)
 
 
 def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, progress: bool = True, desc: str = "predict") -> list[dict]:
-    """Batched inference over a dataset of (image, target): BatchNorms folded, AMP and channels_last on CUDA, pinned
+    """Batched inference over a dataset of (image, target): BatchNorms folded, channels_last, AMP on CUDA, pinned
     memory with non-blocking copies, images moved as uint8 (or undecoded JPEG bytes) and made float
     on the device. Detections in dataset order."""
     device = torch.device(settings.device)
