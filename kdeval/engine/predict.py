@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 CACHE_VERSION = 2  # 2: BatchNorms folded into convolutions (detections equal up to float rounding)
 
+# Inference under --amp runs in fp16, not bf16: on the study's three Shapes models (CPU autocast, 300
+# val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 — bf16's 8-bit
+# mantissa ties scores and shifts boxes. Inference needs no loss scaling, and tensor cores run both
+# at the same rate. (Training keeps bf16 for its range: engine/train.py.)
+AMP_DTYPE = torch.float16
+
 
 @dataclass(frozen=True)
 class PredictSettings:
@@ -47,7 +53,7 @@ class PredictSettings:
 
     def cache_fields(self) -> dict:
         # batch size and workers do not change detections; device, precision and the category map may
-        fields = {"device_type": torch.device(self.device).type, "amp": self.amp and self.device.startswith("cuda")}
+        fields = {"device_type": torch.device(self.device).type, "amp": self.uses_amp()}
         if fields["amp"]:  # AMP detections in bf16 (before AMP_DTYPE was fp16) do not count
             fields["amp_dtype"] = str(AMP_DTYPE).removeprefix("torch.")
         if self.decodes_on_gpu():  # nvJPEG's pixels may differ from libjpeg's by a level here and there
@@ -57,6 +63,14 @@ class PredictSettings:
         if not self.fold_batch_norms:
             fields["fold_batch_norms"] = False
         return fields
+
+    def uses_amp(self) -> bool:
+        """--amp applies on CUDA only; on the CPU it is ignored."""
+        return self.amp and torch.device(self.device).type == "cuda"
+
+    def autocast(self) -> torch.autocast:
+        """The precision context for running the model: AMP_DTYPE autocast where AMP applies."""
+        return torch.autocast(torch.device(self.device).type, enabled=self.uses_amp(), dtype=AMP_DTYPE)
 
     def decodes_on_gpu(self) -> bool:
         return self.gpu_decode and torch.device(self.device).type == "cuda"
@@ -103,13 +117,6 @@ def packed_to_cpu(outputs: list[dict]) -> list[dict]:
     for part in packed.split([len(o["scores"]) for o in outputs]):
         moved.append({"boxes": part[:, :4], "scores": part[:, 4], "labels": part[:, 5].long()})
     return moved
-
-
-# Inference under --amp runs in fp16, not bf16: on the study's three Shapes models (CPU autocast, 300
-# val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 — bf16's 8-bit
-# mantissa ties scores and shifts boxes. Inference needs no loss scaling, and tensor cores run both
-# at the same rate. (Training keeps bf16 for its range: engine/train.py.)
-AMP_DTYPE = torch.float16
 
 
 def loader_workers(settings: PredictSettings, device: torch.device) -> int:
@@ -188,10 +195,8 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
         collate_fn=collate,
         pin_memory=device.type == "cuda",
     )
-    use_amp = settings.amp and device.type == "cuda"
-    autocast = torch.autocast(device.type, enabled=use_amp, dtype=AMP_DTYPE)
     detections: list[dict] = []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), settings.autocast():
         for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             # the named ranges show in torch.profiler traces (benchmarks/predict_throughput.py --profile)
             with record_function("kdeval.images_to_device"):

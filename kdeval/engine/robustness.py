@@ -37,7 +37,7 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import (AMP_DTYPE, PredictSettings, detections_from_output, images_to_device, inference_model,
+from kdeval.engine.predict import (PredictSettings, detections_from_output, images_to_device, inference_model,
                                    loader_workers, merge_shards, outputs_to_cpu)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -250,9 +250,8 @@ def _run_pending(
     detections: dict[tuple[str, int], list[dict]] = {}
     stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
-    autocast = torch.autocast(device.type, enabled=predict.amp and device.type == "cuda", dtype=AMP_DTYPE)
     processed = 0
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), predict.autocast():
         bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
         for batch_images, targets in bar:
             scenario_index = targets[0]["scenario"]
