@@ -153,8 +153,6 @@ def fpn_features(model: RetinaNet, images: list[torch.Tensor]) -> dict[str, torc
     return model.backbone(image_list.tensors)
 
 
-
-
 def fold_batch_norms(model: nn.Module) -> int:
     """Fold every inference-mode BatchNorm that follows a convolution in the ResNet body (trainable
     BatchNorm's running statistics, or FrozenBatchNorm2d as torchvision's COCO weights use) into that
