@@ -23,7 +23,7 @@ from kdeval.data.source import resolve_split
 from kdeval.engine.predict import PredictSettings, detections_from_output, images_to_device, inference_model, outputs_to_cpu
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
-from kdeval.models.postprocess import with_torchvision_postprocessing
+from kdeval.models.postprocess import with_torchvision_inference
 
 
 def detections(model, dataset, labels, device: torch.device, dtype: torch.dtype | None, batch_size: int) -> list[dict]:
@@ -65,7 +65,7 @@ def main() -> None:
         scored = {**coco, "images": [im for im in coco["images"] if im["id"] in image_ids],
                   "annotations": [a for a in coco["annotations"] if a["image_id"] in image_ids]}
         start = time.perf_counter()
-        ways = {"fp32": (loaded.model, None), "amp_torchvision": (with_torchvision_postprocessing(loaded.model), dtype),
+        ways = {"fp32": (loaded.model, None), "amp_torchvision": (with_torchvision_inference(loaded.model), dtype),
                 "amp_kdeval": (loaded.model, dtype)}
         ap = {name: 100 * coco_stats(scored, detections(model, dataset, loaded.labels, device, way_dtype, args.batch_size))["AP"]
               for name, (model, way_dtype) in ways.items()}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kdeval.models.postprocess import with_torchvision_postprocessing
+from kdeval.models.postprocess import with_torchvision_inference
 from kdeval.models.retinanet import FPN_STRIDES, ModelSpec, build_retinanet
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     model, split, anchors, image_sizes = head_outputs(args.batch_size, args.classes, args.height, args.width, device)
-    torchvision_way = with_torchvision_postprocessing(model).postprocess_detections
+    torchvision_way = with_torchvision_inference(model).postprocess_detections
     ways = {"torchvision (per image, per level)": lambda: torchvision_way(split, anchors, image_sizes),
             "kdeval batched_postprocess": lambda: model.postprocess_detections(split, anchors, image_sizes)}
     machine = (f"{device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "

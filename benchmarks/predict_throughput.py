@@ -37,14 +37,14 @@ from kdeval.data.source import Split, resolve_split
 from kdeval.engine.predict import PredictSettings, detections_from_output, run_model
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
-from kdeval.models.postprocess import with_torchvision_postprocessing
+from kdeval.models.postprocess import with_torchvision_inference
 
 
 def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) -> tuple[list[dict], float]:
     """torchvision references/detection style: one image at a time, fp32, decoded on the CPU, the
     model in its own (contiguous) memory format and with torchvision's postprocessing; the first 8
     images once untimed, as a warm-up."""
-    model = with_torchvision_postprocessing(model).to(device, memory_format=torch.contiguous_format).eval()
+    model = with_torchvision_inference(model).to(device, memory_format=torch.contiguous_format).eval()
     detections = []
     images = sorted(coco["images"], key=lambda im: im["id"])
     for timed in (False, True):
@@ -185,7 +185,7 @@ def main() -> None:
         for name, settings, reference_postprocessing in variants:
             dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
             # the fastest of --repeats runs: the first also pays for worker start-up and lazy kernel set-up
-            way_model = with_torchvision_postprocessing(model) if reference_postprocessing else model
+            way_model = with_torchvision_inference(model) if reference_postprocessing else model
             runs = [timed_predict(way_model, dataset, settings, labels) for _ in range(args.repeats)]
             detections, seconds = min(runs, key=lambda run: run[1])
             rows.append((name, settings.batch_size, detections, seconds))

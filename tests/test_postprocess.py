@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdeval.models import postprocess
-from kdeval.models.postprocess import BatchedRetinaNet, with_torchvision_postprocessing
+from kdeval.models.postprocess import BatchedRetinaNet, with_torchvision_inference
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 
@@ -29,7 +29,7 @@ def head_outputs(model, image_sizes, padded, logit_mean, seed=0, dtype=torch.flo
 
 
 def torchvision_postprocess(model, split, anchors, image_sizes):
-    return with_torchvision_postprocessing(model).postprocess_detections(split, anchors, image_sizes)
+    return with_torchvision_inference(model).postprocess_detections(split, anchors, image_sizes)
 
 
 def assert_same(ours, theirs):
@@ -115,17 +115,113 @@ def test_nan_scores_are_passed_over_as_torchvision_does(dense_from, monkeypatch)
     assert_same(ours, theirs)
 
 
-def test_anchors_are_float32_under_autocast_and_stay_so():
+@pytest.mark.parametrize("cached_grids", [8, 0], ids=["cached", "torchvision's-way"])
+def test_anchors_are_float32_under_autocast_and_stay_so(cached_grids):
     from torchvision.models.detection.image_list import ImageList
 
     model = build_retinanet(ModelSpec("r18", num_classes=2, fpn_channels=8)).eval()
+    model.anchor_generator.CACHED_GRIDS = cached_grids
     image_list = ImageList(torch.zeros(2, 3, 800, 1088), [(800, 1067), (800, 1088)])
     sizes = [(100, 136), (50, 68), (25, 34), (13, 17), (7, 9)]
-    reference = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w) for h, w in sizes])
-    half = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w, dtype=torch.bfloat16) for h, w in sizes])
-    again = model.anchor_generator(image_list, [torch.zeros(2, 8, h, w) for h, w in sizes])
+
+    def anchors(dtype):
+        model.anchor_generator._by_grid.clear()  # each call builds them
+        return model.anchor_generator(image_list, [torch.zeros(2, 8, h, w, dtype=dtype) for h, w in sizes])
+
+    reference, half, again = anchors(torch.float32), anchors(torch.bfloat16), anchors(torch.float32)
     assert reference[0].dtype == half[0].dtype == torch.float32 and reference[0].max() > 1000
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(reference, half, again))
+
+
+def test_anchors_are_built_once_per_grid_in_eval_mode_and_as_torchvision_builds_them():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    model = build_retinanet(ModelSpec("r18", num_classes=2, fpn_channels=8)).eval()
+    generator = model.anchor_generator
+    generator.CACHED_GRIDS = 2
+    torchvision_generator = AnchorGenerator(generator.sizes, generator.aspect_ratios)
+
+    def grid(height, width, images=3):
+        image_list = ImageList(torch.zeros(images, 3, height, width), [(height, width)] * images)
+        return image_list, [torch.zeros(images, 1, (height + s - 1) // s, (width + s - 1) // s) for s in (8, 16, 32, 64, 128)]
+
+    first = generator(*grid(64, 96))
+    assert len(first) == 3 and all(a is first[0] for a in first)  # one tensor for every image of the batch
+    assert all(torch.equal(a, b) for a, b in zip(first, torchvision_generator(*grid(64, 96))))
+    assert generator(*grid(64, 96, images=1))[0] is first[0]  # the same grid: not rebuilt
+    generator(*grid(96, 64))
+    generator(*grid(128, 128))  # a third grid evicts the least recently used, (64, 96)
+    assert generator(*grid(64, 96))[0] is not first[0]
+    assert len(generator._by_grid) == 2
+    model.train()  # training builds them per image, as torchvision does
+    trained = generator(*grid(64, 96))
+    assert trained[0] is not trained[1] and torch.equal(trained[0], first[0])
+
+
+def test_whole_model_inference_equals_torchvisions_over_batches_of_different_sizes():
+    """transform (normalise, resize, pad, boxes back to each image's size), anchors and postprocessing
+    together, over batches whose padded sizes repeat and change (the anchor cache hit and missed).
+    Scores must not tie (ties may be ordered differently, see the module's docstring): the head's
+    towers get a positive bias, so that no position's features are all zero, and paddings stay small."""
+    torch.manual_seed(3)
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8, min_size=96, max_size=160)).eval()
+    for name, parameter in model.head.named_parameters():
+        if name.endswith("bias"):
+            torch.nn.init.constant_(parameter, -2.0 if "cls_logits" in name else 0.05)
+    torch.nn.init.normal_(model.head.classification_head.cls_logits.weight, std=0.3)
+    reference = with_torchvision_inference(model)
+    assert type(reference.transform).__name__ == "GeneralizedRCNNTransform"
+    batches = [[(77, 93), (70, 90), (72, 96)], [(77, 93)], [(96, 128), (72, 96)], [(77, 93), (70, 90), (72, 96)]]
+    with torch.inference_mode():
+        for sizes in batches:
+            images = [torch.rand(3, h, w) for h, w in sizes]
+            ours, theirs = model(images), reference(images)
+            assert all(len(d["scores"]) == 100 for d in ours)
+            assert all(len(d["scores"].unique()) >= 95 for d in ours)  # (almost) no ties
+            assert_same(ours, theirs)
+
+
+def test_sync_free_transform_is_torchvisions_bit_for_bit():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+    from kdeval.models.transform import SyncFreeTransform, float32_ratio
+
+    generator = torch.Generator().manual_seed(4)
+    settings = (96, 160, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    ours, theirs = SyncFreeTransform(*settings).eval(), GeneralizedRCNNTransform(*settings).eval()
+    images = [torch.rand(3, 77, 93, generator=generator), torch.rand(3, 120, 45, generator=generator)]
+    (ours_list, _), (theirs_list, _) = ours(images), theirs(images)
+    assert torch.equal(ours_list.tensors, theirs_list.tensors) and ours_list.image_sizes == theirs_list.image_sizes
+    for resized in range(40, 1400, 7):  # every ratio torchvision's float32 division would give
+        for original in (45, 77, 93, 480, 640, 1333):
+            expected = torch.tensor(original, dtype=torch.float32) / torch.tensor(resized, dtype=torch.float32)
+            assert float32_ratio(original, resized) == expected.item()
+    boxes = torch.rand(50, 4, generator=generator) * 300
+    detections = [{"boxes": boxes, "scores": torch.rand(50), "labels": torch.zeros(50, dtype=torch.int64)}]
+    rescaled = ours.postprocess([dict(detections[0])], [(127, 299)], [(480, 1133)])[0]["boxes"]
+    assert torch.equal(rescaled, resize_boxes(boxes, [127, 299], [480, 1133]))
+    assert torch.equal(rescaled, theirs.postprocess([dict(detections[0])], [(127, 299)], [(480, 1133)])[0]["boxes"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transform_and_anchors_do_not_synchronise_with_the_gpu():
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8, min_size=96, max_size=160)).eval().cuda()
+    images = [torch.rand(3, 77, 93, device="cuda"), torch.rand(3, 93, 77, device="cuda")]
+    with torch.inference_mode():
+        model.transform(images)  # the mean and std reach the device once
+        image_list, _ = model.transform(images)
+        features = list(model.backbone(image_list.tensors).values())
+        model.anchor_generator(image_list, features)
+        detections = [{"boxes": torch.rand(5, 4, device="cuda"), "scores": torch.rand(5, device="cuda"),
+                       "labels": torch.zeros(5, dtype=torch.int64, device="cuda")}] * 2
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model.transform(images)
+            model.anchor_generator(image_list, features)
+            model.transform.postprocess([dict(d) for d in detections], image_list.image_sizes, [(77, 93), (93, 77)])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("output", ["cls_logits", "bbox_regression"])

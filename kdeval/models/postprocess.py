@@ -2,11 +2,13 @@
 
 torchvision's `RetinaNet.postprocess_detections` walks image by image and level by level: for each of
 the batch's images × 5 levels it thresholds, compacts (a host–device synchronisation on CUDA), takes
-the top 1,000, decodes and clips — about 15 small operations each, 600 for a batch of 8, which on a
-GPU leave it idle while Python launches them. Here each level is done for the whole batch in one
-go (one synchronisation per level, to size its compaction), the batch reads its per-image counts
-once, and only the class-wise NMS (one synchronisation each, inside torchvision's nms) and the final
-selection still run image by image.
+the top 1,000, decodes and clips, then concatenates each image's levels and runs NMS — 2,856
+operations for a batch of 8 at R50's size (each a kernel launch on a GPU, which idles while Python
+launches them; benchmarks/inference_host_cost.py). Here each level's scores are thresholded and
+ordered for the whole batch in one go (one synchronisation per level, to size its compaction), the
+batch reads its per-image counts once, every image's top-1,000-per-level candidates are gathered and
+decoded and clipped together, and only the class-wise NMS (one synchronisation each, inside
+torchvision's nms) runs image by image: 307 operations.
 
 Semantics are torchvision's, step for step: sigmoid scores; per level the (at most) 1,000 best scores
 above `score_thresh`, ordered by score; boxes decoded by the model's BoxCoder and clipped to the
@@ -25,14 +27,17 @@ import copy
 import itertools
 import types
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.profiler import record_function
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from kdeval.errors import KdevalError
+from kdeval.models.transform import SyncFreeTransform, with_settings_of
 
 
 # above this many candidates per image and per level (an undertrained model), a level is first cut to
@@ -66,26 +71,24 @@ def counts_per_image(image_idxs: Tensor, batch: int) -> Tensor:
     return torch.searchsorted(image_idxs, bounds).diff()
 
 
-def level_candidates(
-    logits: Tensor, regression: Tensor, anchors: Tensor, image_sizes: Tensor, box_coder: BoxCoder,
-    score_thresh: float, topk_candidates: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One FPN level of a batch: logits [B, N, C], regression [B, N, 4], anchors [N, 4] (every image of
-    a padded batch has the same), image_sizes [B, 2] (height, width) → its candidates above the
-    threshold, grouped by image and best first: scores [K], boxes [K, 4] decoded and clipped to their
-    image, labels [K], and each image's count [B]; float32."""
+def level_candidates(logits: Tensor, score_thresh: float, topk_candidates: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One FPN level of a batch: logits [B, N, C] → its candidates above the threshold, grouped by image
+    and best first: image indices [K], anchor indices within the level [K], labels [K], scores [K]
+    (float32), and each image's count [B]."""
     num_classes = logits.shape[-1]
     flat = logits.flatten(1)  # often a view of the head's output: never sigmoid it in place
     scores = flat.sigmoid() if flat.dtype == torch.float32 else flat.float().sigmoid_()
     image_idxs, flat_idxs, scores, counts = best_per_image(scores, score_thresh, topk_candidates)
     anchor_idxs = torch.div(flat_idxs, num_classes, rounding_mode="floor")
-    labels = flat_idxs % num_classes
-    boxes = box_coder.decode_single(regression[image_idxs, anchor_idxs].float(), anchors.float()[anchor_idxs])
-    sizes = image_sizes[image_idxs]
-    # torchvision's clip_boxes_to_image (clamp to [0, width] and [0, height]), with each box's image's size
-    xs = torch.minimum(boxes[:, 0::2].clamp(min=0), sizes[:, 1:2])
-    ys = torch.minimum(boxes[:, 1::2].clamp(min=0), sizes[:, 0:1])
-    return scores, torch.stack((xs, ys), dim=-1).reshape(-1, 4), labels, counts
+    return image_idxs, anchor_idxs, flat_idxs % num_classes, scores, counts
+
+
+def to_device(values: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on the device; on CUDA from pinned memory, so the copy does not wait for the
+    stream (a copy from pageable memory would)."""
+    if device.type == "cuda":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
 
 
 def batched_postprocess(
@@ -103,31 +106,67 @@ def batched_postprocess(
     head's outputs split by level (lists over levels of [B, N_l, C] and [B, N_l, 4]) and one image's
     anchors per level."""
     device, batch = class_logits[0].device, len(image_shapes)
-    image_sizes = torch.tensor(image_shapes, dtype=torch.float32).reshape(batch, 2).to(device, non_blocking=True)
-    levels = [level_candidates(logits, regression, level_anchors, image_sizes, box_coder, score_thresh, topk_candidates)
-              for logits, regression, level_anchors in zip(class_logits, box_regression, anchors)]
+    levels = [level_candidates(logits, score_thresh, topk_candidates) for logits in class_logits]
     finite = torch.ones((), dtype=torch.bool, device=device)
     if class_logits[0].dtype == torch.float16:  # an overflow would otherwise silently cost boxes
         finite = torch.stack([t.isfinite().all() for t in class_logits + box_regression]).all()
-    read = torch.cat([torch.stack([level_counts for *_, level_counts in levels]).flatten(), finite.long().view(1)]).tolist()
+    read = torch.cat([torch.stack([level[-1] for level in levels]).flatten(), finite.long().view(1)]).tolist()
     if not read[-1]:
         raise KdevalError("the model's outputs overflowed float16 under --amp (inf or NaN in the head's outputs): run it with --fp32")
     counts = [read[level * batch:(level + 1) * batch] for level in range(len(levels))]  # [level][image]
-    starts = [[0] + list(itertools.accumulate(level_counts))[:-1] for level_counts in counts]
-    detections = []
-    for image in range(len(image_shapes)):
-        # the image's first topk_candidates of each level, level by level: torchvision's order
-        parts = [(start[image], min(count[image], topk_candidates)) for start, count in zip(starts, counts)]
-        boxes, scores, labels = (torch.cat([level[field].narrow(0, first, n) for level, (first, n) in zip(levels, parts)])
-                                 for field in (1, 0, 2))
-        keep = box_ops.batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-        detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-    return detections
+    # every image's candidates in torchvision's order (level by level, each level's first topk_candidates,
+    # best first), the images one after the other, gathered for the batch at once, then decoded at once
+    index, per_image = candidate_order(counts, topk_candidates)
+    index = to_device(torch.from_numpy(index), device)
+    level_starts = itertools.accumulate([len(level_anchors) for level_anchors in anchors[:-1]], initial=0)
+    image_idxs, anchor_idxs, labels, scores = (
+        torch.cat(parts)[index] for parts in zip(*[(image_idxs, anchor_idxs + start, labels, scores)
+                                                   for (image_idxs, anchor_idxs, labels, scores, _), start in zip(levels, level_starts)]))
+    regression = torch.cat(box_regression, dim=1)[image_idxs, anchor_idxs].float()
+    boxes = box_coder.decode_single(regression, torch.cat(anchors).float()[anchor_idxs])
+    # torchvision's clip_boxes_to_image (clamp to [0, width] and [0, height]), with each box's image's size
+    sizes = to_device(torch.tensor(image_shapes, dtype=torch.float32).reshape(batch, 2), device)[image_idxs]
+    xs = torch.minimum(boxes[:, 0::2].clamp(min=0), sizes[:, 1:2])
+    ys = torch.minimum(boxes[:, 1::2].clamp(min=0), sizes[:, 0:1])
+    boxes = torch.stack((xs, ys), dim=-1).reshape(-1, 4)
+    keeps, first = [], 0
+    for count in per_image:
+        image = slice(first, first + count)
+        keeps.append(box_ops.batched_nms(boxes[image], scores[image], labels[image], nms_thresh)[:detections_per_img] + first)
+        first += count
+    keep = torch.cat(keeps)
+    sizes = [len(k) for k in keeps]
+    return [{"boxes": b, "scores": s, "labels": lab}
+            for b, s, lab in zip(boxes[keep].split(sizes), scores[keep].split(sizes), labels[keep].split(sizes))]
+
+
+def candidate_order(counts: list[list[int]], topk_candidates: int) -> tuple[np.ndarray, list[int]]:
+    """counts[level][image] of candidates, each level's grouped by image → the positions, in the
+    levels' concatenation, of each image's first topk_candidates per level, image by image and level by
+    level, and how many each image has."""
+    level_sizes = [sum(level) for level in counts]
+    level_offsets = np.cumsum([0] + level_sizes[:-1])
+    image_starts = [np.cumsum([0] + level[:-1]) for level in counts]  # [level][image]
+    ranges, per_image = [], []
+    for image in range(len(counts[0]) if counts else 0):
+        taken = 0
+        for level, level_counts in enumerate(counts):
+            n = min(level_counts[image], topk_candidates)
+            first = level_offsets[level] + image_starts[level][image]
+            ranges.append(np.arange(first, first + n, dtype=np.int64))
+            taken += n
+        per_image.append(taken)
+    return (np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)), per_image
 
 
 class BatchedRetinaNet(RetinaNet):
     """torchvision's RetinaNet (same modules, same state_dict) whose inference postprocessing runs
-    batch-wide (`batched_postprocess`); training is untouched."""
+    batch-wide (`batched_postprocess`) and whose transform does not synchronise with the GPU
+    (`SyncFreeTransform`); training is untouched."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.transform = with_settings_of(self.transform, SyncFreeTransform)
 
     @record_function("kdeval.postprocess")
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
@@ -145,9 +184,14 @@ class BatchedRetinaNet(RetinaNet):
         )
 
 
-def with_torchvision_postprocessing(model: RetinaNet) -> RetinaNet:
-    """A copy of the model that postprocesses as torchvision's RetinaNet does, image by image and level
-    by level (the reference the benchmarks compare against)."""
+def with_torchvision_inference(model: RetinaNet) -> RetinaNet:
+    """A copy of the model that runs inference as torchvision's RetinaNet does: its transform, anchors
+    rebuilt for every image of every batch, and postprocessing image by image and level by level (the
+    reference the tests and benchmarks compare against; anchors stay float32)."""
     model = copy.deepcopy(model)
     model.postprocess_detections = types.MethodType(RetinaNet.postprocess_detections, model)
+    if isinstance(model.transform, SyncFreeTransform):
+        model.transform = with_settings_of(model.transform, GeneralizedRCNNTransform)
+    if hasattr(model.anchor_generator, "CACHED_GRIDS"):
+        model.anchor_generator.CACHED_GRIDS = 0
     return model
