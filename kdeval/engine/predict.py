@@ -111,8 +111,10 @@ def outputs_to_cpu(outputs: list[dict]) -> list[dict]:
 
 
 def packed_to_cpu(outputs: list[dict]) -> list[dict]:
-    packed = torch.cat([torch.cat([o["boxes"].float(), o["scores"].float()[:, None], o["labels"].float()[:, None]], dim=1)
-                        for o in outputs]).cpu()
+    """One row (x0, y0, x1, y1, score, label) per detection, the batch's images one after the other:
+    a handful of operations for the batch (labels are small integers, exact in float32)."""
+    columns = [torch.cat([o[key] for o in outputs]).float().view(-1, width) for key, width in (("boxes", 4), ("scores", 1), ("labels", 1))]
+    packed = torch.cat(columns, dim=1).cpu()
     moved = []
     for part in packed.split([len(o["scores"]) for o in outputs]):
         moved.append({"boxes": part[:, :4], "scores": part[:, 4], "labels": part[:, 5].long()})
