@@ -3,7 +3,8 @@
 #   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
 #      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8),
 #      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
-#      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json);
+#      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json), and one whole
+#      model call phase by phase: operations and synchronisations, fp32 and fp16 (inference_host_cost*.json);
 #   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
 #   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images,
 #      and AP under bf16 and fp16 with either postprocessing (amp_ap.py);
@@ -11,10 +12,11 @@
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
 # All steps take longer than one 10-minute device call: STEPS picks some, in this order (default all):
-# r50 (4, about 6 min), postprocess (4b, about 1 min), study (1), amp (2, 2b; needs the study), torchrun (3), r50b16 (5).
+# r50 (4, about 6 min), postprocess (4b, about 1 min), host (4c, about 1 min), study (1), amp (2, 2b; needs the study),
+# torchrun (3), r50b16 (5).
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
-#   STEPS="r50 postprocess" bash benchmarks/gpu_check.sh $OUT
+#   STEPS="r50 postprocess host" bash benchmarks/gpu_check.sh $OUT
 #
 # Where kdeval's dependencies are missing (a lent machine with PyTorch alone), wheels in .whl/ are
 # installed into /tmp/site first.
@@ -58,6 +60,11 @@ fi
 if want postprocess; then
     step "4b. postprocessing alone: torchvision's against kdeval's (R50 at 800 px, 80 classes, batch 8)"
     timeout 90 python3 benchmarks/postprocess_cost.py --device cuda --out "$OUT/postprocess_cost.json"
+fi
+if want host; then
+    step "4c. one model call, phase by phase: torchvision's inference against kdeval's (R50 at 800 px, batch 8)"
+    timeout 90 python3 benchmarks/inference_host_cost.py --device cuda --out "$OUT/inference_host_cost.json"
+    timeout 90 python3 benchmarks/inference_host_cost.py --device cuda --amp --out "$OUT/inference_host_cost_fp16.json"
 fi
 if want study; then
     step "1. kdeval study (default settings) on the GPU"

@@ -10,8 +10,8 @@ temporary folder; --input-size/--max-input-size set the model's resize (RetinaNe
 model trained at another size sees COCO-sized inputs. On CUDA it times, besides the plain loop:
 kdeval fp32, kdeval AMP with PIL decoding in the workers, and kdeval AMP with nvJPEG decoding; and
 reports each one's AP and detections per image (fp32 against AMP: the AP difference). kdeval fp32 is
-also timed as it ran before folding BatchNorms and postprocessing batch-wide, which shows what
-those two gain. Each kdeval variant runs --repeats times and the fastest counts (the plain loop
+also timed with BatchNorms kept and torchvision's transform, anchors and postprocessing (kdeval's
+batching and loading alone), which shows what kdeval's inference model gains. Each kdeval variant runs --repeats times and the fastest counts (the plain loop
 warms up on 8 images first).
 """
 
@@ -42,8 +42,8 @@ from kdeval.models.postprocess import with_torchvision_inference
 
 def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) -> tuple[list[dict], float]:
     """torchvision references/detection style: one image at a time, fp32, decoded on the CPU, the
-    model in its own (contiguous) memory format and with torchvision's postprocessing; the first 8
-    images once untimed, as a warm-up."""
+    model in its own (contiguous) memory format, with torchvision's transform, anchors and
+    postprocessing; the first 8 images once untimed, as a warm-up."""
     model = with_torchvision_inference(model).to(device, memory_format=torch.contiguous_format).eval()
     detections = []
     images = sorted(coco["images"], key=lambda im: im["id"])
@@ -171,8 +171,10 @@ def main() -> None:
               f"{model.transform.min_size[0]}/{model.transform.max_size} px) on {n} images"
               f"{' written as ' + args.resize_to + ' JPEGs' if resize else ''}; {machine}")
         base = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers)
-        # (way, settings, with torchvision's postprocessing: kdeval as it ran before this was batch-wide)
-        variants = [("kdeval predict, fp32, BatchNorms kept, torchvision's postprocessing", replace(base, fold_batch_norms=False), True),
+        # (way, settings, with torchvision's inference path: kdeval's batches and loading with torchvision's
+        # transform, anchors and postprocessing, BatchNorms kept — kdeval before it took these over)
+        variants = [("kdeval predict, fp32, BatchNorms kept, torchvision's transform/anchors/postprocessing",
+                     replace(base, fold_batch_norms=False), True),
                     ("kdeval predict, fp32", base, False)]
         if device.type == "cuda":
             variants += [("kdeval predict, AMP, PIL decoding in workers", replace(base, amp=True, gpu_decode=False), False),
