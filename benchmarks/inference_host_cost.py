@@ -26,48 +26,16 @@ import argparse
 import json
 import os
 import time
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import boxes as box_ops
 
+from host_costs import OperationCounter, SynchronisationCounter
 from kdeval.engine.predict import packed_to_cpu
 from kdeval.models.postprocess import with_torchvision_inference
 from kdeval.models.retinanet import ModelSpec, build_retinanet, fold_batch_norms
-
-
-class OperationCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-class SynchronisationCounter:
-    """Counts CUDA synchronisations (torch.cuda's sync debug mode warns on each); None off CUDA."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.count = device, None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            self._caught = warnings.catch_warnings(record=True)
-            self._log = self._caught.__enter__()
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.set_sync_debug_mode("default")
-            self._caught.__exit__(*exc)
-            self.count = sum("synchroniz" in str(w.message) for w in self._log)
 
 
 def per_image_to_cpu(outputs: list[dict]) -> list[dict]:

@@ -17,24 +17,13 @@ import argparse
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from host_costs import OperationCounter, SynchronisationCounter
 from kdeval.models.postprocess import with_torchvision_inference
 from kdeval.models.retinanet import FPN_STRIDES, ModelSpec, build_retinanet
-
-
-class OperationCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def head_outputs(batch: int, classes: int, height: int, width: int, device: torch.device, seed: int = 0):
@@ -73,16 +62,9 @@ def timed(fn, device: torch.device, repeats: int):
 
 
 def synchronisations(fn, device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    with SynchronisationCounter(device) as counter:
+        fn()
+    return counter.count
 
 
 def main() -> None:
