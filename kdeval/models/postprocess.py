@@ -125,19 +125,18 @@ def batched_postprocess(
     regression = torch.cat(box_regression, dim=1)[image_idxs, anchor_idxs].float()
     boxes = box_coder.decode_single(regression, torch.cat(anchors).float()[anchor_idxs])
     # torchvision's clip_boxes_to_image (clamp to [0, width] and [0, height]), with each box's image's size
-    sizes = to_device(torch.tensor(image_shapes, dtype=torch.float32).reshape(batch, 2), device)[image_idxs]
-    xs = torch.minimum(boxes[:, 0::2].clamp(min=0), sizes[:, 1:2])
-    ys = torch.minimum(boxes[:, 1::2].clamp(min=0), sizes[:, 0:1])
+    image_sizes = to_device(torch.tensor(image_shapes, dtype=torch.float32).reshape(batch, 2), device)[image_idxs]
+    xs = torch.minimum(boxes[:, 0::2].clamp(min=0), image_sizes[:, 1:2])
+    ys = torch.minimum(boxes[:, 1::2].clamp(min=0), image_sizes[:, 0:1])
     boxes = torch.stack((xs, ys), dim=-1).reshape(-1, 4)
     keeps, first = [], 0
     for count in per_image:
         image = slice(first, first + count)
         keeps.append(box_ops.batched_nms(boxes[image], scores[image], labels[image], nms_thresh)[:detections_per_img] + first)
         first += count
-    keep = torch.cat(keeps)
-    sizes = [len(k) for k in keeps]
-    return [{"boxes": b, "scores": s, "labels": lab}
-            for b, s, lab in zip(boxes[keep].split(sizes), scores[keep].split(sizes), labels[keep].split(sizes))]
+    keep, kept_per_image = torch.cat(keeps), [len(k) for k in keeps]
+    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in
+            zip(boxes[keep].split(kept_per_image), scores[keep].split(kept_per_image), labels[keep].split(kept_per_image))]
 
 
 def candidate_order(counts: list[list[int]], topk_candidates: int) -> tuple[np.ndarray, list[int]]:
