@@ -203,14 +203,18 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
             # the named ranges show in torch.profiler traces (benchmarks/predict_throughput.py --profile)
             with record_function("kdeval.images_to_device"):
                 images = images_to_device(images, device, [target["image_id"] for target in targets])
-            with record_function("kdeval.model"):
-                outputs = model(images)
-            with record_function("kdeval.outputs_to_cpu"):
-                outputs = outputs_to_cpu(outputs)
-            with record_function("kdeval.detections"):
-                for output, target in zip(outputs, targets):
-                    detections.extend(detections_from_output(output, target["image_id"], labels))
+            detections.extend(batch_detections(model, images, targets, labels))
     return detections
+
+
+def batch_detections(model, images: list[torch.Tensor], targets: list[dict], labels: LabelSpace) -> list[dict]:
+    """One batch on the device → its COCO results entries, outputs brought back in one copy."""
+    with record_function("kdeval.model"):
+        outputs = model(images)
+    with record_function("kdeval.outputs_to_cpu"):
+        outputs = outputs_to_cpu(outputs)
+    with record_function("kdeval.detections"):
+        return [det for output, target in zip(outputs, targets) for det in detections_from_output(output, target["image_id"], labels)]
 
 
 def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:

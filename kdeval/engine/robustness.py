@@ -37,8 +37,8 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import (PredictSettings, detections_from_output, images_to_device, inference_model,
-                                   loader_workers, merge_shards, outputs_to_cpu)
+from kdeval.engine.predict import (PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
+                                   merge_shards)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -258,10 +258,8 @@ def _run_pending(
             bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
             inputs = images_to_device(batch_images, device)
             for name in pending[scenario_index]:
-                outputs = outputs_to_cpu(loaded[name].model(inputs))
                 found = detections.setdefault((name, scenario_index), [])
-                for output, target in zip(outputs, targets):
-                    found.extend(detections_from_output(output, target["image_id"], loaded[name].labels))
+                found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
             processed += len(batch_images)
             batches_left[scenario_index] -= 1
             if batches_left[scenario_index] == 0:
