@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdeval.data.shapes import ShapesSpec, generate_shapes
 
@@ -19,6 +20,16 @@ def _private_cache_and_folder(tmp_path_factory, monkeypatch):
     into the checkout."""
     monkeypatch.setenv("KDEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh, step tests, runs these)")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA)])
+def device(request) -> torch.device:
+    """A test taking `device` runs on the CPU, and on CUDA where there is a GPU: the code paths that
+    differ there (kernels, autocast's casts, nvJPEG, pinned copies) get the same checks."""
+    return torch.device(request.param)
 
 
 @pytest.fixture

@@ -143,18 +143,20 @@ def test_mismatched_maps_get_a_clear_error():
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_autocast_does_not_change_the_loss_or_its_gradient(loss):
+def test_autocast_does_not_change_the_loss_or_its_gradient(loss, device):
     """Training on CUDA runs under bf16 autocast. The loss must still be the fp32 one: before the fix
     SSIM's window filters ran in bf16, the window masks came out empty and SSIM read as a constant 1
-    with no gradient. CPU autocast to bf16 casts conv2d the same way, so this runs without a GPU."""
+    with no gradient (found on a GPU). CPU autocast to bf16 casts conv2d the same way, so this also
+    runs without a GPU."""
     torch.manual_seed(0)
-    student = {"p3": torch.randn(2, 8, 16, 16, requires_grad=True), "p4": torch.randn(2, 8, 8, 8, requires_grad=True)}
-    teacher = {name: maps.detach() + 0.5 * torch.randn_like(maps) for name, maps in student.items()}
+    student = {"p3": torch.randn(2, 8, 16, 16).to(device).requires_grad_(),
+               "p4": torch.randn(2, 8, 8, 8).to(device).requires_grad_()}
+    teacher = {name: maps.detach() + 0.5 * torch.randn(maps.shape).to(device) for name, maps in student.items()}
     settings = FeatureLossSettings(loss=loss)
     sizes, padded = [(128, 128), (120, 100)], (128, 128)
     plain = feature_distillation_loss(student, teacher, settings, sizes, padded)
     plain_grad = torch.autograd.grad(plain, student["p3"])[0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         under_amp = feature_distillation_loss(student, teacher, settings, sizes, padded)
     amp_grad = torch.autograd.grad(under_amp, student["p3"])[0]
     assert under_amp.dtype == torch.float32 and 0 < plain.item() < 1.5

@@ -3,28 +3,30 @@
 import pytest
 import torch
 
+from conftest import CUDA
 from kdeval.models import postprocess
 from kdeval.models.postprocess import BatchedRetinaNet, with_torchvision_inference
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 
-def head_outputs(model, image_sizes, padded, logit_mean, seed=0, dtype=torch.float32):
-    """Split head outputs and anchors as RetinaNet.forward hands them to postprocess_detections."""
+def head_outputs(model, image_sizes, padded, logit_mean, seed=0, dtype=torch.float32, device="cpu"):
+    """Split head outputs and anchors as RetinaNet.forward hands them to postprocess_detections (drawn
+    on the CPU, so every device gets the same values)."""
     generator = torch.Generator().manual_seed(seed)
     grids = [((padded[0] + s - 1) // s, (padded[1] + s - 1) // s) for s in (8, 16, 32, 64, 128)]
     batch, classes = len(image_sizes), model.head.classification_head.num_classes
-    features = [torch.zeros(batch, 1, h, w) for h, w in grids]
+    features = [torch.zeros(batch, 1, h, w, device=device) for h, w in grids]
 
     class Images:
-        tensors = torch.zeros(batch, 3, *padded)
+        tensors = torch.zeros(batch, 3, *padded, device=device)
 
     Images.image_sizes = image_sizes
     anchors = model.anchor_generator(Images, features)
     per_level = [h * w * model.anchor_generator.num_anchors_per_location()[0] for h, w in grids]
     logits = torch.randn(batch, sum(per_level), classes, generator=generator) + torch.as_tensor(logit_mean).view(-1, 1, 1)
     regression = torch.randn(batch, sum(per_level), 4, generator=generator) * 0.5
-    split = {"cls_logits": list(logits.to(dtype).split(per_level, dim=1)),
-             "bbox_regression": list(regression.to(dtype).split(per_level, dim=1))}
+    split = {"cls_logits": list(logits.to(device, dtype).split(per_level, dim=1)),
+             "bbox_regression": list(regression.to(device, dtype).split(per_level, dim=1))}
     return split, [list(a.split(per_level)) for a in anchors]
 
 
@@ -42,14 +44,14 @@ def assert_same(ours, theirs):
 
 @pytest.mark.parametrize("topk_candidates", [1000, 7])
 @pytest.mark.parametrize("dense_from", [0, 10**9], ids=["row-wise-topk", "sorted-candidates"])
-def test_same_detections_as_torchvision_for_a_padded_batch(topk_candidates, dense_from, monkeypatch):
+def test_same_detections_as_torchvision_for_a_padded_batch(topk_candidates, dense_from, monkeypatch, device):
     monkeypatch.setattr(postprocess, "DENSE_CANDIDATES_PER_TOPK", dense_from)
-    model = build_retinanet(ModelSpec("r18", num_classes=5, fpn_channels=8)).eval()
+    model = build_retinanet(ModelSpec("r18", num_classes=5, fpn_channels=8)).eval().to(device)
     model.topk_candidates = topk_candidates
     assert isinstance(model, BatchedRetinaNet)
     # four images of a padded 96×160 batch: each is clipped to its own size; the last keeps nothing
     image_sizes = [(96, 160), (80, 128), (96, 101), (64, 160)]
-    split, anchors = head_outputs(model, image_sizes, (96, 160), logit_mean=[-2.0, -2.5, -3.0, -30.0])
+    split, anchors = head_outputs(model, image_sizes, (96, 160), logit_mean=[-2.0, -2.5, -3.0, -30.0], device=device)
     before = {key: [t.clone() for t in tensors] for key, tensors in split.items()}
     with torch.inference_mode():
         ours = model.postprocess_detections(split, anchors, image_sizes)
@@ -60,16 +62,17 @@ def test_same_detections_as_torchvision_for_a_padded_batch(topk_candidates, dens
     assert_same(ours, theirs)
     for key, tensors in split.items():  # the head's outputs are read, not sigmoided in place
         assert all(torch.equal(a, b) for a, b in zip(tensors, before[key]))
-    widths = torch.tensor([w for _, w in image_sizes[:3]], dtype=torch.float32)
+    assert ours[0]["boxes"].device.type == device.type
+    widths = torch.tensor([w for _, w in image_sizes[:3]], dtype=torch.float32, device=device)
     assert all((d["boxes"][:, 2] <= w).all() and (d["boxes"] >= 0).all() for d, w in zip(ours, widths))
     assert any((d["boxes"][:, 2] == w).any() for d, w in zip(ours, widths))  # clipping did happen
 
 
-def test_few_candidates_keep_torchvisions_order_and_count():
+def test_few_candidates_keep_torchvisions_order_and_count(device):
     """Fewer candidates above the threshold than detections_per_img: all of them survive NMS's order."""
-    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval()
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval().to(device)
     image_sizes = [(64, 64), (64, 48)]
-    split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-5.0, -4.5], seed=1)
+    split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-5.0, -4.5], seed=1, device=device)
     with torch.inference_mode():
         ours = model.postprocess_detections(split, anchors, image_sizes)
         theirs = torchvision_postprocess(model, split, anchors, image_sizes)
@@ -78,13 +81,13 @@ def test_few_candidates_keep_torchvisions_order_and_count():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_head_outputs_are_scored_and_decoded_in_float32(dtype):
+def test_half_precision_head_outputs_are_scored_and_decoded_in_float32(dtype, device):
     """Under autocast the head's outputs are bf16/fp16; kdeval scores and decodes them in float32, where
     torchvision would decode in half precision. (Half-precision logits tie often, and ties may be
     broken differently from torchvision, so the comparison is with kdeval on the float32 values.)"""
-    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8)).eval()
+    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8)).eval().to(device)
     image_sizes = [(800, 1067), (800, 1088)]
-    split, anchors = head_outputs(model, image_sizes, (800, 1088), logit_mean=[-4.0, -4.0], dtype=dtype)
+    split, anchors = head_outputs(model, image_sizes, (800, 1088), logit_mean=[-4.0, -4.0], dtype=dtype, device=device)
     as_float = {key: [t.float() for t in tensors] for key, tensors in split.items()}
     with torch.inference_mode():
         ours = model.postprocess_detections(split, anchors, image_sizes)
@@ -100,13 +103,13 @@ def test_half_precision_head_outputs_are_scored_and_decoded_in_float32(dtype):
 
 
 @pytest.mark.parametrize("dense_from", [0, 10**9], ids=["row-wise-topk", "sorted-candidates"])
-def test_nan_scores_are_passed_over_as_torchvision_does(dense_from, monkeypatch):
+def test_nan_scores_are_passed_over_as_torchvision_does(dense_from, monkeypatch, device):
     """NaN is never above the threshold; in the row-wise path it must not take a top-k place either."""
     monkeypatch.setattr(postprocess, "DENSE_CANDIDATES_PER_TOPK", dense_from)
-    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8)).eval()
+    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8)).eval().to(device)
     model.topk_candidates = 50
     image_sizes = [(96, 96), (96, 80)]
-    split, anchors = head_outputs(model, image_sizes, (96, 96), logit_mean=[-2.0, -2.0], seed=2)
+    split, anchors = head_outputs(model, image_sizes, (96, 96), logit_mean=[-2.0, -2.0], seed=2, device=device)
     split["cls_logits"][0][0, :60] = float("nan")  # 60 anchors × 4 classes of the first image's P3
     with torch.inference_mode():
         ours = model.postprocess_detections(split, anchors, image_sizes)
@@ -159,7 +162,7 @@ def test_anchors_are_built_once_per_grid_in_eval_mode_and_as_torchvision_builds_
     assert trained[0] is not trained[1] and torch.equal(trained[0], first[0])
 
 
-def test_whole_model_inference_equals_torchvisions_over_batches_of_different_sizes():
+def test_whole_model_inference_equals_torchvisions_over_batches_of_different_sizes(device):
     """transform (normalise, resize, pad, boxes back to each image's size), anchors and postprocessing
     together, over batches whose padded sizes repeat and change (the anchor cache hit and missed).
     Scores must not tie (ties may be ordered differently, see the module's docstring): the head's
@@ -170,19 +173,20 @@ def test_whole_model_inference_equals_torchvisions_over_batches_of_different_siz
         if name.endswith("bias"):
             torch.nn.init.constant_(parameter, -2.0 if "cls_logits" in name else 0.05)
     torch.nn.init.normal_(model.head.classification_head.cls_logits.weight, std=0.3)
+    model.to(device)
     reference = with_torchvision_inference(model)
     assert type(reference.transform).__name__ == "GeneralizedRCNNTransform"
     batches = [[(77, 93), (70, 90), (72, 96)], [(77, 93)], [(96, 128), (72, 96)], [(77, 93), (70, 90), (72, 96)]]
     with torch.inference_mode():
         for sizes in batches:
-            images = [torch.rand(3, h, w) for h, w in sizes]
+            images = [torch.rand(3, h, w).to(device) for h, w in sizes]
             ours, theirs = model(images), reference(images)
             assert all(len(d["scores"]) == 100 for d in ours)
             assert all(len(d["scores"].unique()) >= 95 for d in ours)  # (almost) no ties
             assert_same(ours, theirs)
 
 
-def test_sync_free_transform_is_torchvisions_bit_for_bit():
+def test_sync_free_transform_is_torchvisions_bit_for_bit(device):
     from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
     from kdeval.models.transform import SyncFreeTransform, float32_ratio
@@ -190,21 +194,21 @@ def test_sync_free_transform_is_torchvisions_bit_for_bit():
     generator = torch.Generator().manual_seed(4)
     settings = (96, 160, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     ours, theirs = SyncFreeTransform(*settings).eval(), GeneralizedRCNNTransform(*settings).eval()
-    images = [torch.rand(3, 77, 93, generator=generator), torch.rand(3, 120, 45, generator=generator)]
+    images = [torch.rand(3, 77, 93, generator=generator).to(device), torch.rand(3, 120, 45, generator=generator).to(device)]
     (ours_list, _), (theirs_list, _) = ours(images), theirs(images)
     assert torch.equal(ours_list.tensors, theirs_list.tensors) and ours_list.image_sizes == theirs_list.image_sizes
     for resized in range(40, 1400, 7):  # every ratio torchvision's float32 division would give
         for original in (45, 77, 93, 480, 640, 1333):
             expected = torch.tensor(original, dtype=torch.float32) / torch.tensor(resized, dtype=torch.float32)
             assert float32_ratio(original, resized) == expected.item()
-    boxes = torch.rand(50, 4, generator=generator) * 300
-    detections = [{"boxes": boxes, "scores": torch.rand(50), "labels": torch.zeros(50, dtype=torch.int64)}]
+    boxes = (torch.rand(50, 4, generator=generator) * 300).to(device)
+    detections = [{"boxes": boxes, "scores": torch.rand(50, device=device), "labels": torch.zeros(50, dtype=torch.int64, device=device)}]
     rescaled = ours.postprocess([dict(detections[0])], [(127, 299)], [(480, 1133)])[0]["boxes"]
     assert torch.equal(rescaled, resize_boxes(boxes, [127, 299], [480, 1133]))
     assert torch.equal(rescaled, theirs.postprocess([dict(detections[0])], [(127, 299)], [(480, 1133)])[0]["boxes"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@CUDA
 def test_transform_and_anchors_do_not_synchronise_with_the_gpu():
     model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8, min_size=96, max_size=160)).eval().cuda()
     images = [torch.rand(3, 77, 93, device="cuda"), torch.rand(3, 93, 77, device="cuda")]
@@ -225,12 +229,12 @@ def test_transform_and_anchors_do_not_synchronise_with_the_gpu():
 
 
 @pytest.mark.parametrize("output", ["cls_logits", "bbox_regression"])
-def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes(output):
+def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes(output, device):
     from kdeval.errors import KdevalError
 
-    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval()
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8)).eval().to(device)
     image_sizes = [(64, 64)]
-    split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-3.0], dtype=torch.float16)
+    split, anchors = head_outputs(model, image_sizes, (64, 64), logit_mean=[-3.0], dtype=torch.float16, device=device)
     with torch.inference_mode():
         assert len(model.postprocess_detections(split, anchors, image_sizes)[0]["scores"]) > 0
         split[output][2][0, 5, 1] = float("inf")
