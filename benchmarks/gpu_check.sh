@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run (benchmarks/RESULTS.md quotes their output):
+# The checks that need a GPU, in one script (benchmarks/RESULTS.md quotes their output):
 #   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
 #      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8),
 #      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
 #      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json), and one whole
 #      model call phase by phase: operations and synchronisations, fp32 and fp16 (inference_host_cost*.json);
+#   T. the tests' CUDA cases (tests that take the `device` fixture, and tests/test_predict_on_gpu.py):
+#      batched postprocessing, transform and anchors on CUDA against torchvision's, the feature losses
+#      under CUDA's bf16 autocast, predict on CUDA (workers, pinned copies, fp16, nvJPEG) against the CPU;
+#   F. fp16's AP on CUDA without the whole study: the Shapes R18 baseline trained on the GPU (3 epochs),
+#      AP under fp32, bf16 and fp16 (amp_ap.py) and images/s fp32 against AMP (predict_throughput.py);
 #   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
 #   2. fp32 against AMP: AP and images/s of the study's three Shapes models on all 300 val images,
 #      and AP under bf16 and fp16 with either postprocessing (amp_ap.py);
@@ -12,14 +17,16 @@
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
 # All steps take longer than one 10-minute device call: STEPS picks some, in this order (default all):
-# r50 (4, about 6 min), postprocess (4b, about 1 min), host (4c, about 1 min), study (1), amp (2, 2b; needs the study),
-# torchrun (3), r50b16 (5).
+# r50 (4, at most 5 min), host (4c, at most 2 min), tests (T, at most 2 min), postprocess (4b, about 1 min),
+# fp16 (F, about 2 min), study (1), amp (2, 2b; needs the study), torchrun (3), r50b16 (5).
+# A lent machine has had 15 minutes of device time in all, start-up included, so the order of worth is:
+#   STEPS="r50 host tests" bash benchmarks/gpu_check.sh $OUT        # first call, at most 9 min
+#   STEPS="fp16 postprocess" bash benchmarks/gpu_check.sh $OUT      # then, where time is left, about 3 min
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
-#   STEPS="r50 postprocess host" bash benchmarks/gpu_check.sh $OUT
 #
 # Where kdeval's dependencies are missing (a lent machine with PyTorch alone), wheels in .whl/ are
-# installed into /tmp/site first.
+# installed into /tmp/site first (pytest and pytorch-msssim among them, for step tests).
 set -u
 OUT=${1:-${OUT:-reports/gpu}}
 mkdir -p "$OUT"
@@ -57,14 +64,31 @@ if want r50; then
         r50_throughput 8 6
     fi
 fi
+if want host; then
+    step "4c. one model call, phase by phase: torchvision's inference against kdeval's (R50 at 800 px, batch 8)"
+    timeout 60 python3 benchmarks/inference_host_cost.py --device cuda --out "$OUT/inference_host_cost.json"
+    timeout 60 python3 benchmarks/inference_host_cost.py --device cuda --amp --out "$OUT/inference_host_cost_fp16.json"
+fi
+if want tests; then
+    step "T. the tests' CUDA cases"
+    clock timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=short tests/test_postprocess.py tests/test_losses.py \
+        tests/test_predict_on_gpu.py > "$OUT/cuda_tests.txt" 2>&1
+    grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/cuda_tests.txt" | tail -30
+fi
 if want postprocess; then
     step "4b. postprocessing alone: torchvision's against kdeval's (R50 at 800 px, 80 classes, batch 8)"
     timeout 90 python3 benchmarks/postprocess_cost.py --device cuda --out "$OUT/postprocess_cost.json"
 fi
-if want host; then
-    step "4c. one model call, phase by phase: torchvision's inference against kdeval's (R50 at 800 px, batch 8)"
-    timeout 90 python3 benchmarks/inference_host_cost.py --device cuda --out "$OUT/inference_host_cost.json"
-    timeout 90 python3 benchmarks/inference_host_cost.py --device cuda --amp --out "$OUT/inference_host_cost_fp16.json"
+if want fp16; then
+    step "F. fp16's AP on CUDA: the Shapes R18 baseline, trained on the GPU (3 epochs)"
+    clock timeout 120 python3 -m kdeval train --epochs 3 --device cuda --out "$WORK/baseline" --resume --no-progress
+    if [ -f "$WORK/baseline/model.pt" ]; then
+        for dtype in float16 bfloat16; do
+            timeout 60 python3 benchmarks/amp_ap.py "$WORK/baseline/model.pt" --device cuda --dtype $dtype --out "$OUT/amp_ap_baseline_$dtype.json"
+        done
+        timeout 60 python3 benchmarks/predict_throughput.py "$WORK/baseline/model.pt" --max-images 300 --batch-size 32 \
+            --out "$OUT/amp_baseline.json"
+    fi
 fi
 if want study; then
     step "1. kdeval study (default settings) on the GPU"
