@@ -39,11 +39,13 @@ def start_distributed(device: str) -> tuple[Distributed, str]:
     dist_env = Distributed.from_env()
     if dist_env.world == 1:
         return dist_env, device
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):
+        # the rank's GPU before the process group: NCCL's communicators and the tensors all_gather_object
+        # sends are made on the current device, which must not be left for NCCL to guess
         device = f"cuda:{dist_env.local_rank}"
         torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist_env, device
 
 
