@@ -1,0 +1,80 @@
+"""kdeval.data.zoom against scipy.ndimage.zoom, and zoom_blur/snow against the library's own call."""
+
+import random
+
+import numpy as np
+import pytest
+from scipy.ndimage import zoom as scipy_zoom
+
+from kdeval.data.corrupted import corrupt_image, corruption_seed
+from kdeval.data.zoom import linear_zoom, scipy_zoom_compatible, zoom_like_scipy
+
+# zoom_blur's factors at its five severities, and snow's
+ZOOM_BLUR_FACTORS = sorted({round(float(z), 2) for step, top in ((0.01, 1.11), (0.01, 1.16), (0.02, 1.21), (0.02, 1.26), (0.03, 1.31))
+                            for z in np.arange(1, top, step)})
+SNOW_FACTORS = [2.0, 2.5, 3.0, 4.0, 4.5]
+
+
+@pytest.mark.parametrize("shape,dtype", [((120, 160, 3), np.float32), ((61, 47, 3), np.float32), ((50, 33, 1), np.float64),
+                                         ((1, 5, 2), np.float32), ((2, 2, 3), np.float64)])
+def test_linear_zoom_equals_scipy_bit_for_bit(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.random(shape).astype(dtype)
+    for factor in ZOOM_BLUR_FACTORS + SNOW_FACTORS + [0.8, 1.7]:
+        ours, theirs = linear_zoom(image, (factor, factor, 1)), scipy_zoom(image, (factor, factor, 1), order=1)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, factor
+        assert np.array_equal(ours, theirs), factor
+
+
+def test_zoom_blur_sized_crops_of_a_photo_sized_image_equal_scipy():
+    """The crops zoom_blur zooms on a 480×640 image (clipped_zoom's centre crop, then the zoom)."""
+    image = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
+    for factor in (1.0, 1.07, 1.13, 1.3):
+        rows, columns = int(np.ceil(480 / factor)), int(np.ceil(640 / factor))
+        crop = image[(480 - rows) // 2:(480 - rows) // 2 + rows, (640 - columns) // 2:(640 - columns) // 2 + columns]
+        assert np.array_equal(linear_zoom(crop, (factor, factor, 1)), scipy_zoom(crop, (factor, factor, 1), order=1))
+
+
+def test_a_last_coordinate_rounded_past_the_edge_gives_scipys_zero_row():
+    """29 rows zoomed 3×: (87 − 1) × (28 / 86) rounds above 28 in float64, so scipy's constant mode
+    leaves the last output row at cval; the compiled zoom must do the same, not interpolate it."""
+    assert 86 * (28 / 86) > 28
+    image = np.random.default_rng(1).random((29, 7, 2)).astype(np.float32) + 0.5
+    theirs = scipy_zoom(image, (3, 1, 1), order=1)
+    assert (theirs[-1] == 0).all() and (theirs[:-1] > 0).all()
+    assert np.array_equal(linear_zoom(image, (3, 1, 1)), theirs)
+
+
+@pytest.mark.parametrize("image,zoom,options", [
+    (np.ones((8, 8), np.float32), (1.5, 1.5), {}),  # 2-D
+    (np.ones((8, 8, 3), np.float32), (1.5, 1.5, 1), {"order": 3}),  # another order
+    (np.ones((8, 8, 3), np.float32), (1.5, 1.5, 2), {"order": 1}),  # the channels zoomed
+    (np.ones((8, 8, 3), np.uint8), (1.5, 1.5, 1), {"order": 1}),  # integer rounding
+    (np.ones((8, 8, 3), np.float32), (1.5, 1.5, 1), {"order": 1, "mode": "nearest"}),
+    (np.ones((8, 8, 3), np.float32), (1.5, 1.5, 1), {"order": 1, "cval": 2.0}),
+    (np.full((8, 8, 3), np.nan, np.float32), (1.5, 1.5, 1), {"order": 1}),  # NaN would leak across channels in scipy
+])
+def test_calls_the_compiled_zoom_cannot_reproduce_go_to_scipy(image, zoom, options):
+    assert not scipy_zoom_compatible(image, zoom, **options)
+    ours, theirs = zoom_like_scipy(image, zoom, **options), scipy_zoom(image, zoom, **options)
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs, equal_nan=True)
+
+
+def test_the_library_call_qualifies():
+    image = np.zeros((10, 12, 3), np.float32)
+    assert scipy_zoom_compatible(image, (1.1, 1.1, 1), order=1)  # clipped_zoom's call
+    assert not scipy_zoom_compatible(image, (0.01, 0.01, 1), order=1)  # nothing left to zoom to
+
+
+@pytest.mark.parametrize("corruption", ["zoom_blur", "snow"])
+@pytest.mark.parametrize("shape", [(300, 451), (128, 128), (33, 70)])
+def test_zoom_blur_and_snow_equal_the_librarys_own_call_at_every_severity(corruption, shape):
+    from imagecorruptions import corrupt
+
+    rgb = (np.random.default_rng(shape[0]).random((*shape, 3)) * 255).astype(np.uint8)
+    for severity in range(1, 6):
+        seed = corruption_seed("image.png", corruption, severity, 0)
+        np.random.seed(seed)
+        random.seed(seed)
+        reference = np.asarray(corrupt(rgb.copy(), corruption_name=corruption, severity=severity))  # scipy's zoom
+        assert np.array_equal(corrupt_image(rgb, corruption, severity, seed), reference), severity
