@@ -19,8 +19,9 @@ to the image than on COCO-sized photographs. kdeval keeps that: it is what the b
 and the pixels equal those of a direct `imagecorruptions.corrupt` call.
 
 Speed: zoom_blur and snow run with the library's scipy zoom replaced by kdeval.data.zoom's compiled
-one, which returns scipy's values bit for bit; zoom_blur then costs about a ninth of its time (it
-was half of a benchmark pass's corruption time on 640×480 images). The pixels do not change.
+one, brightness and saturate with scikit-image's HSV conversions replaced by kdeval.data.hsv's; both
+return the libraries' values bit for bit. zoom_blur then costs about a ninth of its time (it was
+half of a benchmark pass's corruption time on 640×480 images). The pixels do not change.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,9 +54,11 @@ CACHE_VERSION = 1  # bump when the corrupted pixels of a (file, corruption, seve
 # (brightness on an 8000×6000 photo peaked at 19.6 GB in one piece: float64 HSV copies).
 PIXELWISE = ("brightness", "saturate")
 BAND_PIXELS = 4_000_000
-# Corruptions that zoom with scipy.ndimage.zoom (through the library's clipped_zoom): they run with
-# kdeval.data.zoom's compiled zoom, which gives scipy's values bit for bit, about 10× faster.
+# Corruptions that zoom with scipy.ndimage.zoom (through the library's clipped_zoom), and those that
+# convert to HSV and back with scikit-image: they run with kdeval.data.zoom's and kdeval.data.hsv's
+# compiled equivalents, which give the same values bit for bit, several times faster.
 ZOOMING = ("zoom_blur", "snow")
+HSV_CONVERTING = ("brightness", "saturate")
 
 
 @dataclass(frozen=True, order=True)
@@ -132,19 +136,29 @@ def corruption_seed(file_name: str, corruption: str, severity: int, seed: int) -
 
 
 @contextlib.contextmanager
-def compiled_zoom():
-    """The library's scipy zoom swapped, for the block, for one that returns the same values faster
-    (kdeval.data.zoom.zoom_like_scipy; calls it cannot reproduce exactly still go to scipy)."""
+def compiled_library_parts(corruption: str):
+    """For the block, the library's scipy zoom (zoom_blur, snow) or its scikit-image HSV conversions
+    (brightness, saturate) replaced by compiled functions that return the same values; calls those
+    cannot reproduce exactly still go to scipy and scikit-image. Other corruptions run unchanged."""
     from imagecorruptions import corruptions
 
-    from kdeval.data.zoom import zoom_like_scipy
+    if corruption in ZOOMING:
+        from kdeval.data.zoom import zoom_like_scipy
 
-    library_zoom = corruptions.scizoom
-    corruptions.scizoom = zoom_like_scipy
+        name, replacement = "scizoom", zoom_like_scipy
+    elif corruption in HSV_CONVERTING:  # these two use nothing of skimage (`sk`) but sk.color's pair
+        from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
+
+        name, replacement = "sk", SimpleNamespace(color=SimpleNamespace(rgb2hsv=rgb2hsv_like_skimage, hsv2rgb=hsv2rgb_like_skimage))
+    else:
+        yield
+        return
+    library_part = getattr(corruptions, name)
+    setattr(corruptions, name, replacement)
     try:
         yield
     finally:
-        corruptions.scizoom = library_zoom
+        setattr(corruptions, name, library_part)
 
 
 @contextlib.contextmanager
@@ -176,8 +190,7 @@ def corrupt_image(rgb: np.ndarray, corruption: str, severity: int, seed: int) ->
     padded = np.pad(rgb, ((0, max(0, MIN_SIDE - height)), (0, max(0, MIN_SIDE - width)), (0, 0)), mode="symmetric")
     kwargs = {"seed": seed} if corruption in SEEDED_BY_ARGUMENT else {}
     # zoom_blur and snow print a line on one of their fallbacks; keep worker output clean
-    zoom = compiled_zoom() if corruption in ZOOMING else contextlib.nullcontext()
-    with seeded_global_generators(seed), contextlib.redirect_stdout(io.StringIO()), zoom:
+    with seeded_global_generators(seed), contextlib.redirect_stdout(io.StringIO()), compiled_library_parts(corruption):
         if corruption in PIXELWISE and padded.shape[0] * padded.shape[1] > BAND_PIXELS:
             rows = max(MIN_SIDE, BAND_PIXELS // padded.shape[1])
             edges = list(range(0, padded.shape[0], rows)) + [padded.shape[0]]

@@ -1,12 +1,15 @@
-"""kdeval.data.zoom against scipy.ndimage.zoom, and zoom_blur/snow against the library's own call."""
+"""kdeval.data.zoom against scipy.ndimage.zoom, kdeval.data.hsv against scikit-image's HSV conversions,
+and the corruptions that use them against the library's own call."""
 
 import random
 
 import numpy as np
 import pytest
 from scipy.ndimage import zoom as scipy_zoom
+from skimage.color import hsv2rgb, rgb2hsv
 
 from kdeval.data.corrupted import corrupt_image, corruption_seed
+from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
 from kdeval.data.zoom import linear_zoom, scipy_zoom_compatible, zoom_like_scipy
 
 # zoom_blur's factors at its five severities, and snow's
@@ -66,15 +69,74 @@ def test_the_library_call_qualifies():
     assert not scipy_zoom_compatible(image, (0.01, 0.01, 1), order=1)  # nothing left to zoom to
 
 
-@pytest.mark.parametrize("corruption", ["zoom_blur", "snow"])
+def rgb_images():
+    rng = np.random.default_rng(2)
+    yield "random floats", rng.random((60, 80, 3))
+    yield "8-bit levels", rng.integers(0, 256, (60, 80, 3)).astype(np.uint8) / 255.0
+    # four levels a channel: channels tie for the max (blue over green over red), greys and black
+    yield "ties", (rng.integers(0, 4, (60, 80, 3)) * 85).astype(np.uint8) / 255.0
+
+
+@pytest.mark.parametrize("name,image", list(rgb_images()))
+def test_hsv_conversions_equal_scikit_images_bit_for_bit(name, image):
+    hsv = rgb2hsv_like_skimage(image)
+    assert np.array_equal(hsv, rgb2hsv(image)), name
+    assert (hsv[..., 1] == 0).any() or name == "random floats"
+    for value_shift, saturation_scale in ((0.3, 1.0), (0.0, 5.0)):  # brightness's and saturate's edits
+        edited = hsv.copy()
+        edited[..., 2] = np.clip(edited[..., 2] + value_shift, 0, 1)
+        edited[..., 1] = np.clip(edited[..., 1] * saturation_scale, 0, 1)
+        assert np.array_equal(hsv2rgb_like_skimage(edited), hsv2rgb(edited)), name
+
+
+@pytest.mark.parametrize("convert,reference,image", [
+    (rgb2hsv_like_skimage, rgb2hsv, np.full((4, 4, 3), 0.5, np.float32)),  # float32: scikit-image's own
+    (rgb2hsv_like_skimage, rgb2hsv, np.full((4, 4, 3), np.nan)),
+    (hsv2rgb_like_skimage, hsv2rgb, np.dstack([np.full((4, 4), 1.7), np.full((4, 4), 0.5), np.full((4, 4), 0.5)])),  # hue > 1
+    (hsv2rgb_like_skimage, hsv2rgb, np.full((4, 4, 4), 0.5)),  # not three channels: scikit-image's error
+])
+def test_hsv_inputs_the_compiled_code_does_not_take_go_to_scikit_image(convert, reference, image):
+    try:
+        expected = reference(image)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error)[:30]):
+            convert(image)
+        return
+    assert np.array_equal(convert(image), expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("corruption", ["zoom_blur", "snow", "brightness", "saturate"])
 @pytest.mark.parametrize("shape", [(300, 451), (128, 128), (33, 70)])
-def test_zoom_blur_and_snow_equal_the_librarys_own_call_at_every_severity(corruption, shape):
+def test_compiled_corruptions_equal_the_librarys_own_call_at_every_severity(corruption, shape):
     from imagecorruptions import corrupt
 
     rgb = (np.random.default_rng(shape[0]).random((*shape, 3)) * 255).astype(np.uint8)
+    rgb[:8, :8] = 128  # grey: hue and saturation 0
     for severity in range(1, 6):
         seed = corruption_seed("image.png", corruption, severity, 0)
         np.random.seed(seed)
         random.seed(seed)
-        reference = np.asarray(corrupt(rgb.copy(), corruption_name=corruption, severity=severity))  # scipy's zoom
+        reference = np.asarray(corrupt(rgb.copy(), corruption_name=corruption, severity=severity))  # scipy's, scikit-image's
         assert np.array_equal(corrupt_image(rgb, corruption, severity, seed), reference), severity
+
+
+def test_the_library_is_left_as_it_was():
+    from imagecorruptions import corruptions
+
+    zoom, skimage = corruptions.scizoom, corruptions.sk
+    for corruption in ("zoom_blur", "brightness"):
+        corrupt_image(np.zeros((40, 40, 3), np.uint8), corruption, 1, 0)
+    assert corruptions.scizoom is zoom and corruptions.sk is skimage
+
+
+@pytest.mark.parametrize("corruption,module,kernel", [("zoom_blur", "zoom", "_zoom_rows_and_columns"), ("snow", "zoom", "_zoom_rows_and_columns"),
+                                                      ("brightness", "hsv", "_rgb_to_hsv"), ("saturate", "hsv", "_hsv_to_rgb")])
+def test_the_compiled_code_is_what_runs(corruption, module, kernel, monkeypatch):
+    import importlib
+
+    compiled = importlib.import_module(f"kdeval.data.{module}")
+    calls = []
+    original = getattr(compiled, kernel)
+    monkeypatch.setattr(compiled, kernel, lambda *args: calls.append(1) or original(*args))
+    corrupt_image(np.full((40, 48, 3), 90, np.uint8), corruption, 2, 0)
+    assert calls
