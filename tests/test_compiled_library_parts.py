@@ -1,16 +1,24 @@
-"""kdeval.data.zoom against scipy.ndimage.zoom, kdeval.data.hsv against scikit-image's HSV conversions,
-and the corruptions that use them against the library's own call."""
+"""kdeval.data.interpolation against scipy.ndimage's zoom and map_coordinates, kdeval.data.hsv against
+scikit-image's HSV conversions, and the corruptions that use them against the library's own call."""
 
 import random
 
 import numpy as np
 import pytest
+from scipy.ndimage import map_coordinates
 from scipy.ndimage import zoom as scipy_zoom
 from skimage.color import hsv2rgb, rgb2hsv
 
 from kdeval.data.corrupted import corrupt_image, corruption_seed
 from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
-from kdeval.data.zoom import linear_zoom, scipy_zoom_compatible, zoom_like_scipy
+from kdeval.data.interpolation import (
+    linear_map_coordinates,
+    linear_zoom,
+    map_coordinates_compatible,
+    map_coordinates_like_scipy,
+    scipy_zoom_compatible,
+    zoom_like_scipy,
+)
 
 # zoom_blur's factors at its five severities, and snow's
 ZOOM_BLUR_FACTORS = sorted({round(float(z), 2) for step, top in ((0.01, 1.11), (0.01, 1.16), (0.02, 1.21), (0.02, 1.26), (0.03, 1.31))
@@ -69,6 +77,46 @@ def test_the_library_call_qualifies():
     assert not scipy_zoom_compatible(image, (0.01, 0.01, 1), order=1)  # nothing left to zoom to
 
 
+@pytest.mark.parametrize("shape,dtype", [((30, 41, 3), np.float32), ((7, 5, 1), np.float64), ((1, 9, 2), np.float32)])
+def test_linear_map_coordinates_equals_scipy_reflect_bit_for_bit(shape, dtype):
+    """Coordinates inside, on and far outside the edges (reflected once or several times), just below
+    zero (scipy's 1e-15 guard), integers, and fractional channel coordinates."""
+    rng = np.random.default_rng(sum(shape))
+    image = rng.random(shape).astype(dtype)
+    points = 2000
+    coordinates = np.stack([rng.uniform(-3 * n - 2, 3 * n + 2, points) for n in shape]).reshape(3, 40, 50)
+    coordinates[:, 0] = np.round(coordinates[:, 0])
+    coordinates[0, 1, :10], coordinates[1, 1, 10:20] = -1e-16, shape[1] - 1 + 1e-13
+    coordinates[:, 2] = [[0.0], [shape[1] - 1.0], [shape[2] - 1.0]]  # the last row, column and channel
+    ours, theirs = linear_map_coordinates(image, coordinates), map_coordinates(image, coordinates, order=1, mode="reflect")
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == (40, 50)
+    assert np.array_equal(ours, theirs)
+
+
+def test_elastic_transform_sized_warp_equals_scipy():
+    """The call elastic_transform makes on a 480×640 image: (N, 1) row, column and channel index arrays."""
+    rng = np.random.default_rng(3)
+    image = rng.random((480, 640, 3), dtype=np.float32)
+    columns, rows, channels = np.meshgrid(np.arange(640), np.arange(480), np.arange(3))
+    shift_rows, shift_columns = (rng.normal(size=(2, 480, 640, 1)) * 4).astype(np.float32)
+    indices = np.reshape(rows + shift_rows, (-1, 1)), np.reshape(columns + shift_columns, (-1, 1)), np.reshape(channels, (-1, 1))
+    assert map_coordinates_compatible(image, indices, order=1, mode="reflect")
+    assert np.array_equal(map_coordinates_like_scipy(image, indices, order=1, mode="reflect"),
+                          map_coordinates(image, indices, order=1, mode="reflect"))
+
+
+@pytest.mark.parametrize("image,coordinates,options", [
+    (np.ones((8, 8, 3), np.float32), np.zeros((3, 5)), {"order": 1}),  # mode 'constant'
+    (np.ones((8, 8, 3), np.float32), np.zeros((3, 5)), {"order": 3, "mode": "reflect"}),
+    (np.ones((8, 8), np.float32), np.zeros((2, 5)), {"order": 1, "mode": "reflect"}),  # 2-D
+    (np.ones((8, 8, 3), np.float32), np.full((3, 5), np.nan), {"order": 1, "mode": "reflect"}),
+])
+def test_warps_the_compiled_code_cannot_reproduce_go_to_scipy(image, coordinates, options):
+    assert not map_coordinates_compatible(image, coordinates, **options)
+    ours, theirs = map_coordinates_like_scipy(image, coordinates, **options), map_coordinates(image, coordinates, **options)
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs, equal_nan=True)
+
+
 def rgb_images():
     rng = np.random.default_rng(2)
     yield "random floats", rng.random((60, 80, 3))
@@ -105,7 +153,7 @@ def test_hsv_inputs_the_compiled_code_does_not_take_go_to_scikit_image(convert, 
     assert np.array_equal(convert(image), expected, equal_nan=True)
 
 
-@pytest.mark.parametrize("corruption", ["zoom_blur", "snow", "brightness", "saturate"])
+@pytest.mark.parametrize("corruption", ["zoom_blur", "snow", "elastic_transform", "brightness", "saturate"])
 @pytest.mark.parametrize("shape", [(300, 451), (128, 128), (33, 70)])
 def test_compiled_corruptions_equal_the_librarys_own_call_at_every_severity(corruption, shape):
     from imagecorruptions import corrupt
@@ -123,20 +171,31 @@ def test_compiled_corruptions_equal_the_librarys_own_call_at_every_severity(corr
 def test_the_library_is_left_as_it_was():
     from imagecorruptions import corruptions
 
-    zoom, skimage = corruptions.scizoom, corruptions.sk
-    for corruption in ("zoom_blur", "brightness"):
+    parts = corruptions.scizoom, corruptions.map_coordinates, corruptions.sk
+    for corruption in ("zoom_blur", "elastic_transform", "brightness"):
         corrupt_image(np.zeros((40, 40, 3), np.uint8), corruption, 1, 0)
-    assert corruptions.scizoom is zoom and corruptions.sk is skimage
+    assert (corruptions.scizoom, corruptions.map_coordinates, corruptions.sk) == parts
 
 
-@pytest.mark.parametrize("corruption,module,kernel", [("zoom_blur", "zoom", "_zoom_rows_and_columns"), ("snow", "zoom", "_zoom_rows_and_columns"),
-                                                      ("brightness", "hsv", "_rgb_to_hsv"), ("saturate", "hsv", "_hsv_to_rgb")])
-def test_the_compiled_code_is_what_runs(corruption, module, kernel, monkeypatch):
+@pytest.mark.parametrize("corruption,module,kernel", [
+    ("zoom_blur", "interpolation", "_zoom_rows_and_columns"), ("snow", "interpolation", "_zoom_rows_and_columns"),
+    ("elastic_transform", "interpolation", "_map_coordinates_reflect"),
+    ("brightness", "hsv", "_rgb_to_hsv"), ("saturate", "hsv", "_hsv_to_rgb")])
+@pytest.mark.parametrize("library_code", [False, True], ids=["compiled", "KDEVAL_LIBRARY_CORRUPTIONS=1"])
+def test_the_compiled_code_is_what_runs_unless_the_library_code_is_asked_for(corruption, module, kernel, library_code, monkeypatch):
     import importlib
 
     compiled = importlib.import_module(f"kdeval.data.{module}")
     calls = []
     original = getattr(compiled, kernel)
     monkeypatch.setattr(compiled, kernel, lambda *args: calls.append(1) or original(*args))
-    corrupt_image(np.full((40, 48, 3), 90, np.uint8), corruption, 2, 0)
-    assert calls
+    if library_code:
+        monkeypatch.setenv("KDEVAL_LIBRARY_CORRUPTIONS", "1")
+    else:
+        monkeypatch.delenv("KDEVAL_LIBRARY_CORRUPTIONS", raising=False)
+    image = np.full((40, 48, 3), 90, np.uint8)
+    image[::3] = 200
+    corrupted = corrupt_image(image, corruption, 2, 0)
+    assert bool(calls) is not library_code
+    monkeypatch.setenv("KDEVAL_LIBRARY_CORRUPTIONS", "0" if library_code else "1")  # the other way: the same pixels
+    assert np.array_equal(corrupted, corrupt_image(image, corruption, 2, 0))

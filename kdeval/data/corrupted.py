@@ -18,9 +18,10 @@ is larger, so on small images such as Shapes' 128 px ones the frost crystals loo
 to the image than on COCO-sized photographs. kdeval keeps that: it is what the benchmark defines,
 and the pixels equal those of a direct `imagecorruptions.corrupt` call.
 
-Speed: zoom_blur and snow run with the library's scipy zoom replaced by kdeval.data.zoom's compiled
-one, brightness and saturate with scikit-image's HSV conversions replaced by kdeval.data.hsv's; both
-return the libraries' values bit for bit. zoom_blur then costs about a ninth of its time (it was
+Speed: zoom_blur and snow run with the library's scipy zoom, elastic_transform with its scipy
+map_coordinates, replaced by kdeval.data.interpolation's compiled ones, brightness and saturate with
+scikit-image's HSV conversions replaced by kdeval.data.hsv's; all return the libraries' values bit
+for bit. zoom_blur then costs about a ninth of its time (it was
 half of a benchmark pass's corruption time on 640×480 images). The pixels do not change.
 """
 
@@ -30,6 +31,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +56,12 @@ CACHE_VERSION = 1  # bump when the corrupted pixels of a (file, corruption, seve
 # (brightness on an 8000×6000 photo peaked at 19.6 GB in one piece: float64 HSV copies).
 PIXELWISE = ("brightness", "saturate")
 BAND_PIXELS = 4_000_000
-# Corruptions that zoom with scipy.ndimage.zoom (through the library's clipped_zoom), and those that
-# convert to HSV and back with scikit-image: they run with kdeval.data.zoom's and kdeval.data.hsv's
-# compiled equivalents, which give the same values bit for bit, several times faster.
+# Corruptions that zoom with scipy.ndimage.zoom (through the library's clipped_zoom), the one that
+# warps with scipy.ndimage.map_coordinates, and those that convert to HSV and back with
+# scikit-image: they run with kdeval.data.interpolation's and kdeval.data.hsv's compiled
+# equivalents, which give the same values bit for bit, several times faster.
 ZOOMING = ("zoom_blur", "snow")
+WARPING = ("elastic_transform",)
 HSV_CONVERTING = ("brightness", "saturate")
 
 
@@ -135,30 +139,44 @@ def corruption_seed(file_name: str, corruption: str, severity: int, seed: int) -
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
-@contextlib.contextmanager
-def compiled_library_parts(corruption: str):
-    """For the block, the library's scipy zoom (zoom_blur, snow) or its scikit-image HSV conversions
-    (brightness, saturate) replaced by compiled functions that return the same values; calls those
-    cannot reproduce exactly still go to scipy and scikit-image. Other corruptions run unchanged."""
-    from imagecorruptions import corruptions
-
+def compiled_replacements(corruption: str) -> dict:
+    """The names in imagecorruptions.corruptions that `corruption` runs with compiled equivalents
+    (none where the environment sets KDEVAL_LIBRARY_CORRUPTIONS=1: the libraries' own code, to
+    compare with or to time against)."""
+    if os.environ.get("KDEVAL_LIBRARY_CORRUPTIONS") == "1":
+        return {}
     if corruption in ZOOMING:
-        from kdeval.data.zoom import zoom_like_scipy
+        from kdeval.data.interpolation import zoom_like_scipy
 
-        name, replacement = "scizoom", zoom_like_scipy
-    elif corruption in HSV_CONVERTING:  # these two use nothing of skimage (`sk`) but sk.color's pair
+        return {"scizoom": zoom_like_scipy}
+    if corruption in WARPING:
+        from kdeval.data.interpolation import map_coordinates_like_scipy
+
+        return {"map_coordinates": map_coordinates_like_scipy}
+    if corruption in HSV_CONVERTING:  # these two use nothing of skimage (`sk`) but sk.color's pair
         from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
 
-        name, replacement = "sk", SimpleNamespace(color=SimpleNamespace(rgb2hsv=rgb2hsv_like_skimage, hsv2rgb=hsv2rgb_like_skimage))
-    else:
-        yield
-        return
-    library_part = getattr(corruptions, name)
-    setattr(corruptions, name, replacement)
+        return {"sk": SimpleNamespace(color=SimpleNamespace(rgb2hsv=rgb2hsv_like_skimage, hsv2rgb=hsv2rgb_like_skimage))}
+    return {}
+
+
+@contextlib.contextmanager
+def compiled_library_parts(corruption: str):
+    """For the block, the library's scipy zoom (zoom_blur, snow) and map_coordinates
+    (elastic_transform), or its scikit-image HSV conversions (brightness, saturate), replaced by
+    compiled functions that return the same values; calls those cannot reproduce exactly still go
+    to scipy and scikit-image. Other corruptions run unchanged."""
+    from imagecorruptions import corruptions
+
+    replacements = compiled_replacements(corruption)
+    library_parts = {name: getattr(corruptions, name) for name in replacements}
+    for name, replacement in replacements.items():
+        setattr(corruptions, name, replacement)
     try:
         yield
     finally:
-        setattr(corruptions, name, library_part)
+        for name, part in library_parts.items():
+            setattr(corruptions, name, part)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 `imagecorruptions`' brightness (a benchmark corruption) and saturate (an extra one) convert the
 whole image to HSV and back with scikit-image, whose vectorised code makes a dozen full-size
 temporaries: about 100 ms of brightness's 110 on a 640×480 image, a fifth of a benchmark pass's
-corruption time once zoom_blur is compiled (kdeval.data.zoom).
+corruption time once zoom_blur is compiled (kdeval.data.interpolation).
 
 The functions below do scikit-image's arithmetic pixel by pixel, in its order and float64:
 V = max, S = (max − min)/max (0 where max = min), H from the channel that holds the max — blue
