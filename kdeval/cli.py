@@ -595,6 +595,7 @@ def robustness(
     batch_size: BatchSizeOpt = 8,
     amp: AmpOpt = False,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core: measured faster on 2 cores).")] = None,
+    scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score finished scenarios (COCOeval, about a minute per COCO-sized scenario) while the models run on (default on CUDA: 2 with 12 or more cores per GPU, else 1; 0, the main process, on the CPU).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Discard kdeval's results already in --out and start over (imported ones stay).")] = False,
@@ -649,6 +650,7 @@ def robustness(
         max_images=max_images,
         cache_dir=cache,
         predict=PredictSettings(batch_size=batch_size, device=device, amp=amp, workers=workers),
+        scoring_processes=scoring_processes,
     )
     parsed = parse_models(models)
     # every rank checks names before any work, so a refusal never leaves a torchrun job waiting

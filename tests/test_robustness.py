@@ -28,7 +28,7 @@ from kdeval.metrics.robustness import corruption_means, robustness_summary, seve
 from kdeval.report.robustness_figures import severity_curves, severity_heatmap
 from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, COCO_STAT_NAMES, EXTRA_CORRUPTIONS
 
-from conftest import shapes_args
+from conftest import noisy_detections, shapes_args
 from test_cli import assert_user_error
 
 runner = CliRunner()
@@ -245,7 +245,8 @@ def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, tr
     """Fairness: the corrupted pixels depend on neither the process nor the run, nor the cache."""
     common = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "all", "--severities", "3"]
     assert run("robustness", *common, "--workers", 0, "--out", tmp_path / "a").exit_code == 0
-    result = run("robustness", *common, "--workers", 2, "--cache", tmp_path / "cache", "--out", tmp_path / "b")
+    # scenarios scored in two spawned processes while the model runs on: the same files
+    result = run("robustness", *common, "--workers", 2, "--scoring-processes", 2, "--cache", tmp_path / "cache", "--out", tmp_path / "b")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 19 * 6  # 19 corruptions × 6 images
     cached = run("robustness", *common, "--workers", 0, "--cache", tmp_path / "cache", "--out", tmp_path / "c")
@@ -253,6 +254,9 @@ def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, tr
     first = detections_of(tmp_path / "a", "m")
     assert len(first) == 20 and first == detections_of(tmp_path / "b", "m") == detections_of(tmp_path / "c", "m")
     assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "c" / "robustness.csv").read_bytes()
+    assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "b" / "robustness.csv").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "b" / "scenarios" / "m").glob("*.json")) == sorted(
+        p.name for p in (tmp_path / "a" / "scenarios" / "m").glob("*.json"))
 
 
 def test_a_kill_loses_at_most_the_scenario_in_flight(tiny_shapes, trained, tmp_path):
@@ -571,3 +575,45 @@ def test_pixelwise_corruptions_in_bands_give_the_same_pixels(monkeypatch, corrup
     assert np.array_equal(corrupted.corrupt_image(rgb, corruption, 5, seed=1), whole)
     monkeypatch.setattr(corrupted, "BAND_PIXELS", 33 * 90)  # 33-row bands, rest 18 rows: merged into the last
     assert np.array_equal(corrupted.corrupt_image(rgb, corruption, 5, seed=1), whole)
+
+
+def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(tiny_shapes, tmp_path):
+    """ScenarioScorers: COCOeval and the scenario files in spawned processes, at most two waiting per
+    process; the stats and files equal those of the main process's own scoring."""
+    from kdeval.data.corrupted import Scenario
+    from kdeval.engine.robustness import ScenarioScorers, _score_and_save
+
+    gt = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    scenarios = [Scenario("fog", s) for s in (1, 2, 3)] + [Scenario("clean", 0)]
+    found = {scenario: noisy_detections(gt, seed) for seed, scenario in enumerate(scenarios)}
+    scorers = ScenarioScorers(gt, 1)
+    try:
+        for scenario in scenarios:
+            scorers.submit(tmp_path / "scorers", "m", scenario, {"k": scenario.slug}, found[scenario])
+            assert len(scorers.waiting) <= 2
+        assert scorers.pool._processes and all(pid != os.getpid() for pid in scorers.pool._processes)
+        stats = scorers.finish()
+    finally:
+        scorers.stop()
+    for scenario in scenarios:
+        expected = _score_and_save(gt, tmp_path / "main", "m", scenario, {"k": scenario.slug}, found[scenario])
+        assert stats[("m", scenario)] == expected
+    for folder in ("scenarios", "detections"):
+        ours = sorted((tmp_path / "scorers" / folder / "m").iterdir())
+        assert [p.name for p in ours] == sorted(p.name for p in (tmp_path / "main" / folder / "m").iterdir())
+        assert all(p.read_bytes() == (tmp_path / "main" / folder / "m" / p.name).read_bytes() for p in ours)
+
+
+def test_scoring_processes_default_by_device_and_cores(monkeypatch):
+    from kdeval.engine import robustness
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.engine.robustness import RobustnessSettings
+
+    on_gpu = RobustnessSettings(predict=PredictSettings(device="cuda"))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(robustness, "usable_cores", lambda: 16)
+    assert RobustnessSettings().scorers() == 0 and on_gpu.scorers() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks share the node's 16 cores
+    assert on_gpu.scorers() == 1
+    monkeypatch.setattr(robustness, "usable_cores", lambda: 4)
+    assert on_gpu.scorers() == 1 and RobustnessSettings(scoring_processes=3).scorers() == 3

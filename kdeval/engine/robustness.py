@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
 from kdeval.engine.predict import (PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
-                                   merge_shards)
+                                   merge_shards, usable_cores)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -61,6 +62,21 @@ class RobustnessSettings:
     max_images: int | None = None  # the first N images by id; None: all
     cache_dir: Path | None = None  # corrupted images shared across runs; does not change results
     predict: PredictSettings = field(default_factory=PredictSettings)
+    scoring_processes: int | None = None  # None: 1 or 2 beside a GPU, 0 (in the main process) on the CPU
+
+    def scorers(self) -> int:
+        """Processes that score finished scenarios (COCOeval, then the files) while the models go on.
+        COCOeval of one COCO-sized scenario (5,000 images, 100 detections each) took 54 s of one core
+        (benchmarks/scoring_cost.py), more than an H200's R50 inference of it (43 s): in the main
+        process it would hold the GPU idle for over half the run. Beside a GPU: 2 where this rank
+        has 12 cores or more (8 corrupt images), else 1. On the CPU, where the models already use
+        every core, scoring stays in the main process."""
+        if self.scoring_processes is not None:
+            return self.scoring_processes
+        if torch.device(self.predict.device).type != "cuda":
+            return 0
+        ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        return 2 if usable_cores() // ranks_on_node >= 12 else 1
 
     @property
     def scenarios(self) -> list[Scenario]:
@@ -75,7 +91,7 @@ class RobustnessRun:
     images: int  # images per scenario
     images_processed: int  # corrupted-or-clean images that went through the DataLoader now
     seconds: float
-    scoring_seconds: float  # of those, COCOeval and writing the scenario files
+    scoring_seconds: float  # of those, the main process's time scoring and writing scenarios, or waiting for its scorers
 
 
 # ---------------------------------------------------------------- the data the run is on
@@ -207,6 +223,66 @@ def _save_scenario(out_dir: Path, model: str, scenario: Scenario, key: dict, det
 # ---------------------------------------------------------------- running
 
 
+def _score_and_save(gt: dict, out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict]) -> dict:
+    stats = coco_stats(gt, detections)
+    _save_scenario(out_dir, model, scenario, key, detections, stats)
+    return stats
+
+
+_SCORER_GT: dict = {}
+
+
+def _start_scorer(gt: dict) -> None:
+    _SCORER_GT["gt"] = gt  # sent once per scorer process, not with every scenario
+
+
+def _score_in_scorer(out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict]) -> dict:
+    return _score_and_save(_SCORER_GT["gt"], out_dir, model, scenario, key, detections)
+
+
+class ScenarioScorers:
+    """Finished scenarios scored and written by `processes` spawned processes while the models run on.
+    At most two per process wait (their detections held in memory); a further one waits for the
+    oldest. A scenario counts as finished only once its files are written, by whichever process
+    scores it, so a kill at any moment still loses at most the scenarios not yet written."""
+
+    def __init__(self, gt: dict, processes: int):
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, not forked: the main process holds CUDA, OpenCV's thread pool and the loader's threads
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_scorer, initargs=(gt,))
+        self.waiting: deque = deque()
+        self.limit = 2 * processes
+        self.stats: dict[tuple[str, Scenario], dict] = {}
+        self.seconds = 0.0  # the main process's time submitting and waiting
+
+    def submit(self, out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict]) -> None:
+        start = time.perf_counter()
+        while len(self.waiting) >= self.limit:
+            self._collect_oldest()
+        self.waiting.append(((model, scenario), self.pool.submit(_score_in_scorer, out_dir, model, scenario, key, detections)))
+        self.seconds += time.perf_counter() - start
+
+    def _collect_oldest(self) -> None:
+        name, future = self.waiting.popleft()
+        self.stats[name] = future.result()
+
+    def finish(self) -> dict[tuple[str, Scenario], dict]:
+        start = time.perf_counter()
+        while self.waiting:
+            self._collect_oldest()
+        self.pool.shutdown()
+        self.seconds += time.perf_counter() - start
+        return self.stats
+
+    def stop(self) -> None:
+        """After an error or an interrupt: drop what has not started; what is being written completes."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _batches(pending: dict[int, list[str]], positions: list[int], batch_size: int) -> list[list[tuple[int, int]]]:
     """Batches of (scenario index, image position), never crossing a scenario, so the same images
     are batched together in every run and a scenario ends with a known batch."""
@@ -251,28 +327,39 @@ def _run_pending(
     stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
     processed = 0
-    with torch.inference_mode(), predict.autocast():
-        bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
-        for batch_images, targets in bar:
-            scenario_index = targets[0]["scenario"]
-            bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
-            inputs = images_to_device(batch_images, device)
-            for name in pending[scenario_index]:
-                found = detections.setdefault((name, scenario_index), [])
-                found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
-            processed += len(batch_images)
-            batches_left[scenario_index] -= 1
-            if batches_left[scenario_index] == 0:
-                scoring_start = time.perf_counter()
-                scenario = scenarios[scenario_index]
+    scorers = ScenarioScorers(gt, settings.scorers()) if finished is None and settings.scorers() > 0 else None
+    try:
+        with torch.inference_mode(), predict.autocast():
+            bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
+            for batch_images, targets in bar:
+                scenario_index = targets[0]["scenario"]
+                bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
+                inputs = images_to_device(batch_images, device)
                 for name in pending[scenario_index]:
-                    found = detections.pop((name, scenario_index), [])
-                    if finished is not None:
-                        finished[(name, scenario_index)] = found
-                        continue
-                    stats[(name, scenario)] = coco_stats(gt, found)
-                    _save_scenario(out_dir, name, scenario, keys[(name, scenario_index)], found, stats[(name, scenario)])
-                scoring_seconds += time.perf_counter() - scoring_start
+                    found = detections.setdefault((name, scenario_index), [])
+                    found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
+                processed += len(batch_images)
+                batches_left[scenario_index] -= 1
+                if batches_left[scenario_index] == 0:
+                    scoring_start = time.perf_counter()
+                    scenario = scenarios[scenario_index]
+                    for name in pending[scenario_index]:
+                        found = detections.pop((name, scenario_index), [])
+                        key = keys[(name, scenario_index)]
+                        if finished is not None:
+                            finished[(name, scenario_index)] = found
+                        elif scorers is not None:
+                            scorers.submit(out_dir, name, scenario, key, found)
+                        else:
+                            stats[(name, scenario)] = _score_and_save(gt, out_dir, name, scenario, key, found)
+                    if scorers is None:
+                        scoring_seconds += time.perf_counter() - scoring_start
+        if scorers is not None:
+            stats.update(scorers.finish())
+            scoring_seconds += scorers.seconds
+    finally:
+        if scorers is not None:
+            scorers.stop()
     return stats, processed, scoring_seconds
 
 
