@@ -63,6 +63,7 @@ BAND_PIXELS = 4_000_000
 ZOOMING = ("zoom_blur", "snow")
 WARPING = ("elastic_transform",)
 HSV_CONVERTING = ("brightness", "saturate")
+COMPILED_ON_FIRST_USE = ("glass_blur", *ZOOMING, *WARPING, *HSV_CONVERTING)  # numba compiles these in each process
 
 
 @dataclass(frozen=True, order=True)

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kdeval.data.coco import image_path, load_coco_annotations, read_json
-from kdeval.data.corrupted import CACHE_VERSION, MIN_SIDE, Scenario, ScenarioImages, corrupt_image, library_version, scenarios_of
+from kdeval.data.corrupted import (CACHE_VERSION, COMPILED_ON_FIRST_USE, MIN_SIDE, Scenario, ScenarioImages, corrupt_image,
+                                   library_version, scenarios_of)
 from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
@@ -309,10 +310,12 @@ def _run_pending(
     dataset = ScenarioImages(split.require_images(), images, scenarios, settings.seed, settings.cache_dir)
     batches = _batches(pending, positions, predict.batch_size)
     workers = loader_workers(predict, torch.device(predict.device))
-    if workers > 0 and any(scenarios[i].corruption == "glass_blur" for i in pending):
-        # glass_blur is numba-compiled on first call (about 2 s): compile it once here, and the
-        # forked workers inherit it instead of each compiling its own
-        corrupt_image(np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8), "glass_blur", 1, 0)
+    if workers > 0:
+        # glass_blur and kdeval's compiled zoom, warp and HSV code are numba-compiled on first use
+        # (2-3 s in all): compile them once here, and the forked workers inherit them instead of
+        # each compiling its own
+        for corruption in sorted({scenarios[i].corruption for i in pending} & set(COMPILED_ON_FIRST_USE)):
+            corrupt_image(np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8), corruption, 1, 0)
     # Workers are forked. Do not call cv2.setNumThreads in them: when the parent has used OpenCV's
     # thread pool, resizing the inherited pool in a forked child deadlocks (seen in the tests).
     loader = DataLoader(
