@@ -1,13 +1,14 @@
-"""What scoring one robustness scenario costs: kdeval's coco_stats (pycocotools' COCOeval) on a
-COCO-sized synthetic set, and that time split into evaluate and accumulate.
+"""What scoring one robustness scenario costs: kdeval's coco_stats (one pass over arrays) against
+pycocotools' COCOeval (evaluate, accumulate, summarize) on a COCO-sized synthetic set; the two must
+give the same 12 numbers.
 
     python benchmarks/scoring_cost.py [--images 5000] [--objects 7] [--detections 100] [--classes 80]
 
 Ground truth: --images 640×480 images with --objects boxes each over --classes categories; results:
 --detections per image (five near each object, three of them of its class, the rest scattered at
 lower scores), as a trained COCO detector's capped output. Deterministic (seed 0). A robustness run
-scores 76 such scenarios per model; `kdeval robustness` does it in a separate process beside a GPU
-(--scoring-processes), so this is time the GPU would otherwise wait.
+scores 76 such scenarios per model; beside a GPU `kdeval robustness` also does it in separate
+processes (--scoring-processes), so that the GPU does not wait.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from kdeval.metrics.coco_ap import coco_stats, ground_truth_coco, results_coco
+from kdeval.vocab import COCO_STAT_NAMES
 
 
 def synthetic_scenario(images: int, objects: int, detections: int, classes: int) -> tuple[dict, list[dict]]:
@@ -59,7 +61,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, 1-min load {os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
     stats = coco_stats(gt, found)
-    whole = time.perf_counter() - start
+    ours = time.perf_counter() - start
     start = time.perf_counter()
     evaluator = COCOeval(ground_truth_coco(gt), results_coco(ground_truth_coco(gt), found), "bbox")
     indexed = time.perf_counter()
@@ -67,11 +69,14 @@ def main() -> None:
         evaluator.evaluate()
         evaluated = time.perf_counter()
         evaluator.accumulate()
-    accumulated = time.perf_counter()
-    print(f"coco_stats {whole:.1f} s (AP {100 * stats['AP']:.1f}): indexing {indexed - start:.1f} s, evaluate "
-          f"{evaluated - indexed:.1f} s, accumulate {accumulated - evaluated:.1f} s; "
-          f"76 scenarios: {76 * whole / 60:.0f} min of one core per model")
-
+        accumulated = time.perf_counter()
+        evaluator.summarize()
+    theirs = time.perf_counter() - start
+    reference = {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}
+    print(f"kdeval coco_stats {ours:.2f} s (AP {100 * stats['AP']:.1f}); pycocotools {theirs:.1f} s (indexing "
+          f"{indexed - start:.1f}, evaluate {evaluated - indexed:.1f}, accumulate {accumulated - evaluated:.1f}); "
+          f"{theirs / ours:.0f}x; the 12 stats {'identical' if stats == reference else 'DIFFERENT'}")
+    print(f"76 scenarios per model: {76 * ours / 60:.1f} min of one core with kdeval, {76 * theirs / 60:.0f} with pycocotools")
 
 if __name__ == "__main__":
     main()

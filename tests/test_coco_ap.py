@@ -1,4 +1,4 @@
-"""kdeval's COCO AP against pycocotools' own COCO.loadRes + COCOeval pipeline."""
+"""kdeval's COCO AP (one pass over arrays) against pycocotools' own COCO.loadRes + COCOeval pipeline."""
 
 import contextlib
 import copy
@@ -10,10 +10,11 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kdeval.metrics.coco_ap import coco_stats
+from kdeval.metrics.coco_ap import coco_stats, per_category_stats, pycocotools_stats
 from kdeval.vocab import COCO_STAT_NAMES
 
 from conftest import perfect_detections
+from reference_analyze import detection_problem
 
 
 def reference_stats(gt: dict, detections: list[dict], tmp_path) -> list[float]:
@@ -85,3 +86,47 @@ def test_missing_area_is_filled_from_the_box(tiny_coco):
     for ann in tiny_coco["annotations"]:
         del ann["area"]
     assert coco_stats(tiny_coco, perfect_detections(tiny_coco))["AP"] == pytest.approx(1.0)
+
+
+PROBLEMS = [
+    # (images, categories, supercategories, detections per image, seed, integer boxes)
+    (40, 6, 2, 30, 0, False),
+    (40, 6, 3, 30, 1, True),  # integer boxes and two-decimal scores: IoU and score ties
+    (10, 2, 1, 260, 2, False),  # over 100 detections per image and class: maxDets 100 cuts, 1 and 10 too
+    (15, 1, 1, 8, 3, True),  # one category, few detections: maxDets 1 and 10 differ from 100
+    (30, 9, 9, 15, 4, False),
+]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=[f"seed{p[4]}" for p in PROBLEMS])
+def test_the_12_stats_equal_pycocotools_bit_for_bit(problem):
+    """Crowds, segmentation areas below the box's, every object size, misses, duplicates, confusions."""
+    *shape, seed, integer = problem
+    gt, detections = detection_problem(*shape, seed=seed, integer_boxes=integer)
+    assert coco_stats(gt, detections) == pycocotools_stats(gt, detections)
+
+
+def test_edge_cases_equal_pycocotools(tiny_coco):
+    gt, detections = detection_problem(12, 3, 1, 20, seed=9)
+    cases = {
+        "no detections": (gt, []),
+        "detections of an unknown image and category": (gt, detections + [
+            {"image_id": 5, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9},
+            {"image_id": gt["images"][0]["id"], "category_id": 999, "bbox": [1, 1, 5, 5], "score": 0.9}]),
+        "a category without ground truth": (dict(gt, categories=gt["categories"] + [{"id": 500, "name": "none", "supercategory": "s0"}]), detections),
+        "no annotations at all": (dict(gt, annotations=[]), detections),
+        "only crowds": (dict(gt, annotations=[dict(a, iscrowd=1) for a in gt["annotations"]]), detections),
+        "tiny coco": (tiny_coco, perfect_detections(tiny_coco)),
+    }
+    for name, (ground_truth, found) in cases.items():
+        assert coco_stats(ground_truth, found) == pycocotools_stats(ground_truth, found), name
+
+
+def test_per_category_stats_follow_the_same_arrays():
+    gt, detections = detection_problem(30, 4, 2, 25, seed=11)
+    table = per_category_stats(gt, detections)
+    for category in gt["categories"]:
+        alone = dict(gt, categories=[category])
+        stats = pycocotools_stats(alone, [d for d in detections if d["category_id"] == category["id"]])
+        assert [table.loc[category["id"], m] for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == [
+            stats[m] for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]

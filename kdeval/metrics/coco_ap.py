@@ -1,4 +1,11 @@
-"""COCO bbox AP: a pure function of (ground truth, detections), computed by pycocotools.
+"""COCO bbox AP: a pure function of (ground truth, detections), equal to pycocotools' COCOeval.
+
+`coco_stats` and `per_category_stats` compute COCOeval's evaluate + accumulate in one pass over
+arrays (analyze.cocoeval_arrays: pycocotools' greedy matching, IoU and accumulation done with its
+operations in its order), then summarize's means: the same numbers, bit for bit (tested against
+`pycocotools_stats` on random problems with crowds, ties, out-of-range areas and over 100 detections
+per image), about 20× faster — a COCO-sized robustness scenario took 54 s with pycocotools. The
+pycocotools COCOeval stays for callers that need its object (`run_cocoeval`) and as the reference.
 
 No files, no printing: pycocotools' own printing is silenced here, in one place.
 """
@@ -13,7 +20,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kdeval.vocab import COCO_STAT_NAMES
+from kdeval.metrics.analyze import cocoeval_arrays
+from kdeval.vocab import AREA_RANGES, COCO_STAT_NAMES
+
+# COCOeval Params' iouThrs and maxDets, computed as it computes them (0.6000000000000001 and all)
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+MAX_DETS = (1, 10, 100)
 
 
 def _quiet():
@@ -72,11 +84,33 @@ def run_cocoeval(gt_coco: COCO, detections: list[dict], iou_thresholds=None) -> 
     return evaluator
 
 
+def _summary_mean(block: np.ndarray) -> float:
+    """COCOeval.summarize's mean: over the entries that are not -1, in C order; -1 if none."""
+    valid = block[block > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
 def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     """The 12 COCOeval bbox stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl), 0–1.
 
     -1 marks a stat with no ground truth (e.g. APl on a dataset without large objects), as COCOeval does.
     """
+    precision, recall, _ = cocoeval_arrays(gt, detections, IOU_THRESHOLDS, MAX_DETS)
+    t50, t75 = (np.flatnonzero(IOU_THRESHOLDS == t) for t in (0.5, 0.75))
+    all_, small, medium, large = (list(AREA_RANGES).index(area) for area in ("all", "small", "medium", "large"))
+    last = len(MAX_DETS) - 1
+    values = [
+        _summary_mean(precision[:, :, :, all_]), _summary_mean(precision[t50][:, :, :, all_]),
+        _summary_mean(precision[t75][:, :, :, all_]), _summary_mean(precision[:, :, :, small]),
+        _summary_mean(precision[:, :, :, medium]), _summary_mean(precision[:, :, :, large]),
+        _summary_mean(recall[:, :, all_, 0]), _summary_mean(recall[:, :, all_, 1]), _summary_mean(recall[:, :, all_, last]),
+        _summary_mean(recall[:, :, small, last]), _summary_mean(recall[:, :, medium, last]), _summary_mean(recall[:, :, large, last]),
+    ]
+    return dict(zip(COCO_STAT_NAMES, values))
+
+
+def pycocotools_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
+    """coco_stats by pycocotools' own COCOeval (evaluate, accumulate, summarize): the reference."""
     evaluator = run_cocoeval(ground_truth_coco(gt), detections)
     with _quiet():
         evaluator.summarize()
@@ -89,24 +123,16 @@ def per_category_stats(gt: dict, detections: list[dict]):
     ground truth."""
     import pandas as pd
 
-    evaluator = run_cocoeval(ground_truth_coco(gt), detections)
-    precision = evaluator.eval["precision"][..., -1]  # (iou, recall, category, area), maxDets 100
-    params = evaluator.params
-    t50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
-    t75 = int(np.argmin(np.abs(params.iouThrs - 0.75)))
+    precision, _, category_ids = cocoeval_arrays(gt, detections, IOU_THRESHOLDS, MAX_DETS)  # (iou, recall, category, area)
+    t50, t75 = (np.flatnonzero(IOU_THRESHOLDS == t) for t in (0.5, 0.75))
     names = {c["id"]: str(c["name"]) for c in gt["categories"]}
-
-    def mean(block: np.ndarray) -> float:
-        valid = block[block > -1]
-        return float(np.mean(valid)) if valid.size else -1.0
-
     rows = {}
-    for k, category_id in enumerate(params.catIds):
+    for k, category_id in enumerate(category_ids):
         p = precision[:, :, k, :]
         rows[category_id] = {
             "category": names[category_id],
-            "AP": mean(p[:, :, 0]), "AP50": mean(p[t50, :, 0]), "AP75": mean(p[t75, :, 0]),
-            "APs": mean(p[:, :, 1]), "APm": mean(p[:, :, 2]), "APl": mean(p[:, :, 3]),
+            "AP": _summary_mean(p[:, :, 0]), "AP50": _summary_mean(p[t50][:, :, 0]), "AP75": _summary_mean(p[t75][:, :, 0]),
+            "APs": _summary_mean(p[:, :, 1]), "APm": _summary_mean(p[:, :, 2]), "APl": _summary_mean(p[:, :, 3]),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "category_id"
