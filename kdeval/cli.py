@@ -595,7 +595,7 @@ def robustness(
     batch_size: BatchSizeOpt = 8,
     amp: AmpOpt = False,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core: measured faster on 2 cores).")] = None,
-    scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score finished scenarios (COCOeval, about a minute per COCO-sized scenario) while the models run on (default on CUDA: 2 with 12 or more cores per GPU, else 1; 0, the main process, on the CPU).")] = None,
+    scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score and write finished scenarios (a few seconds each on COCO) while the models run on (default: 1 on CUDA; 0, the main process, on the CPU).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Discard kdeval's results already in --out and start over (imported ones stay).")] = False,

@@ -604,16 +604,10 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
         assert all(p.read_bytes() == (tmp_path / "main" / folder / "m" / p.name).read_bytes() for p in ours)
 
 
-def test_scoring_processes_default_by_device_and_cores(monkeypatch):
-    from kdeval.engine import robustness
+def test_scoring_processes_default_by_device():
     from kdeval.engine.predict import PredictSettings
     from kdeval.engine.robustness import RobustnessSettings
 
-    on_gpu = RobustnessSettings(predict=PredictSettings(device="cuda"))
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(robustness, "usable_cores", lambda: 16)
-    assert RobustnessSettings().scorers() == 0 and on_gpu.scorers() == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks share the node's 16 cores
-    assert on_gpu.scorers() == 1
-    monkeypatch.setattr(robustness, "usable_cores", lambda: 4)
-    assert on_gpu.scorers() == 1 and RobustnessSettings(scoring_processes=3).scorers() == 3
+    assert RobustnessSettings().scorers() == 0
+    assert RobustnessSettings(predict=PredictSettings(device="cuda")).scorers() == 1
+    assert RobustnessSettings(scoring_processes=3).scorers() == 3

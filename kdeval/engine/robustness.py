@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
 from kdeval.engine.predict import (PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
-                                   merge_shards, usable_cores)
+                                   merge_shards)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
@@ -63,21 +62,17 @@ class RobustnessSettings:
     max_images: int | None = None  # the first N images by id; None: all
     cache_dir: Path | None = None  # corrupted images shared across runs; does not change results
     predict: PredictSettings = field(default_factory=PredictSettings)
-    scoring_processes: int | None = None  # None: 1 or 2 beside a GPU, 0 (in the main process) on the CPU
+    scoring_processes: int | None = None  # None: 1 beside a GPU, 0 (in the main process) on the CPU
 
     def scorers(self) -> int:
-        """Processes that score finished scenarios (COCOeval, then the files) while the models go on.
-        COCOeval of one COCO-sized scenario (5,000 images, 100 detections each) took 54 s of one core
-        (benchmarks/scoring_cost.py), more than an H200's R50 inference of it (43 s): in the main
-        process it would hold the GPU idle for over half the run. Beside a GPU: 2 where this rank
-        has 12 cores or more (8 corrupt images), else 1. On the CPU, where the models already use
-        every core, scoring stays in the main process."""
+        """Processes that score finished scenarios (COCO stats, then the files) while the models go on.
+        A COCO-sized scenario (5,000 images, 100 detections each) costs about 4.5 s of one core to
+        score and write, 0.4 s to hand over (benchmarks/RESULTS.md): beside a GPU, whose inference of
+        it takes some 40 s, one process spares it that tenth of idle time. On the CPU, where the
+        models already use every core, scoring stays in the main process."""
         if self.scoring_processes is not None:
             return self.scoring_processes
-        if torch.device(self.predict.device).type != "cuda":
-            return 0
-        ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-        return 2 if usable_cores() // ranks_on_node >= 12 else 1
+        return 1 if torch.device(self.predict.device).type == "cuda" else 0
 
     @property
     def scenarios(self) -> list[Scenario]:
