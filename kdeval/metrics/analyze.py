@@ -328,6 +328,25 @@ def _match_bucket(arr, outcome, pairs, pair_start, pair_count, own_start, own_co
 # ---------------------------------------------------------------- accumulation
 
 
+def _positives(arr: _Arrays) -> np.ndarray:
+    """COCOeval's npig: ground truth that is neither crowd nor outside the area, per (category, area)."""
+    ranges = np.array(list(AREA_RANGES.values()))
+    real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
+    n_positive = np.zeros((len(arr.category_ids), len(ranges)), np.int64)
+    np.add.at(n_positive, arr.gt_category, real.astype(np.int64))
+    return n_positive
+
+
+def _accumulation_order(arr: _Arrays) -> list[np.ndarray]:
+    """Per category, its kept detections in COCOeval.accumulate's order: images in id order
+    concatenated, then a stable (mergesort) sort by descending score."""
+    order = np.lexsort((arr.det_rank, arr.det_image, -arr.det_score, arr.det_category))
+    categories, starts, counts = _groups(arr.det_category[order])
+    span = {int(c): order[s : s + k] for c, s, k in zip(categories, starts, counts)}
+    empty = np.zeros(0, np.int64)
+    return [span.get(k, empty) for k in range(len(arr.category_ids))]
+
+
 def _precision_curve(tp: np.ndarray, fp: np.ndarray, n_positive: int) -> np.ndarray:
     """COCOeval.accumulate for one category and area: rows of tp/fp flags in score order → (rows, R)."""
     tp_sum = np.cumsum(tp, axis=1).astype(float)
@@ -352,18 +371,9 @@ def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
     n_matched = len(_MATCHED_SETTINGS)
     precision = np.full((len(ANALYSIS_SETTINGS), len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
 
-    ranges = np.array(list(AREA_RANGES.values()))
-    real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
-    n_positive = np.zeros((n_cat, n_areas), np.int64)
-    np.add.at(n_positive, arr.gt_category, real.astype(np.int64))
+    n_positive = _positives(arr)
 
-    # COCOeval.accumulate concatenates images in id order, then sorts by score (mergesort)
-    order = np.lexsort((arr.det_rank, arr.det_image, -arr.det_score, arr.det_category))
-    categories, starts, counts = _groups(arr.det_category[order])
-    span = {int(c): order[s : s + k] for c, s, k in zip(categories, starts, counts)}
-    empty = np.zeros(0, np.int64)
-    for k in range(n_cat):
-        dets = span.get(k, empty)
+    for k, dets in enumerate(_accumulation_order(arr)):
         for a in range(n_areas):
             if n_positive[k, a] == 0:
                 continue
@@ -395,17 +405,9 @@ def cocoeval_arrays(gt: dict, detections: list[dict], iou_thresholds: np.ndarray
     precision = np.full((n_t, len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
     recall = np.full((n_t, n_cat, n_areas, len(max_dets)), -1.0)
 
-    ranges = np.array(list(AREA_RANGES.values()))
-    real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
-    n_positive = np.zeros((n_cat, n_areas), np.int64)
-    np.add.at(n_positive, arr.gt_category, real.astype(np.int64))
+    n_positive = _positives(arr)
 
-    order = np.lexsort((arr.det_rank, arr.det_image, -arr.det_score, arr.det_category))
-    categories, starts, counts = _groups(arr.det_category[order])
-    span = {int(c): order[s : s + k] for c, s, k in zip(categories, starts, counts)}
-    empty = np.zeros(0, np.int64)
-    for k in range(n_cat):
-        dets = span.get(k, empty)
+    for k, dets in enumerate(_accumulation_order(arr)):
         for a in range(n_areas):
             if n_positive[k, a] == 0:
                 continue
