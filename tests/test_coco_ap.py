@@ -117,9 +117,14 @@ def test_edge_cases_equal_pycocotools(tiny_coco):
         "no annotations at all": (dict(gt, annotations=[]), detections),
         "only crowds": (dict(gt, annotations=[dict(a, iscrowd=1) for a in gt["annotations"]]), detections),
         "tiny coco": (tiny_coco, perfect_detections(tiny_coco)),
+        # pycocotools reads a match to annotation id 0 as no match: that detection is a false positive
+        "annotation ids from 0": (dict(gt, annotations=[dict(a, id=a["id"] - 1) for a in gt["annotations"]]), detections),
+        "annotation 0 found by a perfect detection": (dict(tiny_coco, annotations=[dict(a, id=a["id"] - 1) for a in tiny_coco["annotations"]]),
+                                                      perfect_detections(tiny_coco)),
     }
     for name, (ground_truth, found) in cases.items():
         assert coco_stats(ground_truth, found) == pycocotools_stats(ground_truth, found), name
+    assert coco_stats(*cases["annotation 0 found by a perfect detection"])["AP"] < 1  # the quirk did apply
 
 
 def test_per_category_stats_follow_the_same_arrays():

@@ -276,7 +276,8 @@ class ScenarioScorers:
         return self.stats
 
     def stop(self) -> None:
-        """After an error or an interrupt: drop what has not started; what is being written completes."""
+        """After an error or an interrupt: drop the scenarios not yet started. One being scored may be
+        cut short (a Ctrl-C reaches the scorers too); unwritten, it runs again on the next run."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -127,6 +127,7 @@ class _Arrays:
     gt_box: np.ndarray  # (G, 4) xywh
     gt_area: np.ndarray
     gt_crowd: np.ndarray
+    gt_id_zero: np.ndarray  # annotation id 0: pycocotools counts a match to it as no match (see _match_bucket)
     gt_super: np.ndarray  # supercategory code of the gt's category
     det_image: np.ndarray  # kept detections: by image, category, descending score, at most MAX_DETS each
     det_category: np.ndarray
@@ -169,6 +170,7 @@ def _arrays(gt: dict, detections: list[dict], max_dets: int = MAX_DETS) -> _Arra
         gt_box=gt_box,
         gt_area=gt_area,
         gt_crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        gt_id_zero=np.array([a.get("id") == 0 for a in anns], dtype=bool),
         gt_super=category_super[gt_category],
         det_image=det_image[keep],
         det_category=det_category[keep],
@@ -316,7 +318,11 @@ def _match_bucket(arr, outcome, pairs, pair_start, pair_count, own_start, own_co
         c_pos = conv_pos[det][:, :, None]
         crowd_wins = ~has_real & np.isfinite(c_iou) & ((c_iou > ign_iou) | ((c_iou == ign_iou) & (c_pos > ign_pos)))
         own_ign_wins = ~has_real & has_ign & ~crowd_wins
-        result = np.where(has_real, TP, np.where(own_ign_wins | crowd_wins, IGNORED, FP)).astype(np.int8)
+        # pycocotools records a match as the annotation's id and reads id 0 as "unmatched": a detection
+        # that takes annotation 0 is a false positive, and annotation 0 is taken all the same
+        real_gt = gt_index[active][np.arange(len(active))[:, None, None], real_pick]
+        true_positive = has_real & ~arr.gt_id_zero[real_gt]
+        result = np.where(true_positive, TP, np.where(own_ign_wins | crowd_wins, IGNORED, FP)).astype(np.int8)
         outcome[det] = result
         # mark the matched ground truth as taken (harmless for crowds, which stay available)
         pick = np.where(has_real, real_pick, ign_pick)
