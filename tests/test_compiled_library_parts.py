@@ -71,6 +71,25 @@ def test_calls_the_compiled_zoom_cannot_reproduce_go_to_scipy(image, zoom, optio
     assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs, equal_nan=True)
 
 
+def test_signed_zeros_come_out_as_scipys():
+    """scipy also sums the channel axis's zero-weight tap: -0.0 beside a positive channel becomes +0.0."""
+    image = np.zeros((6, 7, 3), np.float32)
+    image[..., 0], image[..., 1] = -0.0, 1.0
+    ours, theirs = linear_zoom(image, (1.5, 1.5, 1)), scipy_zoom(image, (1.5, 1.5, 1), order=1)
+    assert np.array_equal(np.signbit(ours), np.signbit(theirs)) and not np.signbit(theirs[..., 0]).any()
+
+
+def test_float32_factors_are_left_to_scipy():
+    """scipy sizes the output by round(n × f) in the factor's own type; float32 factors go to scipy."""
+    image = np.zeros((150, 5, 3), np.float32)
+    factors = np.array([1.7566667, 1, 1], np.float32)
+    assert int(round(150 * factors[0])) != int(round(150 * float(factors[0])))
+    assert not scipy_zoom_compatible(image, factors, order=1)
+    assert not scipy_zoom_compatible(image, (factors[0], 1.0, 1.0), order=1)
+    assert zoom_like_scipy(image, factors, order=1).shape == scipy_zoom(image, factors, order=1).shape == (264, 5, 3)
+    assert zoom_like_scipy(input=image, zoom=(2.0, 2.0, 1), order=1).shape == (300, 10, 3)  # scipy's keyword name
+
+
 def test_the_library_call_qualifies():
     image = np.zeros((10, 12, 3), np.float32)
     assert scipy_zoom_compatible(image, (1.1, 1.1, 1), order=1)  # clipped_zoom's call
@@ -142,7 +161,9 @@ def test_hsv_conversions_equal_scikit_images_bit_for_bit(name, image):
     (rgb2hsv_like_skimage, rgb2hsv, np.full((4, 4, 3), np.nan)),
     (hsv2rgb_like_skimage, hsv2rgb, np.dstack([np.full((4, 4), 1.7), np.full((4, 4), 0.5), np.full((4, 4), 0.5)])),  # hue > 1
     (hsv2rgb_like_skimage, hsv2rgb, np.full((4, 4, 4), 0.5)),  # not three channels: scikit-image's error
+    (rgb2hsv_like_skimage, rgb2hsv, np.array([[[0.0, -0.5, -0.2]]])),  # max 0, delta 0.5: scikit-image's inf
 ])
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # scikit-image's own, on the max-0 pixel
 def test_hsv_inputs_the_compiled_code_does_not_take_go_to_scikit_image(convert, reference, image):
     try:
         expected = reference(image)

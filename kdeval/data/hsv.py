@@ -9,8 +9,8 @@ The functions below do scikit-image's arithmetic pixel by pixel, in its order an
 V = max, S = (max − min)/max (0 where max = min), H from the channel that holds the max — blue
 over green over red where they tie, as scikit-image's later assignments overwrite the earlier —,
 then (H/6) mod 1; back, hi = ⌊6H⌋ mod 6, f = 6H − ⌊6H⌋ and p, q, t as scikit-image computes them.
-Only finite float64 images qualify (and, back to RGB, hues in [0, 1]): everything else goes to
-scikit-image. Tested against the installed scikit-image on random and tie-heavy images.
+Only finite, non-negative float64 images qualify (and, back to RGB, hues in [0, 1]): everything
+else goes to scikit-image. Tested against the installed scikit-image on random and tie-heavy images.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def _hsv_to_rgb(hsv, out):  # pragma: no cover - compiled; tested through hsv2rg
 
 
 def _qualifies(image, kwargs) -> bool:
+    """Finite, non-negative float64 H×W×3 (images are; a negative channel under a zero maximum would
+    divide by zero here, where scikit-image gives inf)."""
     return (not kwargs and isinstance(image, np.ndarray) and image.dtype == np.float64 and image.ndim == 3
-            and image.shape[2] == 3 and bool(np.isfinite(image).all()))
+            and image.shape[2] == 3 and image.size > 0 and bool(np.isfinite(image).all()) and image.min() >= 0)
 
 
 def rgb2hsv_like_skimage(rgb, **kwargs):

@@ -12,7 +12,8 @@ for t = c − ⌊c⌋, and 1 − w (which is not always t in float64); each tap'
 axes' weights in axis order, the taps are summed in scipy's order (last axis fastest) in float64, and
 the sum is rounded once to the input's dtype.
 - `linear_zoom`: the coordinate of output index k is k × (n_in − 1)/(n_out − 1) (grid_mode=False);
-  zooms leave the channel axis alone, whose zero-weight taps add nothing to finite values. A
+  zooms leave the channel axis alone, whose zero-weight taps add ±0 (summed too where the sum is
+  zero, the one case where they can change its sign). A
   coordinate that float64 rounding puts beyond the last row or column is outside the image for
   scipy's mode 'constant', and its output row or column is cval (0), as scipy gives it.
 - `linear_map_coordinates`, mode 'reflect': a coordinate outside [0, n − 1] is first reflected
@@ -56,6 +57,15 @@ def _zoom_rows_and_columns(image, out, rows, columns):  # pragma: no cover - com
                 total += np.float64(image[y0, x1, c]) * row_weight0 * column_weight1
                 total += np.float64(image[y1, x0, c]) * row_weight1 * column_weight0
                 total += np.float64(image[y1, x1, c]) * row_weight1 * column_weight1
+                if total == 0.0:
+                    # scipy sums eight taps from 0.0: the channel axis's second tap has weight 0 and
+                    # adds ±0, which can change only the sign of a zero sum; redo it scipy's way
+                    c1 = c + 1 if c + 1 < channels else max(c - 1, 0)
+                    total = 0.0
+                    for y, row_weight in ((y0, row_weight0), (y1, row_weight1)):
+                        for x, column_weight in ((x0, column_weight0), (x1, column_weight1)):
+                            total += np.float64(image[y, x, c]) * row_weight * column_weight * 1.0
+                            total += np.float64(image[y, x, c1]) * row_weight * column_weight * 0.0
                 out[i, j, c] = total
 
 
@@ -65,38 +75,54 @@ def axis_coordinates(n_in: int, n_out: int) -> np.ndarray:
     return np.arange(n_out, dtype=np.float64) * step
 
 
-def scipy_zoom_compatible(image, zoom, output=None, order=3, mode="constant", cval=0.0, prefilter=True, grid_mode=False) -> bool:
-    """Whether `scipy.ndimage.zoom(image, zoom, ...)` is one `linear_zoom` reproduces exactly."""
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype in FAST_DTYPES and image.size):
+def _zoom_factors(zoom) -> tuple | None:
+    """The three zoom factors as scipy reads them, where they are Python or float64 numbers (whose
+    output sizes round(n × f) are float64 products here and in scipy); else None."""
+    if isinstance(zoom, np.ndarray) and not (zoom.dtype == np.float64 or zoom.dtype.kind in "iu"):
+        return None
+    if np.ndim(zoom) > 1:
+        return None
+    factors = (zoom,) * 3 if np.ndim(zoom) == 0 else tuple(zoom)
+    if len(factors) != 3:
+        return None
+    if not all(isinstance(f, (int, float, np.integer)) and not isinstance(f, bool) and np.isfinite(f) for f in factors):
+        return None  # np.float32 factors, say: scipy's sizes would be float32 products
+    return factors
+
+
+def scipy_zoom_compatible(input, zoom, output=None, order=3, mode="constant", cval=0.0, prefilter=True, *, grid_mode=False) -> bool:
+    """Whether `scipy.ndimage.zoom(input, zoom, ...)` is one `linear_zoom` reproduces exactly."""
+    if not (isinstance(input, np.ndarray) and input.ndim == 3 and input.dtype in FAST_DTYPES and input.size):
         return False
     if output is not None or order != 1 or mode != "constant" or cval != 0.0 or grid_mode:
         return False
-    factors = np.broadcast_to(np.asarray(zoom, dtype=np.float64), (3,))
-    if not (factors[2] == 1.0 and np.isfinite(factors).all()):
+    factors = _zoom_factors(zoom)
+    if factors is None or factors[2] != 1 or min(factors[:2]) <= 0:
         return False
-    sizes = [int(round(n * f)) for n, f in zip(image.shape[:2], factors[:2])]
-    return min(sizes) >= 1 and bool(np.isfinite(image).all())
+    sizes = [int(round(n * f)) for n, f in zip(input.shape[:2], factors[:2])]
+    return min(sizes) >= 1 and bool(np.isfinite(input).all())
 
 
 def linear_zoom(image: np.ndarray, zoom) -> np.ndarray:
-    """`scipy.ndimage.zoom(image, (zy, zx, 1), order=1)` for a finite float32/float64 H×W×C array."""
-    factors = np.broadcast_to(np.asarray(zoom, dtype=np.float64), (3,))
+    """`scipy.ndimage.zoom(image, (zy, zx, 1), order=1)` for a finite float32/float64 H×W×C array and
+    Python or float64 factors."""
+    zoom_rows, zoom_columns, _ = _zoom_factors(zoom)
     height, width, channels = image.shape
-    out_height, out_width = int(round(height * factors[0])), int(round(width * factors[1]))
+    out_height, out_width = int(round(height * zoom_rows)), int(round(width * zoom_columns))
     out = np.empty((out_height, out_width, channels), dtype=image.dtype)
     _zoom_rows_and_columns(np.ascontiguousarray(image), out, axis_coordinates(height, out_height), axis_coordinates(width, out_width))
     return out
 
 
-def zoom_like_scipy(image, zoom, *args, **kwargs):
+def zoom_like_scipy(input, zoom, *args, **kwargs):  # `input`: scipy's own name for the array
     """A drop-in for scipy.ndimage.zoom: `linear_zoom` where it gives scipy's values, else scipy."""
     from scipy.ndimage import zoom as scipy_zoom
 
     names = ("output", "order", "mode", "cval", "prefilter")
-    options = dict(zip(names, args), **kwargs)
-    if scipy_zoom_compatible(image, zoom, **options):
-        return linear_zoom(image, zoom)
-    return scipy_zoom(image, zoom, *args, **kwargs)
+    if len(args) <= len(names) and set(kwargs) <= {*names, "grid_mode"}:
+        if scipy_zoom_compatible(input, zoom, **dict(zip(names, args)), **kwargs):
+            return linear_zoom(input, zoom)
+    return scipy_zoom(input, zoom, *args, **kwargs)
 
 
 @numba.njit(cache=False, nogil=True)
@@ -147,17 +173,20 @@ def _map_coordinates_reflect(image, rows, columns, channels, out):  # pragma: no
         out[k] = total
 
 
-def map_coordinates_compatible(image, coordinates, output=None, order=3, mode="constant", cval=0.0, prefilter=True) -> bool:
-    """Whether `scipy.ndimage.map_coordinates(image, coordinates, ...)` is one `linear_map_coordinates`
-    reproduces exactly: a finite float32/float64 3-D image, order 1, mode 'reflect', finite coordinates."""
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype in FAST_DTYPES and image.size):
+def map_coordinates_compatible(input, coordinates, output=None, order=3, mode="constant", cval=0.0, prefilter=True) -> bool:
+    """Whether `scipy.ndimage.map_coordinates(input, coordinates, ...)` is one `linear_map_coordinates`
+    reproduces exactly: a finite float32/float64 3-D image, order 1, mode 'reflect', finite float32,
+    float64 or integer coordinates (scipy reads those; it refuses float16 and long doubles)."""
+    if not (isinstance(input, np.ndarray) and input.ndim == 3 and input.dtype in FAST_DTYPES and input.size):
         return False
     if output is not None or order != 1 or mode != "reflect":
         return False
     coordinates = np.asarray(coordinates)
-    if coordinates.dtype.kind not in "iuf" or coordinates.ndim < 2 or coordinates.shape[0] != 3:
+    if not (coordinates.dtype in (np.float32, np.float64) or coordinates.dtype.kind in "iu"):
         return False
-    return bool(np.isfinite(image).all() and np.isfinite(coordinates).all() and np.abs(coordinates).max(initial=0) < 2.0**52)
+    if coordinates.ndim < 2 or coordinates.shape[0] != 3:
+        return False
+    return bool(np.isfinite(input).all() and np.isfinite(coordinates).all() and np.abs(coordinates).max(initial=0) < 2.0**52)
 
 
 def linear_map_coordinates(image: np.ndarray, coordinates) -> np.ndarray:
@@ -171,13 +200,13 @@ def linear_map_coordinates(image: np.ndarray, coordinates) -> np.ndarray:
     return out.reshape(coordinates.shape[1:])
 
 
-def map_coordinates_like_scipy(image, coordinates, *args, **kwargs):
+def map_coordinates_like_scipy(input, coordinates, *args, **kwargs):  # `input`: scipy's own name for the array
     """A drop-in for scipy.ndimage.map_coordinates: `linear_map_coordinates` where it gives scipy's
     values, else scipy."""
     from scipy.ndimage import map_coordinates
 
     names = ("output", "order", "mode", "cval", "prefilter")
-    options = dict(zip(names, args), **kwargs)
-    if map_coordinates_compatible(image, coordinates, **options):
-        return linear_map_coordinates(image, coordinates)
-    return map_coordinates(image, coordinates, *args, **kwargs)
+    if len(args) <= len(names) and set(kwargs) <= set(names):
+        if map_coordinates_compatible(input, coordinates, **dict(zip(names, args)), **kwargs):
+            return linear_map_coordinates(input, coordinates)
+    return map_coordinates(input, coordinates, *args, **kwargs)
