@@ -21,7 +21,7 @@ and the pixels equal those of a direct `imagecorruptions.corrupt` call.
 Speed: zoom_blur and snow run with the library's scipy zoom, elastic_transform with its scipy
 map_coordinates, replaced by kdeval.data.interpolation's compiled ones, brightness and saturate with
 scikit-image's HSV conversions replaced by kdeval.data.hsv's; all return the libraries' values bit
-for bit. zoom_blur then costs about a ninth of its time (it was
+for bit. zoom_blur then costs about a seventh of its time (it was
 half of a benchmark pass's corruption time on 640×480 images). The pixels do not change.
 """
 
