@@ -220,3 +220,43 @@ def test_the_compiled_code_is_what_runs_unless_the_library_code_is_asked_for(cor
     assert bool(calls) is not library_code
     monkeypatch.setenv("KDEVAL_LIBRARY_CORRUPTIONS", "0" if library_code else "1")  # the other way: the same pixels
     assert np.array_equal(corrupted, corrupt_image(image, corruption, 2, 0))
+
+
+@pytest.fixture
+def fresh_probes():
+    from kdeval.data.corrupted import compiled_part_agrees
+
+    compiled_part_agrees.cache_clear()
+    yield compiled_part_agrees
+    compiled_part_agrees.cache_clear()
+
+
+def test_the_probes_agree_with_the_pinned_libraries(fresh_probes):
+    assert all(fresh_probes(part) for part in ("zoom", "warp", "hsv"))
+
+
+def test_a_part_that_disagrees_with_the_installed_library_is_not_used(fresh_probes, monkeypatch):
+    """As if another scipy zoomed differently: the probe notices, warns once, and zoom_blur runs on
+    the library's own code (the compiled kernel, off by one part in a thousand here, is not called)."""
+    from imagecorruptions import corrupt
+
+    from kdeval.data import interpolation
+
+    original = interpolation._zoom_rows_and_columns
+    calls = []
+
+    def slightly_off(image, out, rows, columns):
+        calls.append(1)
+        original(image, out, rows, columns)
+        out *= 1.001
+
+    monkeypatch.setattr(interpolation, "_zoom_rows_and_columns", slightly_off)
+    rgb = (np.random.default_rng(4).random((40, 48, 3)) * 255).astype(np.uint8)
+    with pytest.warns(RuntimeWarning, match="zoom step differently"):
+        corrupted = corrupt_image(rgb, "zoom_blur", 2, 7)
+    probe_calls = len(calls)
+    assert probe_calls and corrupt_image(rgb, "zoom_blur", 2, 7).shape == rgb.shape and len(calls) == probe_calls
+    np.random.seed(7)
+    random.seed(7)
+    assert np.array_equal(corrupted, np.asarray(corrupt(rgb.copy(), corruption_name="zoom_blur", severity=2)))
+    assert fresh_probes("hsv")  # the other parts are still used

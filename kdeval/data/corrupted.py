@@ -28,11 +28,13 @@ half of a benchmark pass's corruption time on 640×480 images). The pixels do no
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,11 +142,32 @@ def corruption_seed(file_name: str, corruption: str, severity: int, seed: int) -
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
+@functools.cache
+def compiled_part_agrees(part: str) -> bool:
+    """Whether the compiled `part` ("zoom", "warp", "hsv") gives the installed library's values,
+    probed once per process at first use. One that does not (a scipy or scikit-image other than the
+    pinned version, computing differently) is not used: its corruptions run on the library's own
+    code, with one warning."""
+    from kdeval.data import hsv, interpolation
+
+    probe = {"zoom": interpolation.zoom_agrees_with_installed_scipy,
+             "warp": interpolation.map_coordinates_agrees_with_installed_scipy,
+             "hsv": hsv.hsv_agrees_with_installed_skimage}[part]
+    agrees = probe()
+    if not agrees:
+        warnings.warn(f"kdeval: the installed scipy/scikit-image computes the corruptions' {part} step differently from "
+                      "kdeval's compiled copy; the library's own (slower) code runs instead", RuntimeWarning, stacklevel=2)
+    return agrees
+
+
 def compiled_replacements(corruption: str) -> dict:
     """The names in imagecorruptions.corruptions that `corruption` runs with compiled equivalents
     (none where the environment sets KDEVAL_LIBRARY_CORRUPTIONS=1: the libraries' own code, to
-    compare with or to time against)."""
+    compare with or to time against; none where the part disagrees with the installed library)."""
     if os.environ.get("KDEVAL_LIBRARY_CORRUPTIONS") == "1":
+        return {}
+    part = "zoom" if corruption in ZOOMING else "warp" if corruption in WARPING else "hsv" if corruption in HSV_CONVERTING else None
+    if part is None or not compiled_part_agrees(part):
         return {}
     if corruption in ZOOMING:
         from kdeval.data.interpolation import zoom_like_scipy
