@@ -71,8 +71,10 @@ if want host; then
 fi
 if want tests; then
     step "T. the tests' CUDA cases"
+    # (and, at a few seconds' cost, the compiled corruption steps and COCO stats against this machine's
+    # scipy, scikit-image and pycocotools, which may not be the pinned versions)
     clock timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=short tests/test_postprocess.py tests/test_losses.py \
-        tests/test_predict_on_gpu.py > "$OUT/cuda_tests.txt" 2>&1
+        tests/test_predict_on_gpu.py tests/test_compiled_library_parts.py tests/test_coco_ap.py > "$OUT/cuda_tests.txt" 2>&1
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/cuda_tests.txt" | tail -30
 fi
 if want postprocess; then
