@@ -323,7 +323,7 @@ def test_help_shows_an_example():
 @pytest.mark.parametrize("corruptions,severities,way", [("fog", "1", "images"), ("fog,snow,contrast,pixelate", "1,2", "scenarios")])
 def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way):
     """Two gloo ranks give the same files as one process, whether they split images (few
-    scenarios) or whole scenarios (many)."""
+    scenarios) or whole scenarios (many; then with a scoring process beside each rank)."""
     import os
     import subprocess
     import sys
@@ -345,7 +345,9 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
-        done = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
+        # whole scenarios per rank: each rank also hands its finished scenarios to a scoring process
+        scorers = ["--scoring-processes", "1"] if label == "two" and way == "scenarios" else []
+        done = subprocess.run([*launcher, *args, *scorers, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (one / "robustness.csv").read_bytes() == (two / "robustness.csv").read_bytes()
