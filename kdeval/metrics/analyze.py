@@ -41,6 +41,12 @@ _CONVERTED = {"Sim": "siblings", "Oth": "others"}  # whose ground truth becomes 
 FP, TP, IGNORED = 0, 1, 2
 
 
+def summary_mean(block: np.ndarray) -> float:
+    """COCOeval.summarize's mean: over the entries that are not -1, in C order; -1 if none."""
+    valid = block[block > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
 @dataclass(frozen=True)
 class ErrorCurves:
     """precision has dims (setting, recall threshold, category, area), as COCOeval's eval['precision']
@@ -64,9 +70,7 @@ class ErrorCurves:
 
     def ap(self, setting: str, area: str = "all", category_id: int | None = None) -> float:
         """Area under the curve: COCOeval.summarize's mean over the entries that are not -1 (-1 if none)."""
-        block = self._block(setting, area, category_id)
-        valid = block[block > -1]
-        return float(np.mean(valid)) if valid.size else -1.0
+        return summary_mean(self._block(setting, area, category_id))
 
     def curve(self, setting: str, area: str = "all", category_id: int | None = None) -> np.ndarray:
         """Precision at each recall threshold, averaged over the categories with ground truth."""

@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kdeval.metrics.analyze import cocoeval_arrays
+from kdeval.metrics.analyze import cocoeval_arrays, summary_mean
 from kdeval.vocab import AREA_RANGES, COCO_STAT_NAMES
 
 # COCOeval Params' iouThrs and maxDets, computed as it computes them (0.6000000000000001 and all)
@@ -86,12 +86,6 @@ def run_cocoeval(gt_coco: COCO, detections: list[dict], iou_thresholds=None) -> 
     return evaluator
 
 
-def _summary_mean(block: np.ndarray) -> float:
-    """COCOeval.summarize's mean: over the entries that are not -1, in C order; -1 if none."""
-    valid = block[block > -1]
-    return float(np.mean(valid)) if valid.size else -1.0
-
-
 def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     """The 12 COCOeval bbox stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl), 0–1.
 
@@ -102,11 +96,11 @@ def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     all_, small, medium, large = (list(AREA_RANGES).index(area) for area in ("all", "small", "medium", "large"))
     last = len(MAX_DETS) - 1
     values = [
-        _summary_mean(precision[:, :, :, all_]), _summary_mean(precision[t50][:, :, :, all_]),
-        _summary_mean(precision[t75][:, :, :, all_]), _summary_mean(precision[:, :, :, small]),
-        _summary_mean(precision[:, :, :, medium]), _summary_mean(precision[:, :, :, large]),
-        _summary_mean(recall[:, :, all_, 0]), _summary_mean(recall[:, :, all_, 1]), _summary_mean(recall[:, :, all_, last]),
-        _summary_mean(recall[:, :, small, last]), _summary_mean(recall[:, :, medium, last]), _summary_mean(recall[:, :, large, last]),
+        summary_mean(precision[:, :, :, all_]), summary_mean(precision[t50][:, :, :, all_]),
+        summary_mean(precision[t75][:, :, :, all_]), summary_mean(precision[:, :, :, small]),
+        summary_mean(precision[:, :, :, medium]), summary_mean(precision[:, :, :, large]),
+        summary_mean(recall[:, :, all_, 0]), summary_mean(recall[:, :, all_, 1]), summary_mean(recall[:, :, all_, last]),
+        summary_mean(recall[:, :, small, last]), summary_mean(recall[:, :, medium, last]), summary_mean(recall[:, :, large, last]),
     ]
     return dict(zip(COCO_STAT_NAMES, values))
 
@@ -133,8 +127,8 @@ def per_category_stats(gt: dict, detections: list[dict]):
         p = precision[:, :, k, :]
         rows[category_id] = {
             "category": names[category_id],
-            "AP": _summary_mean(p[:, :, 0]), "AP50": _summary_mean(p[t50][:, :, 0]), "AP75": _summary_mean(p[t75][:, :, 0]),
-            "APs": _summary_mean(p[:, :, 1]), "APm": _summary_mean(p[:, :, 2]), "APl": _summary_mean(p[:, :, 3]),
+            "AP": summary_mean(p[:, :, 0]), "AP50": summary_mean(p[t50][:, :, 0]), "AP75": summary_mean(p[t75][:, :, 0]),
+            "APs": summary_mean(p[:, :, 1]), "APm": summary_mean(p[:, :, 2]), "APl": summary_mean(p[:, :, 3]),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "category_id"
