@@ -387,7 +387,7 @@ def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
             image_ids = [image["id"] for image in gt["images"]]
             for (name, index) in found:
                 detections = merge_shards([shard[0][(name, index)] for shard in shards], image_ids)
-                _save_scenario(out_dir, name, scenarios[index], keys[(name, index)], detections, coco_stats(gt, detections))
+                _score_and_save(gt, out_dir, name, scenarios[index], keys[(name, index)], detections)
             seconds += time.perf_counter() - start
     distributed.barrier()
     stats = {}
