@@ -65,7 +65,8 @@ BAND_PIXELS = 4_000_000
 ZOOMING = ("zoom_blur", "snow")
 WARPING = ("elastic_transform",)
 HSV_CONVERTING = ("brightness", "saturate")
-COMPILED_ON_FIRST_USE = ("glass_blur", *ZOOMING, *WARPING, *HSV_CONVERTING)  # numba compiles these in each process
+COMPILED_PART = {**dict.fromkeys(ZOOMING, "zoom"), **dict.fromkeys(WARPING, "warp"), **dict.fromkeys(HSV_CONVERTING, "hsv")}
+COMPILED_ON_FIRST_USE = ("glass_blur", *COMPILED_PART)  # numba compiles these in each process
 
 
 @dataclass(frozen=True, order=True)
@@ -160,28 +161,26 @@ def compiled_part_agrees(part: str) -> bool:
     return agrees
 
 
+def _compiled_part(part: str) -> dict:
+    """The names in imagecorruptions.corruptions that a compiled `part` replaces, with their replacements."""
+    from kdeval.data import hsv, interpolation
+
+    if part == "zoom":
+        return {"scizoom": interpolation.zoom_like_scipy}
+    if part == "warp":
+        return {"map_coordinates": interpolation.map_coordinates_like_scipy}
+    # brightness and saturate use nothing of skimage (`sk`) but sk.color's pair
+    return {"sk": SimpleNamespace(color=SimpleNamespace(rgb2hsv=hsv.rgb2hsv_like_skimage, hsv2rgb=hsv.hsv2rgb_like_skimage))}
+
+
 def compiled_replacements(corruption: str) -> dict:
     """The names in imagecorruptions.corruptions that `corruption` runs with compiled equivalents
     (none where the environment sets KDEVAL_LIBRARY_CORRUPTIONS=1: the libraries' own code, to
     compare with or to time against; none where the part disagrees with the installed library)."""
-    if os.environ.get("KDEVAL_LIBRARY_CORRUPTIONS") == "1":
+    part = COMPILED_PART.get(corruption)
+    if part is None or os.environ.get("KDEVAL_LIBRARY_CORRUPTIONS") == "1" or not compiled_part_agrees(part):
         return {}
-    part = "zoom" if corruption in ZOOMING else "warp" if corruption in WARPING else "hsv" if corruption in HSV_CONVERTING else None
-    if part is None or not compiled_part_agrees(part):
-        return {}
-    if corruption in ZOOMING:
-        from kdeval.data.interpolation import zoom_like_scipy
-
-        return {"scizoom": zoom_like_scipy}
-    if corruption in WARPING:
-        from kdeval.data.interpolation import map_coordinates_like_scipy
-
-        return {"map_coordinates": map_coordinates_like_scipy}
-    if corruption in HSV_CONVERTING:  # these two use nothing of skimage (`sk`) but sk.color's pair
-        from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
-
-        return {"sk": SimpleNamespace(color=SimpleNamespace(rgb2hsv=rgb2hsv_like_skimage, hsv2rgb=hsv2rgb_like_skimage))}
-    return {}
+    return _compiled_part(part)
 
 
 @contextlib.contextmanager
