@@ -206,6 +206,7 @@ def map_coordinates_like_scipy(input, coordinates, *args, **kwargs):  # `input`:
     from scipy.ndimage import map_coordinates
 
     names = ("output", "order", "mode", "cval", "prefilter")
+    coordinates = np.asarray(coordinates)  # once: elastic_transform passes a tuple of three (N, 1) arrays
     if len(args) <= len(names) and set(kwargs) <= set(names):
         if map_coordinates_compatible(input, coordinates, **dict(zip(names, args)), **kwargs):
             return linear_map_coordinates(input, coordinates)
