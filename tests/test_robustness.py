@@ -320,10 +320,16 @@ def test_help_shows_an_example():
     assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
 
 
-@pytest.mark.parametrize("corruptions,severities,way", [("fog", "1", "images"), ("fog,snow,contrast,pixelate", "1,2", "scenarios")])
-def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way):
-    """Two gloo ranks give the same files as one process, whether they split images (few
-    scenarios) or whole scenarios (many; then with a scoring process beside each rank)."""
+@pytest.mark.parametrize("corruptions,severities,way,limit,scorers", [
+    ("fog", "1", "images", [], []),
+    # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
+    ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"]),
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1"]),
+])
+def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way, limit, scorers):
+    """Two gloo ranks give the same files as one process, whether they split images (few scenarios:
+    each finished one gathered and scored on the ranks in turn) or whole scenarios (many), with or
+    without a scoring process beside each rank, and when a rank gets no images at all."""
     import os
     import subprocess
     import sys
@@ -341,13 +347,12 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     model = tmp_path / "confident.pt"
     torch.save(payload, model)
     args = ["robustness", f"m={model}", *shapes_args(tiny_shapes), "--corruptions", corruptions, "--severities", severities,
-            "--device", "cpu", "--no-progress", "--batch-size", "2"]
+            "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
-        # whole scenarios per rank: each rank also hands its finished scenarios to a scoring process
-        scorers = ["--scoring-processes", "1"] if label == "two" and way == "scenarios" else []
-        done = subprocess.run([*launcher, *args, *scorers, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
+        run_args = [*args, *scorers] if label == "two" else args  # the single process scores in itself
+        done = subprocess.run([*launcher, *run_args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (one / "robustness.csv").read_bytes() == (two / "robustness.csv").read_bytes()
@@ -612,6 +617,29 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
         ours = sorted((tmp_path / "scorers" / folder / "m").iterdir())
         assert [p.name for p in ours] == sorted(p.name for p in (tmp_path / "main" / folder / "m").iterdir())
         assert all(p.read_bytes() == (tmp_path / "main" / folder / "m" / p.name).read_bytes() for p in ours)
+
+
+def test_ranks_take_turns_at_gathering_and_scoring_image_sharded_scenarios(monkeypatch):
+    """ScenarioOwners on rank 1 of 2: every other (model, scenario) is gathered here, merged into
+    single-process order; the rest go to rank 0 and give None."""
+    from kdeval.engine import distributed
+    from kdeval.engine.robustness import ScenarioOwners
+
+    calls = []
+
+    def gather_lists(items, dst=0):
+        calls.append(dst)
+        # rank 0 had image 10, rank 1 (this one) image 20
+        return [[{"image_id": 10, "n": len(calls)}], items] if dst == 1 else None
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Distributed(rank=1, world=2))
+    monkeypatch.setattr(distributed, "gather_lists", gather_lists)
+    owners = ScenarioOwners([10, 20])
+    got = [owners.gather([{"image_id": 20, "n": turn}]) for turn in range(1, 5)]
+    assert calls == [0, 1, 0, 1]
+    assert got[0] is None and got[2] is None
+    assert got[1] == [{"image_id": 10, "n": 2}, {"image_id": 20, "n": 2}]
+    assert got[3] == [{"image_id": 10, "n": 4}, {"image_id": 20, "n": 4}]
 
 
 def test_scoring_processes_default_by_device():

@@ -66,6 +66,16 @@ def all_gather_lists(items: list) -> list[list]:
     return gathered
 
 
+def gather_lists(items: list, dst: int = 0) -> list[list] | None:
+    """Every rank's list, in rank order, on rank `dst` only (None on the others; [items] when alone)."""
+    dist_env = current()
+    if dist_env.world == 1:
+        return [items]
+    gathered: list | None = [None] * dist_env.world if dist_env.rank == dst else None
+    torch.distributed.gather_object(items, gathered, dst=dst)
+    return gathered
+
+
 def barrier() -> None:
     if current().world > 1:
         torch.distributed.barrier()

@@ -281,6 +281,26 @@ class ScenarioScorers:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class ScenarioOwners:
+    """Under torchrun with the images split across ranks: every finished (model, scenario) is gathered
+    on one rank, the ranks taking turns, and only that rank merges, scores and writes it. Every rank
+    finishes the same (model, scenario) pairs in the same order, so each gather is one collective that
+    all ranks join. One scenario's detections are in flight at a time (a COCO-sized one is about
+    200 MB as Python objects), and the scoring is spread over the ranks and their scoring processes."""
+
+    def __init__(self, image_ids: list[int]):
+        self.image_ids = image_ids
+        self.turn = 0
+
+    def gather(self, found: list[dict]) -> list[dict] | None:
+        """This rank's detections of the next (model, scenario) → all ranks' in single-process order,
+        on the rank whose turn it is; None on the others."""
+        owner = self.turn % distributed.current().world
+        self.turn += 1
+        shards = distributed.gather_lists(found, dst=owner)
+        return None if shards is None else merge_shards(shards, self.image_ids)
+
+
 def _batches(pending: dict[int, list[str]], positions: list[int], batch_size: int) -> list[list[tuple[int, int]]]:
     """Batches of (scenario index, image position), never crossing a scenario, so the same images
     are batched together in every run and a scenario ends with a known batch."""
@@ -294,12 +314,14 @@ def _batches(pending: dict[int, list[str]], positions: list[int], batch_size: in
 def _run_pending(
     loaded: dict[str, LoadedModel], pending: dict[int, list[str]], scenarios: list[Scenario], gt: dict, split: Split,
     settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
-    positions: list[int] | None = None, finished: dict | None = None,
+    positions: list[int] | None = None, sharded: bool = False,
 ) -> tuple[dict[tuple[str, Scenario], dict], int, float]:
     """Run every pending (model, scenario) over the images at `positions` (default all); score and
-    write each scenario as soon as its last batch is done. With `finished` (a dict), a scenario's
-    detections go there instead of being scored: for images sharded across ranks.
-    Returns (stats per (model, scenario), images loaded, seconds spent scoring and writing)."""
+    write each scenario as soon as its last batch is done. `sharded` (under torchrun, every rank
+    running every scenario over its share of the images): each finished (model, scenario) is gathered
+    on one rank, in turn, which scores and writes it (ScenarioOwners).
+    Returns (stats per (model, scenario) this process scored, images loaded, seconds spent scoring
+    and writing)."""
     predict = settings.predict
     device = torch.device(predict.device)
     images = gt["images"]
@@ -327,8 +349,27 @@ def _run_pending(
     stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
     processed = 0
-    scorers = ScenarioScorers(gt, settings.scorers()) if finished is None and settings.scorers() > 0 else None
+    scorers = ScenarioScorers(gt, settings.scorers()) if settings.scorers() > 0 else None
+    owners = ScenarioOwners([image["id"] for image in images]) if sharded else None
+
+    def finish_scenario(scenario_index: int) -> None:
+        scenario = scenarios[scenario_index]
+        for name in pending[scenario_index]:
+            found = detections.pop((name, scenario_index), [])
+            if owners is not None:
+                found = owners.gather(found)
+                if found is None:  # another rank scores this one
+                    continue
+            key = keys[(name, scenario_index)]
+            if scorers is not None:
+                scorers.submit(out_dir, name, scenario, key, found)
+            else:
+                stats[(name, scenario)] = _score_and_save(gt, out_dir, name, scenario, key, found)
+
     try:
+        if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
+            for scenario_index in sorted(pending):
+                finish_scenario(scenario_index)
         with torch.inference_mode(), predict.autocast():
             bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
             for batch_images, targets in bar:
@@ -342,16 +383,7 @@ def _run_pending(
                 batches_left[scenario_index] -= 1
                 if batches_left[scenario_index] == 0:
                     scoring_start = time.perf_counter()
-                    scenario = scenarios[scenario_index]
-                    for name in pending[scenario_index]:
-                        found = detections.pop((name, scenario_index), [])
-                        key = keys[(name, scenario_index)]
-                        if finished is not None:
-                            finished[(name, scenario_index)] = found
-                        elif scorers is not None:
-                            scorers.submit(out_dir, name, scenario, key, found)
-                        else:
-                            stats[(name, scenario)] = _score_and_save(gt, out_dir, name, scenario, key, found)
+                    finish_scenario(scenario_index)
                     if scorers is None:
                         scoring_seconds += time.perf_counter() - scoring_start
         if scorers is not None:
@@ -369,7 +401,7 @@ SCENARIOS_PER_RANK = 4
 
 def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, dist_env):
     """Under torchrun: whole scenarios per rank when there are enough of them, else every scenario
-    over a share of the images, gathered and scored on rank 0. Every finished scenario is its own
+    over a share of the images, each gathered and scored on the ranks in turn. Every finished scenario is its own
     file, written by the rank that scored it, so a rerun after a kill of any rank resumes as alone."""
     order = sorted(pending)
     show = progress and dist_env.is_main
@@ -377,18 +409,9 @@ def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
         mine = {index: pending[index] for index in order[dist_env.rank::dist_env.world]}
         _, processed, seconds = _run_pending(loaded, mine, scenarios, gt, split, settings, keys, out_dir, show)
     else:
-        found: dict = {}
         _, processed, seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, show,
                                              positions=dist_env.shard(len(gt["images"]), settings.predict.batch_size),
-                                             finished=found)
-        shards = distributed.all_gather_lists([found])
-        if dist_env.is_main:
-            start = time.perf_counter()
-            image_ids = [image["id"] for image in gt["images"]]
-            for (name, index) in found:
-                detections = merge_shards([shard[0][(name, index)] for shard in shards], image_ids)
-                _score_and_save(gt, out_dir, name, scenarios[index], keys[(name, index)], detections)
-            seconds += time.perf_counter() - start
+                                             sharded=True)
     distributed.barrier()
     stats = {}
     for index, names in pending.items():
