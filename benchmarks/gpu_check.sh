@@ -52,6 +52,15 @@ r50_throughput() {  # batch size [profiled batches]: COCO-sized JPEGs resized as
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(), os.cpu_count(), 'CPUs')"
+# the libraries the corruptions and the scoring need (a lent machine may lack some or have other versions)
+python3 - <<'EOF'
+import importlib.metadata as metadata
+for name in ("numpy", "numba", "scipy", "scikit-image", "opencv-python-headless", "opencv-python", "imagecorruptions-imaug", "pycocotools", "pytest"):
+    try:
+        print(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        print(f"{name} MISSING")
+EOF
 
 step "0. Shapes generated into the cache"
 clock python3 -c "from kdeval.data.source import shapes_split; shapes_split('train'); shapes_split('val')"
@@ -73,7 +82,8 @@ if want tests; then
     step "T. the tests' CUDA cases"
     # (and, at a few seconds' cost, the compiled corruption steps and COCO stats against this machine's
     # scipy, scikit-image and pycocotools, which may not be the pinned versions)
-    clock timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=short tests/test_postprocess.py tests/test_losses.py \
+    # a test file whose imports fail here (numba, say) is reported, and the others still run
+    clock timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=short --continue-on-collection-errors tests/test_postprocess.py tests/test_losses.py \
         tests/test_predict_on_gpu.py tests/test_compiled_library_parts.py tests/test_coco_ap.py > "$OUT/cuda_tests.txt" 2>&1
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/cuda_tests.txt" | tail -30
 fi
