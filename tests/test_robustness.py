@@ -324,12 +324,14 @@ def test_help_shows_an_example():
     ("fog", "1", "images", [], []),
     # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
     ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"]),
+    # 9 scenarios: 4 whole ones per rank, and the ninth split by images
     ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1"]),
 ])
 def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way, limit, scorers):
     """Two gloo ranks give the same files as one process, whether they split images (few scenarios:
-    each finished one gathered and scored on the ranks in turn) or whole scenarios (many), with or
-    without a scoring process beside each rank, and when a rank gets no images at all."""
+    each finished one gathered and scored on the ranks in turn) or run whole scenarios (many; the
+    odd one out split by images), with or without a scoring process beside each rank, and when a rank
+    gets no images at all."""
     import os
     import subprocess
     import sys
@@ -617,6 +619,23 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
         ours = sorted((tmp_path / "scorers" / folder / "m").iterdir())
         assert [p.name for p in ours] == sorted(p.name for p in (tmp_path / "main" / folder / "m").iterdir())
         assert all(p.read_bytes() == (tmp_path / "main" / folder / "m" / p.name).read_bytes() for p in ours)
+
+
+def test_ranks_get_equal_work_and_split_the_remainder_by_images():
+    from kdeval.engine.robustness import SCENARIOS_PER_RANK, split_scenarios
+
+    three_models = {index: ["a", "b", "c"] for index in range(76)}
+    whole, by_images = split_scenarios(three_models, 8)  # the benchmark on 8 GPUs: 9 each, 4 left over
+    assert [len(indices) for indices in whole] == [9] * 8 and by_images == [72, 73, 74, 75]
+    assert sorted(i for indices in whole for i in indices) + by_images == list(range(76))
+    assert split_scenarios(three_models, 2) == ([list(range(0, 76, 2)), list(range(1, 76, 2))], [])
+    few = {index: ["a"] for index in range(SCENARIOS_PER_RANK * 3 - 1)}
+    assert split_scenarios(few, 3) == ([[], [], []], sorted(few))
+    # a resumed run: the first 10 scenarios still need 3 models, the other 20 one
+    resumed = {index: ["a", "b", "c"] if index < 10 else ["a"] for index in range(30)}
+    whole, by_images = split_scenarios(resumed, 4)
+    assert [sum(len(resumed[i]) for i in indices) for indices in whole] == [12] * 4
+    assert len(by_images) == 2 and all(len(resumed[i]) == 1 for i in by_images)
 
 
 def test_ranks_take_turns_at_gathering_and_scoring_image_sharded_scenarios(monkeypatch):

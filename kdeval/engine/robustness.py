@@ -399,19 +399,42 @@ def _run_pending(
 SCENARIOS_PER_RANK = 4
 
 
+def split_scenarios(pending: dict[int, list[str]], world: int) -> tuple[list[list[int]], list[int]]:
+    """How `world` ranks share the pending scenarios (index → models still to run on it): (the whole
+    scenarios each rank runs alone, the scenarios whose images all ranks split). With at least
+    SCENARIOS_PER_RANK per rank, whole scenarios go out so that every rank runs as many (model,
+    scenario) pairs as it can (the heaviest first, each to the least loaded rank), and the remainder
+    that would leave ranks idle at the end, fewer than `world`, is split by images; with fewer, every
+    scenario is split by images."""
+    if len(pending) < SCENARIOS_PER_RANK * world:
+        return [[] for _ in range(world)], sorted(pending)
+    heaviest_first = sorted(pending, key=lambda index: (-len(pending[index]), index))
+    whole_count = len(heaviest_first) - len(heaviest_first) % world
+    loads, whole = [0] * world, [[] for _ in range(world)]
+    for index in heaviest_first[:whole_count]:
+        rank = min(range(world), key=lambda r: (loads[r], r))
+        whole[rank].append(index)
+        loads[rank] += len(pending[index])
+    return [sorted(indices) for indices in whole], sorted(heaviest_first[whole_count:])
+
+
 def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, dist_env):
-    """Under torchrun: whole scenarios per rank when there are enough of them, else every scenario
-    over a share of the images, each gathered and scored on the ranks in turn. Every finished scenario is its own
-    file, written by the rank that scored it, so a rerun after a kill of any rank resumes as alone."""
-    order = sorted(pending)
+    """Under torchrun, the scenarios shared as `split_scenarios` says: first those whose images the
+    ranks split, each finished one gathered and scored on the ranks in turn, then each rank's whole
+    scenarios. Every finished scenario is its own file, written by the rank that scored it, so a
+    rerun after a kill of any rank resumes as alone."""
+    whole, split_by_images = split_scenarios(pending, dist_env.world)
     show = progress and dist_env.is_main
-    if len(order) >= SCENARIOS_PER_RANK * dist_env.world:
-        mine = {index: pending[index] for index in order[dist_env.rank::dist_env.world]}
-        _, processed, seconds = _run_pending(loaded, mine, scenarios, gt, split, settings, keys, out_dir, show)
-    else:
-        _, processed, seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, show,
+    processed, seconds = 0, 0.0
+    if split_by_images:
+        _, processed, seconds = _run_pending(loaded, {index: pending[index] for index in split_by_images}, scenarios, gt, split,
+                                             settings, keys, out_dir, show,
                                              positions=dist_env.shard(len(gt["images"]), settings.predict.batch_size),
                                              sharded=True)
+    if whole[dist_env.rank]:
+        _, more, more_seconds = _run_pending(loaded, {index: pending[index] for index in whole[dist_env.rank]}, scenarios, gt,
+                                             split, settings, keys, out_dir, show)
+        processed, seconds = processed + more, seconds + more_seconds
     distributed.barrier()
     stats = {}
     for index, names in pending.items():
