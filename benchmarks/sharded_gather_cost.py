@@ -9,8 +9,10 @@ detections of every pending (model, scenario) to the end, then one all_gather_ob
 all of them, and rank 0 scored. `in-turns` is how it gathers now (ScenarioOwners): each finished
 (model, scenario) goes to one rank, the ranks taking turns. Each rank holds --detections / world
 COCO-style detection dicts per (model, scenario), --pairs pairs (a resumed COCO run with 15 scenarios
-left and 3 models is 45 pairs of 500,000). Scoring is left out: only the collective is timed.
-Prints one JSON line per rank: peak resident memory (ru_maxrss) and seconds gathering.
+left and 3 models is 45 pairs of 500,000). Scoring is left out: what is timed is the collectives,
+unpickling and merging into single-process order. Prints one JSON line per rank and writes it to
+reports/bench/sharded_gather_cost_<way>_<pairs>_rank<r>.json: resident memory after the imports and
+at its peak (ru_maxrss), and seconds gathering and merging.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch.distributed
@@ -49,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.distributed.init_process_group("gloo")
     dist_env = distributed.current()
+    after_imports_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     image_ids = list(range(args.images))
     gathering, merged = 0.0, 0
     if args.way == "all-at-end":
@@ -70,9 +74,13 @@ def main() -> None:
             del found, together
     distributed.barrier()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"way": args.way, "rank": dist_env.rank, "world": dist_env.world, "pairs": args.pairs,
-                      "detections_per_pair": args.detections, "merged_here": merged,
-                      "peak_rss_mb": round(peak_mb), "gathering_s": round(gathering, 2)}), flush=True)
+    record = {"way": args.way, "rank": dist_env.rank, "world": dist_env.world, "pairs": args.pairs,
+              "detections_per_pair": args.detections, "merged_here": merged, "rss_after_imports_mb": round(after_imports_mb),
+              "peak_rss_mb": round(peak_mb), "gathering_and_merging_s": round(gathering, 2)}
+    out = Path("reports/bench") / f"sharded_gather_cost_{args.way}_{args.pairs}_rank{dist_env.rank}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record), flush=True)
     torch.distributed.destroy_process_group()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ def _private_cache_and_folder(tmp_path_factory, monkeypatch):
     into the checkout."""
     monkeypatch.setenv("KDEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def run_whole_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: on a timeout (torchrun ranks stuck in a collective,
+    say) every process it started is killed, not only the launcher, and the test fails."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command[:6])} ... ran past {timeout} s; its processes were killed\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh, step tests, runs these)")

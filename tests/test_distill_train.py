@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from kdeval.cli import app
 from kdeval.distill.pseudo_labels import pseudo_label_coco
 from kdeval.models.checkpoint import load_checkpoint
 
-from conftest import TINY_TRAIN_ARGS, shapes_args
+from conftest import TINY_TRAIN_ARGS, run_whole_group, shapes_args
 
 runner = CliRunner()
 
@@ -84,7 +83,7 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
 def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(tiny_shapes, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    completed = run_whole_group(command, env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
@@ -111,7 +110,7 @@ def test_torchrun_evaluate_shards_images_and_matches_one_process(tiny_shapes, tr
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "KDEVAL_CACHE": str(tmp_path / f"cache-{label}")}
-        completed = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=300)
+        completed = run_whole_group([*launcher, *args, "--out", str(tmp_path / label)], env, timeout=300)
         assert completed.returncode == 0, completed.stderr[-3000:]
         outputs[label] = json.loads((tmp_path / label / "coco_stats.json").read_text())["stats"]["m"]
         cached = list((tmp_path / f"cache-{label}" / "detections").glob("*.json"))

@@ -320,25 +320,27 @@ def test_help_shows_an_example():
     assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
 
 
-@pytest.mark.parametrize("corruptions,severities,way,limit,scorers", [
-    ("fog", "1", "images", [], []),
+@pytest.mark.parametrize("corruptions,severities,way,limit,scorers,resumed", [
+    ("fog", "1", "images", [], [], False),
     # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
-    ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"]),
+    ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"], False),
     # 9 scenarios: 4 whole ones per rank, and the ninth split by images
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1"]),
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1"], False),
+    # the same, two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True),
 ])
-def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way, limit, scorers):
+def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way, limit,
+                                                            scorers, resumed):
     """Two gloo ranks give the same files as one process, whether they split images (few scenarios:
     each finished one gathered and scored on the ranks in turn) or run whole scenarios (many; the
-    odd one out split by images), with or without a scoring process beside each rank, and when a rank
-    gets no images at all."""
+    odd one out split by images), with or without a scoring process beside each rank, when a rank
+    gets no images at all, and when they extend an earlier run whose scenarios need different models."""
     import os
-    import subprocess
     import sys
 
     import torch
 
-    from conftest import shapes_args
+    from conftest import run_whole_group, shapes_args
     from kdeval.engine.robustness import SCENARIOS_PER_RANK
 
     n_scenarios = 1 + len(corruptions.split(",")) * len(severities.split(","))
@@ -348,18 +350,23 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
     model = tmp_path / "confident.pt"
     torch.save(payload, model)
-    args = ["robustness", f"m={model}", *shapes_args(tiny_shapes), "--corruptions", corruptions, "--severities", severities,
-            "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
+    models = [f"m={model}", f"m2={trained}"] if resumed else [f"m={model}"]
+    common = [*shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
+    args = ["robustness", *models, "--corruptions", corruptions, "--severities", severities, *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
-                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
-        run_args = [*args, *scorers] if label == "two" else args  # the single process scores in itself
-        done = subprocess.run([*launcher, *run_args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600)
+    one_process = [sys.executable, "-m", "kdeval"]
+    two_ranks = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"]
+    runs = [(one_process, args, "one")]
+    if resumed:  # the earlier run: clean, fog-1 and snow-1 of m alone, in one process
+        runs.append((one_process, ["robustness", f"m={model}", "--corruptions", "fog,snow", "--severities", "1", *common], "two"))
+    runs.append((two_ranks, [*args, *scorers], "two"))  # the single process scores in itself
+    for launcher, run_args, out in runs:
+        done = run_whole_group([*launcher, *run_args, "--out", str(tmp_path / out)], env, timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (one / "robustness.csv").read_bytes() == (two / "robustness.csv").read_bytes()
     files = sorted(p.relative_to(one) for p in (one / "detections").rglob("*.json.gz"))
-    assert len(files) == n_scenarios
+    assert len(files) == n_scenarios * len(models)
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
 
 

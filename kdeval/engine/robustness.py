@@ -87,7 +87,8 @@ class RobustnessRun:
     images: int  # images per scenario
     images_processed: int  # corrupted-or-clean images that went through the DataLoader now
     seconds: float
-    scoring_seconds: float  # of those, the main process's time scoring and writing scenarios, or waiting for its scorers
+    scoring_seconds: float  # of those, the main process's time with finished scenarios: gathering them from the ranks
+    # (under torchrun), scoring and writing them, or handing them to its scoring processes and waiting for those
 
 
 # ---------------------------------------------------------------- the data the run is on
@@ -254,25 +255,20 @@ class ScenarioScorers:
         self.waiting: deque = deque()
         self.limit = 2 * processes
         self.stats: dict[tuple[str, Scenario], dict] = {}
-        self.seconds = 0.0  # the main process's time submitting and waiting
 
     def submit(self, out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict]) -> None:
-        start = time.perf_counter()
         while len(self.waiting) >= self.limit:
             self._collect_oldest()
         self.waiting.append(((model, scenario), self.pool.submit(_score_in_scorer, out_dir, model, scenario, key, detections)))
-        self.seconds += time.perf_counter() - start
 
     def _collect_oldest(self) -> None:
         name, future = self.waiting.popleft()
         self.stats[name] = future.result()
 
     def finish(self) -> dict[tuple[str, Scenario], dict]:
-        start = time.perf_counter()
         while self.waiting:
             self._collect_oldest()
         self.pool.shutdown()
-        self.seconds += time.perf_counter() - start
         return self.stats
 
     def stop(self) -> None:
@@ -285,8 +281,10 @@ class ScenarioOwners:
     """Under torchrun with the images split across ranks: every finished (model, scenario) is gathered
     on one rank, the ranks taking turns, and only that rank merges, scores and writes it. Every rank
     finishes the same (model, scenario) pairs in the same order, so each gather is one collective that
-    all ranks join. One scenario's detections are in flight at a time (a COCO-sized one is about
-    200 MB as Python objects), and the scoring is spread over the ranks and their scoring processes."""
+    all ranks join. One (model, scenario) is gathered at a time (a COCO-sized one is about 200 MB as
+    Python objects), and at most two per scoring process wait to be scored; the scoring is spread over
+    the ranks, and runs beside the models where they have scoring processes (with none, the next
+    gather waits for the owner's scoring)."""
 
     def __init__(self, image_ids: list[int]):
         self.image_ids = image_ids
@@ -353,6 +351,8 @@ def _run_pending(
     owners = ScenarioOwners([image["id"] for image in images]) if sharded else None
 
     def finish_scenario(scenario_index: int) -> None:
+        nonlocal scoring_seconds
+        start = time.perf_counter()
         scenario = scenarios[scenario_index]
         for name in pending[scenario_index]:
             found = detections.pop((name, scenario_index), [])
@@ -365,6 +365,7 @@ def _run_pending(
                 scorers.submit(out_dir, name, scenario, key, found)
             else:
                 stats[(name, scenario)] = _score_and_save(gt, out_dir, name, scenario, key, found)
+        scoring_seconds += time.perf_counter() - start
 
     try:
         if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
@@ -382,13 +383,11 @@ def _run_pending(
                 processed += len(batch_images)
                 batches_left[scenario_index] -= 1
                 if batches_left[scenario_index] == 0:
-                    scoring_start = time.perf_counter()
                     finish_scenario(scenario_index)
-                    if scorers is None:
-                        scoring_seconds += time.perf_counter() - scoring_start
         if scorers is not None:
+            start = time.perf_counter()
             stats.update(scorers.finish())
-            scoring_seconds += scorers.seconds
+            scoring_seconds += time.perf_counter() - start
     finally:
         if scorers is not None:
             scorers.stop()
@@ -492,6 +491,8 @@ def run_robustness(
             else:
                 stats[(model.name, scenario)] = done
     reused = len(stats)
+    # every rank must see the same pending scenarios: none may write one before all have looked
+    distributed.barrier()
 
     processed, scoring_seconds = 0, 0.0
     if pending:
