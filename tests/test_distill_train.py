@@ -130,3 +130,24 @@ def test_ranks_take_whole_batches_and_together_cover_every_image_once(n, world, 
     single_batches = [list(range(start, min(start + batch, n))) for start in range(0, n, batch)]
     for shard in shards:  # cut into batches as the DataLoader does: each is one of the single process's batches
         assert all(shard[i:i + batch] in single_batches for i in range(0, len(shard), batch))
+
+
+def test_ranks_join_with_the_collective_timeout_and_their_own_gpu(monkeypatch):
+    """start_distributed: gloo on the CPU, NCCL with the rank's GPU set first, both with kdeval's 30-minute
+    collective timeout (NCCL's own default is 10 minutes)."""
+    import torch
+
+    from kdeval.engine import distributed
+
+    joined, devices = [], []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kwargs: joined.append((backend, kwargs)))
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.start_distributed("cpu")[1] == "cpu"
+    assert distributed.start_distributed("cuda")[1] == "cuda:1"
+    assert devices == ["cuda:1"]
+    assert joined == [("gloo", {"timeout": distributed.COLLECTIVE_TIMEOUT}), ("nccl", {"timeout": distributed.COLLECTIVE_TIMEOUT})]
+    assert distributed.COLLECTIVE_TIMEOUT.total_seconds() == 30 * 60

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -34,6 +35,13 @@ class Distributed:
         return [position for start in starts for position in range(start, min(start + batch_size, n))]
 
 
+# How long a rank waits in a collective before the job fails: gloo's default, and NCCL's instead of its
+# 10 minutes, since at COCO's size a rank done with its robustness scenarios may wait at the end for
+# another's last ones, minutes each where the corruptions bound the run (2 loader workers per GPU on
+# a 16-core, 8-GPU node)
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
 def start_distributed(device: str) -> tuple[Distributed, str]:
     """Join the torchrun job (NCCL on GPUs, gloo on CPUs) and pick this rank's GPU."""
     dist_env = Distributed.from_env()
@@ -45,7 +53,7 @@ def start_distributed(device: str) -> tuple[Distributed, str]:
         device = f"cuda:{dist_env.local_rank}"
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return dist_env, device
 
 
