@@ -358,9 +358,10 @@ def evaluate(
     per_class_tables = {} if per_class else None
     out_dir = reports_dir(out, "evaluate")
     with _writing(out_dir, "evaluate", job):
-        table, stats = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
+        evaluated = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
         if not job.is_main:  # under torchrun: every rank predicted its share, rank 0 reports
             return
+        table, stats = evaluated
         write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
     typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
     typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}" + (" and per_class.{csv,md,tex}" if per_class else ""))

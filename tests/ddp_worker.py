@@ -1,16 +1,28 @@
-"""Run by tests under `torchrun --nproc-per-node 2`: trains with gloo and saves each rank's weights."""
+"""Run by tests under `torchrun --nproc-per-node 2`. `ddp_worker.py SHAPES OUT`: trains with gloo and
+saves each rank's weights; `ddp_worker.py SHAPES OUT pseudo-labels TEACHER`: saves each rank's
+pseudo-labelled training split (run without torchrun: the single process's, as "alone")."""
 
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from kdeval.data.source import Split
-from kdeval.engine.train import TrainSettings, train
+from kdeval.engine.distributed import start_distributed
+from kdeval.engine.train import TrainSettings, _pseudo_labelled, train
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-settings = TrainSettings(arch="r18", epochs=1, batch_size=4, fpn_channels=16, min_size=64, max_size=64, warmup_iters=1)
-result = train(settings, Split(root / "annotations" / "instances_train.json", root / "train"), out, progress=False)
-rank = torch.distributed.get_rank()
-torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
+split = Split(root / "annotations" / "instances_train.json", root / "train")
+if sys.argv[3:4] == ["pseudo-labels"]:
+    job, _ = start_distributed("cpu")
+    coco = json.loads(split.annotations.read_text())
+    labelled = _pseudo_labelled(TrainSettings(pseudo_labels=sys.argv[4], pseudo_threshold=0.05), coco, split, "cpu")
+    (out / f"pseudo_labels_{f'rank{job.rank}' if job.world > 1 else 'alone'}.json").write_text(json.dumps(labelled))
+    if job.world == 1:
+        sys.exit(0)
+else:
+    settings = TrainSettings(arch="r18", epochs=1, batch_size=4, fpn_channels=16, min_size=64, max_size=64, warmup_iters=1)
+    result = train(settings, split, out, progress=False)
+    torch.save(result.model.state_dict(), out / f"rank{torch.distributed.get_rank()}.pt")
 torch.distributed.destroy_process_group()

@@ -101,24 +101,48 @@ def _confident(trained: Path, out: Path) -> Path:
     return out
 
 
-def test_torchrun_evaluate_shards_images_and_matches_one_process(tiny_shapes, trained, tmp_path):
+@pytest.mark.parametrize("command,compared", [
+    ("evaluate", ["coco_stats.json"]),
+    ("errors", ["error_curves.csv", "tide.csv"]),
+    ("visualize", ["detections.js", "selection.csv"]),
+])
+def test_torchrun_shards_images_and_matches_one_process(tiny_shapes, trained, tmp_path, command, compared):
+    """evaluate, errors and visualize under torchrun: the ranks share the images, rank 0 alone gets the
+    detections and writes what one process writes."""
     from conftest import shapes_args
 
     model = _confident(trained, tmp_path / "confident.pt")
-    args = ["evaluate", f"m={model}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2"]
+    args = [command, f"m={model}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2"]
     outputs = {}
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "KDEVAL_CACHE": str(tmp_path / f"cache-{label}")}
         completed = run_whole_group([*launcher, *args, "--out", str(tmp_path / label)], env, timeout=300)
         assert completed.returncode == 0, completed.stderr[-3000:]
-        outputs[label] = json.loads((tmp_path / label / "coco_stats.json").read_text())["stats"]["m"]
+        outputs[label] = [(tmp_path / label / name).read_bytes() for name in compared]
         cached = list((tmp_path / f"cache-{label}" / "detections").glob("*.json"))
         assert len(cached) == 1
         outputs[label + "-dets"] = cached[0].read_bytes()
     assert outputs["one-dets"] == outputs["two-dets"]  # the same detections, in the same order
     assert len(json.loads(outputs["one-dets"])) > 100
     assert outputs["one"] == outputs["two"]
+
+
+def test_torchrun_ranks_train_on_the_same_pseudo_labels_as_one_process(tiny_shapes, trained, tmp_path):
+    """Hard distillation under torchrun: the ranks share the teacher's inference, and every rank gets
+    the pseudo-labelled split one process makes. (The teacher's inference runs in batches of 16: of
+    the 8 images rank 0 takes all, and rank 1, with none, still gets the labels.)"""
+    model = _confident(trained, tmp_path / "confident.pt")
+    worker = [str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path), "pseudo-labels", str(model)]
+    for label, launcher in (("one", [sys.executable]),
+                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "KDEVAL_CACHE": str(tmp_path / f"cache-{label}")}
+        completed = run_whole_group([*launcher, *worker], env, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    alone = json.loads((tmp_path / "pseudo_labels_alone.json").read_text())
+    assert len(alone["annotations"]) > 20
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"pseudo_labels_rank{rank}.json").read_text()) == alone
 
 
 @pytest.mark.parametrize("n,world,batch", [(10, 2, 4), (7, 3, 2), (3, 4, 8), (16, 2, 1)])

@@ -84,6 +84,15 @@ def gather_lists(items: list, dst: int = 0) -> list[list] | None:
     return gathered
 
 
+def broadcast_from_main(item):
+    """Rank 0's `item` on every rank (the item itself when alone)."""
+    if current().world == 1:
+        return item
+    box = [item]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if current().world > 1:
         torch.distributed.barrier()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split
-from kdeval.engine.evaluate import ModelInput, detections_of
+from kdeval.engine.evaluate import ModelInput, detections_of_models
 from kdeval.engine.predict import PredictSettings
 from kdeval.fileio import safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.metrics.analyze import ErrorCurves, ap_long_table, curve_long_table, error_curves, supercategories
@@ -49,14 +49,17 @@ class ErrorAnalysis:
 
 
 def analyze_models(models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(),
-                   progress: bool = True, box_format: str = "xywh") -> ErrorAnalysis:
+                   progress: bool = True, box_format: str = "xywh") -> ErrorAnalysis | None:
+    """The error curves and TIDE of every model; None on the ranks other than 0 under torchrun."""
     gt = load_coco_annotations(split.annotations)
+    detections = detections_of_models(models, split, gt, settings, progress, box_format)
+    if detections is None:
+        return None
     _, lacking = supercategories(gt["categories"])
     notes = []
     if lacking:
         shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
-    detections = {m.name: detections_of(m, split, gt, settings, progress, box_format) for m in models}
     curves = {name: error_curves(gt, dets) for name, dets in detections.items()}
     with tide_context():
         tide = run_tide(gt, detections)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from kdeval.data.coco import load_coco_annotations, load_results
 from kdeval.data.source import Split
+from kdeval.engine import distributed
 from kdeval.engine.predict import PredictSettings, cached_predict
 from kdeval.errors import KdevalError
 from kdeval.fileio import write_json_atomic, write_text_atomic
@@ -55,13 +56,22 @@ def parse_models(texts: list[str]) -> list[ModelInput]:
 
 
 def detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSettings, progress: bool = True,
-                  box_format: str = "xywh") -> list[dict]:
+                  box_format: str = "xywh") -> list[dict] | None:
     """A model's detections: a results file read and checked against the dataset, or a checkpoint run
-    (from the cache when it ran before). settings.category_map applies to both."""
+    (from the cache when it ran before). settings.category_map applies to both. Under torchrun every
+    rank runs its share of a checkpoint's images and rank 0 alone gets the detections (None elsewhere)."""
     if model.is_results_json:
-        return load_results(model.path, gt, settings.category_map, box_format)
+        return load_results(model.path, gt, settings.category_map, box_format) if distributed.current().is_main else None
     split.require_images()
     return cached_predict(model.path, split, settings, progress=progress)
+
+
+def detections_of_models(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings, progress: bool = True,
+                         box_format: str = "xywh") -> dict[str, list[dict]] | None:
+    """Every model's detections by name (detections_of); None on the ranks other than 0 under torchrun,
+    which have taken their part and have nothing left to do."""
+    found = {model.name: detections_of(model, split, gt, settings, progress, box_format) for model in models}
+    return found if distributed.current().is_main else None
 
 
 def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | None:
@@ -74,16 +84,19 @@ def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | No
 def evaluate_models(
     models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True,
     box_format: str = "xywh", per_class: dict | None = None,
-) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]] | None:
     """(table of the paper's six metrics, all 12 COCO stats per model); values 0–1. Pass a dict as
-    `per_class` to have it filled with each model's per-category table (per_category_stats)."""
+    `per_class` to have it filled with each model's per-category table (per_category_stats).
+    None on the ranks other than 0 under torchrun (detections_of_models)."""
     gt = load_coco_annotations(split.annotations)
+    detections = detections_of_models(models, split, gt, settings, progress, box_format)
+    if detections is None:
+        return None
     stats = {}
-    for model in models:
-        detections = detections_of(model, split, gt, settings, progress, box_format)
-        stats[model.name] = coco_stats(gt, detections)
+    for name, found in detections.items():
+        stats[name] = coco_stats(gt, found)
         if per_class is not None:
-            per_class[model.name] = per_category_stats(gt, detections)
+            per_class[name] = per_category_stats(gt, found)
     table = pd.DataFrame.from_dict(stats, orient="index")[list(TABLE_METRICS)]
     return table, stats
 

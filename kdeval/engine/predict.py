@@ -226,11 +226,12 @@ def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
     return [det for image_id in image_ids for det in by_image.get(image_id, [])]
 
 
-def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict]:
+def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict] | None:
     """Detections of `loaded` on every image of `split` (at most detections_per_img per image).
 
-    Under torchrun each rank runs every world-th batch and all ranks get the gathered detections,
-    in the order one process would have produced them."""
+    Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
+    the order one process would have produced them; the other ranks get None (a COCO-sized set is
+    some 200 MB as Python objects, which they have no use for)."""
     coco = load_coco_annotations(split.annotations)
     labels = loaded.labels
     if settings.category_map is not None:
@@ -242,7 +243,8 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     if dist_env.world == 1:
         return run_model(loaded.model, dataset, settings, labels, progress)
     mine = run_model(loaded.model, Subset(dataset, dist_env.shard(len(dataset), settings.batch_size)), settings, labels, progress and dist_env.is_main)
-    return merge_shards(distributed.all_gather_lists(mine), [image["id"] for image in dataset.images])
+    shards = distributed.gather_lists(mine, dst=0)
+    return None if shards is None else merge_shards(shards, [image["id"] for image in dataset.images])
 
 
 def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Path:
@@ -259,13 +261,14 @@ def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Pa
 
 def cached_predict(
     checkpoint: Path, split: Split, settings: PredictSettings = PredictSettings(), use_cache: bool = True, progress: bool = True
-) -> list[dict]:
-    """Detections of a checkpoint on a split, from the cache when the same run was done before."""
+) -> list[dict] | None:
+    """Detections of a checkpoint on a split, from the cache when the same run was done before.
+    Under torchrun: on rank 0, None on the others (`predict`)."""
     path = _cache_path(Path(checkpoint), split, settings)
     # under torchrun the ranks must agree, or one would wait for the others' detections forever
     hit = all(flags[0] for flags in distributed.all_gather_lists([use_cache and path.is_file()]))
     if hit:
-        return read_json(path, "cached detections")
+        return read_json(path, "cached detections") if distributed.current().is_main else None
     detections = predict(load_checkpoint(checkpoint), split, settings, progress=progress)
     if distributed.current().is_main:
         write_json_atomic(path, detections, indent=None)

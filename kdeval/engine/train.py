@@ -195,12 +195,17 @@ class TrainResult:
 
 
 def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
-    """The training split labelled by the teacher's confident detections instead of the ground truth."""
+    """The training split labelled by the teacher's confident detections instead of the ground truth.
+    Under torchrun the ranks share the teacher's inference, rank 0 alone holds all its detections
+    (COCO train2017: about 12 million, some 5 GB as Python objects) and sends every rank only the
+    confident ones, as the labelled split."""
     from kdeval.distill.pseudo_labels import pseudo_label_coco
+    from kdeval.engine import distributed
     from kdeval.engine.predict import PredictSettings, cached_predict
 
     detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=16, device=device), progress=False)
-    return pseudo_label_coco(coco, detections, settings.pseudo_threshold)
+    labelled = pseudo_label_coco(coco, detections, settings.pseudo_threshold) if distributed.current().is_main else None
+    return distributed.broadcast_from_main(labelled)
 
 
 def _feature_teacher(settings: TrainSettings, spec: ModelSpec, device: torch.device):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kdeval.data.coco import image_path, load_coco_annotations
 from kdeval.data.source import Split
-from kdeval.engine.evaluate import ModelInput, detections_of, parse_models
+from kdeval.engine.evaluate import ModelInput, detections_of_models, parse_models
 from kdeval.engine.predict import PredictSettings
 from kdeval.errors import KdevalError
 from kdeval.fileio import write_json_atomic, write_text_atomic
@@ -97,12 +97,15 @@ def _top_detections(detections: list[dict], verdicts: list[str], min_score: floa
 
 
 def build_visualization(models: list[ModelInput], split: Split, settings: VisualizeSettings,
-                        predict_settings: PredictSettings = PredictSettings(), progress: bool = True) -> Visualization:
+                        predict_settings: PredictSettings = PredictSettings(), progress: bool = True) -> Visualization | None:
+    """The gallery's rows; None on the ranks other than 0 under torchrun."""
     if not 0 <= settings.min_score <= settings.score_threshold <= 1:
         raise KdevalError(f"--min-score {settings.min_score} must lie in 0..--score-threshold ({settings.score_threshold})")
     images_dir = split.require_images()
     gt = load_coco_annotations(split.annotations)
-    detections = {m.name: detections_of(m, split, gt, predict_settings, progress) for m in models}
+    detections = detections_of_models(models, split, gt, predict_settings, progress)
+    if detections is None:
+        return None
     matches = {name: match_detections(gt, dets) for name, dets in detections.items()}
     counts = count_images(gt, detections, matches, settings.score_threshold)
     chosen = select_images(counts, settings.select, settings.num, settings.seed, settings.image_ids)
