@@ -126,7 +126,8 @@ def _notes_to_stderr() -> None:
 
 def user_errors(command):
     """Turn KdevalError into one-line messages and exit status 2, never a traceback. A command's
-    --trust-checkpoint (when it has one) holds for exactly that command's run."""
+    --trust-checkpoint (when it has one) holds for exactly that command's run. Under torchrun, a
+    command that succeeds ends with every rank leaving the job together (distributed.leave)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -135,7 +136,11 @@ def user_errors(command):
 
         try:
             with trusting_checkpoints(bool(kwargs.get("trust_checkpoint", False))):
-                return command(*args, **kwargs)
+                result = command(*args, **kwargs)
+            distributed = sys.modules.get("kdeval.engine.distributed")  # only a command that joined a job imported it
+            if distributed is not None:
+                distributed.leave()  # under torchrun, the ranks end together
+            return result
         except KdevalError as exc:
             for line in str(exc).splitlines() or [""]:
                 typer.echo(f"kdeval: error: {line}", err=True)

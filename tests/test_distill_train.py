@@ -175,3 +175,33 @@ def test_ranks_join_with_the_collective_timeout_and_their_own_gpu(monkeypatch):
     assert devices == ["cuda:1"]
     assert joined == [("gloo", {"timeout": distributed.COLLECTIVE_TIMEOUT}), ("nccl", {"timeout": distributed.COLLECTIVE_TIMEOUT})]
     assert distributed.COLLECTIVE_TIMEOUT.total_seconds() == 30 * 60
+
+
+def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fails_does_not(monkeypatch):
+    """Under torchrun each command ends with distributed.leave (a barrier, then the process group
+    destroyed: a rank that exits first with gloo's threads alive can abort, and torchrun then kills
+    rank 0 mid-write); after a KdevalError nothing waits for ranks that may never come."""
+    import torch
+    import typer
+
+    import importlib
+
+    from kdeval.cli import user_errors
+    from kdeval.errors import KdevalError
+
+    importlib.import_module("kdeval.engine.distributed")  # as a command that joined a job has it
+
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
+    assert user_errors(lambda: "done")() == "done"
+    assert calls == ["barrier", "destroy"]
+
+    def fails():
+        raise KdevalError("bad input")
+
+    calls.clear()
+    with pytest.raises(typer.Exit):
+        user_errors(fails)()
+    assert calls == []
