@@ -301,6 +301,7 @@ def predict(
       kdeval predict model.pt --images coco/val2017 --annotations instances_val2017.json -o dets.json
     """
     from kdeval.data.source import resolve_split
+    from kdeval.engine.distributed import leave
     from kdeval.engine.predict import PredictSettings, cached_predict
     from kdeval.fileio import write_json_atomic
 
@@ -309,6 +310,7 @@ def predict(
     job, device = _join_job(device)
     settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp)
     detections = cached_predict(checkpoint, split, settings, use_cache=cache, progress=progress)
+    leave()  # the ranks' shared work is done: rank 0 writes alone
     if not job.is_main:
         return
     write_json_atomic(output, detections, indent=None)

@@ -15,6 +15,9 @@ from kdeval.engine.train import TrainSettings, _pseudo_labelled, train
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 split = Split(root / "annotations" / "instances_train.json", root / "train")
 if sys.argv[3:4] == ["pseudo-labels"]:
+    import kdeval.engine.train
+
+    kdeval.engine.train.PSEUDO_LABEL_BATCH_SIZE = 2  # the 8 images in 4 batches: each rank runs 2
     job, _ = start_distributed("cpu")
     coco = json.loads(split.annotations.read_text())
     labelled = _pseudo_labelled(TrainSettings(pseudo_labels=sys.argv[4], pseudo_threshold=0.05), coco, split, "cpu")

@@ -130,8 +130,8 @@ def test_torchrun_shards_images_and_matches_one_process(tiny_shapes, trained, tm
 
 def test_torchrun_ranks_train_on_the_same_pseudo_labels_as_one_process(tiny_shapes, trained, tmp_path):
     """Hard distillation under torchrun: the ranks share the teacher's inference, and every rank gets
-    the pseudo-labelled split one process makes. (The teacher's inference runs in batches of 16: of
-    the 8 images rank 0 takes all, and rank 1, with none, still gets the labels.)"""
+    the pseudo-labelled split one process makes (the worker runs the teacher in batches of 2, so each
+    rank labels 4 of the 8 images)."""
     model = _confident(trained, tmp_path / "confident.pt")
     worker = [str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path), "pseudo-labels", str(model)]
     for label, launcher in (("one", [sys.executable]),
@@ -205,3 +205,52 @@ def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fai
     with pytest.raises(typer.Exit):
         user_errors(fails)()
     assert calls == []
+
+
+def test_predict_under_torchrun_gathers_on_rank_0_alone(tiny_shapes, trained, tmp_path, monkeypatch):
+    """predict: each rank runs its share of the batches; rank 0 gets every rank's detections in
+    single-process order, the other ranks None (gather_lists to rank 0, not to all)."""
+    from kdeval.data.source import Split
+    from kdeval.engine import distributed
+    from kdeval.engine.predict import PredictSettings, predict
+    from kdeval.models.checkpoint import load_checkpoint
+
+    split = Split(tiny_shapes / "annotations" / "instances_val.json", tiny_shapes / "val", "val")
+    loaded = load_checkpoint(_confident(trained, tmp_path / "confident.pt"))
+    settings = PredictSettings(batch_size=2)
+    alone = predict(loaded, split, settings, progress=False)
+    assert {det["image_id"] for det in alone} == {image["id"] for image in json.loads(split.annotations.read_text())["images"]}
+    shares, gathered_to = {}, []
+    for rank in (1, 0):
+        monkeypatch.setattr(distributed, "current", lambda rank=rank: distributed.Distributed(rank=rank, world=2))
+
+        def gather_lists(items, dst=0, rank=rank):
+            gathered_to.append(dst)
+            shares[rank] = items
+            return [shares[0], shares[1]] if rank == dst else None
+
+        monkeypatch.setattr(distributed, "gather_lists", gather_lists)
+        result = predict(loaded, split, settings, progress=False)
+        assert (result is None) == (rank == 1)
+    assert gathered_to == [0, 0]
+    assert shares[0] and shares[1] and {d["image_id"] for d in shares[0]}.isdisjoint(d["image_id"] for d in shares[1])
+    assert result == alone
+
+
+def test_ranks_leave_the_job_before_rank_0_scores(tiny_coco, tmp_path, monkeypatch):
+    """evaluate: the ranks leave right after the detections are gathered, so rank 0's scoring and
+    writing, however long, runs outside the collective timeout."""
+    from kdeval.data.source import Split
+    from kdeval.engine import distributed, evaluate
+
+    annotations, results = tmp_path / "annotations.json", tmp_path / "results.json"
+    annotations.write_text(json.dumps(tiny_coco))
+    results.write_text(json.dumps([{"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"], "score": 0.9}
+                                   for ann in tiny_coco["annotations"]]))
+    events = []
+    monkeypatch.setattr(distributed, "leave", lambda: events.append("leave"))
+    real_stats = evaluate.coco_stats
+    monkeypatch.setattr(evaluate, "coco_stats", lambda gt, found: events.append("score") or real_stats(gt, found))
+    table, _ = evaluate.evaluate_models([evaluate.ModelInput("m", results)], Split(annotations, tmp_path, "tiny"))
+    assert events == ["leave", "score"]
+    assert table.loc["m", "AP"] > 0.5

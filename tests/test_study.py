@@ -119,3 +119,13 @@ def test_study_command_with_a_config_file(tiny_shapes, tmp_path):
     assert "report: " in result.output and (tmp_path / "run" / "index.html").is_file()
     saved = json.loads((tmp_path / "run" / "study_settings.json").read_text())
     assert saved["image_size"] == 64 and saved["teacher_arch"] == "r18"
+
+
+def test_study_refuses_to_run_under_torchrun(tmp_path, monkeypatch):
+    """Every stage would run on every rank (and evaluation gathers on rank 0 alone): one line, exit 2."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(KdevalError, match="one process"):
+        run_study(StudySettings(quick=True), tmp_path / "study")
+    result = CliRunner().invoke(app, ["study", "--quick", "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 2 and "runs in one process" in result.output
+    assert not (tmp_path / "study").exists()

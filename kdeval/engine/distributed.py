@@ -99,12 +99,14 @@ def barrier() -> None:
 
 
 def leave() -> None:
-    """End this process's part in a torchrun job whose command succeeded: wait for every rank (rank 0
-    may still be writing the outputs), then destroy the process group. Without it a rank that exits
-    first can abort at interpreter exit, its gloo threads still alive ("terminate called without an
-    active exception", seen on 2 gloo ranks in about a third of `kdeval errors` runs), and torchrun
-    then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called after an
-    error: a rank waiting here for one that has failed would hang instead of exiting."""
+    """End this process's part in a torchrun job once the ranks' shared work is done: wait for every
+    rank, then destroy the process group (afterwards this process is rank 0 of 1; a second call does
+    nothing). Commands call it right after their last collective, so that rank 0 then scores and
+    writes alone, as long as it takes, and the CLI calls it again when a command succeeds. Without it
+    a rank that exits first can abort at interpreter exit, its gloo threads still alive ("terminate
+    called without an active exception", seen on 2 gloo ranks in 2 of 6 `kdeval errors` runs), and
+    torchrun then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called
+    after an error: a rank waiting here for one that has failed would hang instead of exiting."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

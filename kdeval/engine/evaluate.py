@@ -69,9 +69,14 @@ def detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSe
 def detections_of_models(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings, progress: bool = True,
                          box_format: str = "xywh") -> dict[str, list[dict]] | None:
     """Every model's detections by name (detections_of); None on the ranks other than 0 under torchrun,
-    which have taken their part and have nothing left to do."""
+    which have taken their part and have nothing left to do. This is an evaluate, errors or visualize
+    run's last collective: under torchrun the ranks leave the job here (distributed.leave), so that
+    rank 0 scores and writes alone, however long that takes, and the others exit instead of waiting
+    for it under the collective timeout."""
     found = {model.name: detections_of(model, split, gt, settings, progress, box_format) for model in models}
-    return found if distributed.current().is_main else None
+    is_main = distributed.current().is_main
+    distributed.leave()
+    return found if is_main else None
 
 
 def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | None:

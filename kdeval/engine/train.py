@@ -194,6 +194,9 @@ class TrainResult:
     model: torch.nn.Module | None = None
 
 
+PSEUDO_LABEL_BATCH_SIZE = 16  # the teacher's inference batch for --pseudo-labels
+
+
 def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, device: str) -> dict:
     """The training split labelled by the teacher's confident detections instead of the ground truth.
     Under torchrun the ranks share the teacher's inference, rank 0 alone holds all its detections
@@ -203,7 +206,8 @@ def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, de
     from kdeval.engine import distributed
     from kdeval.engine.predict import PredictSettings, cached_predict
 
-    detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=16, device=device), progress=False)
+    detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device),
+                                progress=False)
     labelled = pseudo_label_coco(coco, detections, settings.pseudo_threshold) if distributed.current().is_main else None
     return distributed.broadcast_from_main(labelled)
 

@@ -13,7 +13,7 @@ from kdeval.engine.predict import PredictSettings
 from kdeval.errors import KdevalError
 from kdeval.fileio import write_json_atomic, write_text_atomic
 from kdeval.metrics.matching import match_detections
-from kdeval.metrics.selection import ImageCounts, count_images, select_images
+from kdeval.metrics.selection import ImageCounts, check_selection, count_images, select_images
 from kdeval.report.gallery import Gallery, GalleryRow, write_gallery_page
 from kdeval.versions import package_versions
 from kdeval.vocab import GALLERY_SELECTIONS
@@ -103,6 +103,8 @@ def build_visualization(models: list[ModelInput], split: Split, settings: Visual
         raise KdevalError(f"--min-score {settings.min_score} must lie in 0..--score-threshold ({settings.score_threshold})")
     images_dir = split.require_images()
     gt = load_coco_annotations(split.annotations)
+    # before any model runs: under torchrun every rank fails here alike, not rank 0 alone after inference
+    check_selection(settings.select, settings.image_ids, [image["id"] for image in gt["images"]], len(models))
     detections = detections_of_models(models, split, gt, predict_settings, progress)
     if detections is None:
         return None

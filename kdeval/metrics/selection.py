@@ -114,6 +114,22 @@ def _ranked(keys: pd.DataFrame, ascending: list[bool], keep: pd.Series, num: int
     return [int(i) for i in frame["image_id"].head(num)]
 
 
+def check_selection(strategy: str, image_ids: tuple[int, ...], dataset_image_ids, num_models: int) -> None:
+    """A KdevalError if the selection cannot be made: an image id not in `dataset_image_ids`, an
+    unknown strategy, or one that compares models given fewer than two. Needs no detections, so a
+    command can check it before running any model."""
+    if strategy == "ids":
+        known = set(dataset_image_ids)
+        unknown = [i for i in image_ids if i not in known]
+        if unknown:
+            raise KdevalError(f"--select: image id {unknown[0]} is not in the dataset")
+        return
+    if strategy not in GALLERY_SELECTIONS:
+        raise KdevalError(f"--select {strategy}: expected one of {', '.join(GALLERY_SELECTIONS)} or image ids such as 12,57")
+    if strategy in NEEDS_TWO_MODELS and num_models < 2:
+        raise KdevalError(f"--select {strategy} compares models: give at least two")
+
+
 def select_images(counts: ImageCounts, strategy: str, num: int, seed: int = 0,
                   image_ids: tuple[int, ...] = ()) -> list[tuple[int, str]]:
     """(image id, why it was chosen) for each image to show, in the order to show them.
@@ -122,15 +138,9 @@ def select_images(counts: ImageCounts, strategy: str, num: int, seed: int = 0,
     Fewer than `num` come back when fewer images qualify (e.g. no image improved).
     """
     models = counts.models
+    check_selection(strategy, image_ids, counts.objects.index, len(models))
     if strategy == "ids":
-        unknown = [i for i in image_ids if i not in counts.objects.index]
-        if unknown:
-            raise KdevalError(f"--select: image id {unknown[0]} is not in the dataset")
         return [(int(i), "chosen by id") for i in dict.fromkeys(image_ids)]
-    if strategy not in GALLERY_SELECTIONS:
-        raise KdevalError(f"--select {strategy}: expected one of {', '.join(GALLERY_SELECTIONS)} or image ids such as 12,57")
-    if strategy in NEEDS_TWO_MODELS and len(models) < 2:
-        raise KdevalError(f"--select {strategy} compares models: give at least two")
     if strategy in ("improved", "degraded"):
         first, second = models[0], models[1]
         gain = counts.correct[second] - counts.correct[first]
