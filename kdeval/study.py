@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -386,7 +385,9 @@ class StudyResult:
 def run_study(settings: StudySettings, out: Path, device: str = "cpu", progress: bool = True,
               echo: Callable[[str], None] = print, stop_before: str | None = None) -> StudyResult:
     """Run (or continue) the study in `out`. `stop_before` ends it before that stage (tests use it)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from kdeval.engine.distributed import Distributed
+
+    if Distributed.from_env().world > 1:
         raise KdevalError("kdeval study runs in one process; under torchrun, run its steps instead "
                           "(torchrun ... -m kdeval train|evaluate|errors|visualize|robustness)")
     if settings.quick:

@@ -28,6 +28,9 @@ from kdeval.vocab import AREA_RANGES, COCO_STAT_NAMES
 # COCOeval Params' iouThrs and maxDets, computed as it computes them (0.6000000000000001 and all)
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 MAX_DETS = (1, 10, 100)
+# where AP50 and AP75 sit among them, and where summarize's areas sit in AREA_RANGES
+T50, T75 = (np.flatnonzero(IOU_THRESHOLDS == t) for t in (0.5, 0.75))
+ALL, SMALL, MEDIUM, LARGE = (list(AREA_RANGES).index(area) for area in ("all", "small", "medium", "large"))
 
 
 def _quiet():
@@ -92,15 +95,13 @@ def coco_stats(gt: dict, detections: list[dict]) -> dict[str, float]:
     -1 marks a stat with no ground truth (e.g. APl on a dataset without large objects), as COCOeval does.
     """
     precision, recall, _ = cocoeval_arrays(gt, detections, IOU_THRESHOLDS, MAX_DETS)
-    t50, t75 = (np.flatnonzero(IOU_THRESHOLDS == t) for t in (0.5, 0.75))
-    all_, small, medium, large = (list(AREA_RANGES).index(area) for area in ("all", "small", "medium", "large"))
     last = len(MAX_DETS) - 1
     values = [
-        summary_mean(precision[:, :, :, all_]), summary_mean(precision[t50][:, :, :, all_]),
-        summary_mean(precision[t75][:, :, :, all_]), summary_mean(precision[:, :, :, small]),
-        summary_mean(precision[:, :, :, medium]), summary_mean(precision[:, :, :, large]),
-        summary_mean(recall[:, :, all_, 0]), summary_mean(recall[:, :, all_, 1]), summary_mean(recall[:, :, all_, last]),
-        summary_mean(recall[:, :, small, last]), summary_mean(recall[:, :, medium, last]), summary_mean(recall[:, :, large, last]),
+        summary_mean(precision[:, :, :, ALL]), summary_mean(precision[T50][:, :, :, ALL]),
+        summary_mean(precision[T75][:, :, :, ALL]), summary_mean(precision[:, :, :, SMALL]),
+        summary_mean(precision[:, :, :, MEDIUM]), summary_mean(precision[:, :, :, LARGE]),
+        summary_mean(recall[:, :, ALL, 0]), summary_mean(recall[:, :, ALL, 1]), summary_mean(recall[:, :, ALL, last]),
+        summary_mean(recall[:, :, SMALL, last]), summary_mean(recall[:, :, MEDIUM, last]), summary_mean(recall[:, :, LARGE, last]),
     ]
     return dict(zip(COCO_STAT_NAMES, values))
 
@@ -120,15 +121,14 @@ def per_category_stats(gt: dict, detections: list[dict]):
     import pandas as pd
 
     precision, _, category_ids = cocoeval_arrays(gt, detections, IOU_THRESHOLDS, MAX_DETS)  # (iou, recall, category, area)
-    t50, t75 = (np.flatnonzero(IOU_THRESHOLDS == t) for t in (0.5, 0.75))
     names = {c["id"]: str(c["name"]) for c in gt["categories"]}
     rows = {}
     for k, category_id in enumerate(category_ids):
         p = precision[:, :, k, :]
         rows[category_id] = {
             "category": names[category_id],
-            "AP": summary_mean(p[:, :, 0]), "AP50": summary_mean(p[t50][:, :, 0]), "AP75": summary_mean(p[t75][:, :, 0]),
-            "APs": summary_mean(p[:, :, 1]), "APm": summary_mean(p[:, :, 2]), "APl": summary_mean(p[:, :, 3]),
+            "AP": summary_mean(p[:, :, ALL]), "AP50": summary_mean(p[T50][:, :, ALL]), "AP75": summary_mean(p[T75][:, :, ALL]),
+            "APs": summary_mean(p[:, :, SMALL]), "APm": summary_mean(p[:, :, MEDIUM]), "APl": summary_mean(p[:, :, LARGE]),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "category_id"
