@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -238,6 +239,24 @@ def _score_in_scorer(out_dir: Path, model: str, scenario: Scenario, key: dict, d
     return _score_and_save(_SCORER_GT["gt"], out_dir, model, scenario, key, detections)
 
 
+class ScoreHere:
+    """Finished scenarios scored and written in this process, each before the models go on (on the
+    CPU, where the models already use every core)."""
+
+    def __init__(self, gt: dict):
+        self.gt = gt
+        self.stats: dict[tuple[str, Scenario], dict] = {}
+
+    def submit(self, out_dir: Path, model: str, scenario: Scenario, key: dict, detections: list[dict]) -> None:
+        self.stats[(model, scenario)] = _score_and_save(self.gt, out_dir, model, scenario, key, detections)
+
+    def finish(self) -> dict[tuple[str, Scenario], dict]:
+        return self.stats
+
+    def stop(self) -> None:
+        pass
+
+
 class ScenarioScorers:
     """Finished scenarios scored and written by `processes` spawned processes while the models run on.
     At most two per process wait (their detections held in memory); a further one waits for the
@@ -262,19 +281,32 @@ class ScenarioScorers:
         self.waiting.append(((model, scenario), self.pool.submit(_score_in_scorer, out_dir, model, scenario, key, detections)))
 
     def _collect_oldest(self) -> None:
-        name, future = self.waiting.popleft()
+        name, future = self.waiting[0]
         self.stats[name] = future.result()
+        self.waiting.popleft()  # only now: `stop` must not wait for a scenario still being scored
 
     def finish(self) -> dict[tuple[str, Scenario], dict]:
+        """Wait for every scenario handed over; the stats of all of them. The processes stay for more."""
         while self.waiting:
             self._collect_oldest()
-        self.pool.shutdown()
         return self.stats
 
     def stop(self) -> None:
         """After an error or an interrupt: drop the scenarios not yet started. One being scored may be
-        cut short (a Ctrl-C reaches the scorers too); unwritten, it runs again on the next run."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        cut short (a Ctrl-C reaches the scorers too); unwritten, it runs again on the next run. After
+        `finish`, it ends the idle processes."""
+        self.pool.shutdown(wait=not self.waiting, cancel_futures=True)
+
+
+@contextmanager
+def scenario_scoring(gt: dict, settings: RobustnessSettings):
+    """Where a run scores its finished scenarios, one for the whole run: its ScenarioScorers'
+    processes (settings.scorers() of them; spawning them costs seconds) or this process."""
+    scoring = ScenarioScorers(gt, settings.scorers()) if settings.scorers() > 0 else ScoreHere(gt)
+    try:
+        yield scoring
+    finally:
+        scoring.stop()
 
 
 class ScenarioOwners:
@@ -312,14 +344,13 @@ def _batches(pending: dict[int, list[str]], positions: list[int], batch_size: in
 def _run_pending(
     loaded: dict[str, LoadedModel], pending: dict[int, list[str]], scenarios: list[Scenario], gt: dict, split: Split,
     settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
-    positions: list[int] | None = None, sharded: bool = False,
-) -> tuple[dict[tuple[str, Scenario], dict], int, float]:
-    """Run every pending (model, scenario) over the images at `positions` (default all); score and
-    write each scenario as soon as its last batch is done. `sharded` (under torchrun, every rank
-    running every scenario over its share of the images): each finished (model, scenario) is gathered
-    on one rank, in turn, which scores and writes it (ScenarioOwners).
-    Returns (stats per (model, scenario) this process scored, images loaded, seconds spent scoring
-    and writing)."""
+    scoring: ScoreHere | ScenarioScorers, positions: list[int] | None = None, sharded: bool = False,
+) -> tuple[int, float]:
+    """Run every pending (model, scenario) over the images at `positions` (default all); hand each
+    scenario to `scoring` as soon as its last batch is done (its stats come from `scoring.finish()`).
+    `sharded` (under torchrun, every rank running every scenario over its share of the images): each
+    finished (model, scenario) is gathered on one rank, in turn, which scores and writes it
+    (ScenarioOwners). Returns (images loaded, seconds spent gathering, scoring and handing over)."""
     predict = settings.predict
     device = torch.device(predict.device)
     images = gt["images"]
@@ -344,10 +375,8 @@ def _run_pending(
     )
     batches_left = {index: -(-len(positions) // predict.batch_size) for index in pending}
     detections: dict[tuple[str, int], list[dict]] = {}
-    stats: dict[tuple[str, Scenario], dict] = {}
     scoring_seconds = 0.0
     processed = 0
-    scorers = ScenarioScorers(gt, settings.scorers()) if settings.scorers() > 0 else None
     owners = ScenarioOwners([image["id"] for image in images]) if sharded else None
 
     def finish_scenario(scenario_index: int) -> None:
@@ -360,38 +389,26 @@ def _run_pending(
                 found = owners.gather(found)
                 if found is None:  # another rank scores this one
                     continue
-            key = keys[(name, scenario_index)]
-            if scorers is not None:
-                scorers.submit(out_dir, name, scenario, key, found)
-            else:
-                stats[(name, scenario)] = _score_and_save(gt, out_dir, name, scenario, key, found)
+            scoring.submit(out_dir, name, scenario, keys[(name, scenario_index)], found)
         scoring_seconds += time.perf_counter() - start
 
-    try:
-        if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
-            for scenario_index in sorted(pending):
+    if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
+        for scenario_index in sorted(pending):
+            finish_scenario(scenario_index)
+    with torch.inference_mode(), predict.autocast():
+        bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
+        for batch_images, targets in bar:
+            scenario_index = targets[0]["scenario"]
+            bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
+            inputs = images_to_device(batch_images, device)
+            for name in pending[scenario_index]:
+                found = detections.setdefault((name, scenario_index), [])
+                found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
+            processed += len(batch_images)
+            batches_left[scenario_index] -= 1
+            if batches_left[scenario_index] == 0:
                 finish_scenario(scenario_index)
-        with torch.inference_mode(), predict.autocast():
-            bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
-            for batch_images, targets in bar:
-                scenario_index = targets[0]["scenario"]
-                bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
-                inputs = images_to_device(batch_images, device)
-                for name in pending[scenario_index]:
-                    found = detections.setdefault((name, scenario_index), [])
-                    found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
-                processed += len(batch_images)
-                batches_left[scenario_index] -= 1
-                if batches_left[scenario_index] == 0:
-                    finish_scenario(scenario_index)
-        if scorers is not None:
-            start = time.perf_counter()
-            stats.update(scorers.finish())
-            scoring_seconds += time.perf_counter() - start
-    finally:
-        if scorers is not None:
-            scorers.stop()
-    return stats, processed, scoring_seconds
+    return processed, scoring_seconds
 
 
 # with fewer pending scenarios than this many per rank, ranks split the images instead (keeps all busy)
@@ -417,23 +434,38 @@ def split_scenarios(pending: dict[int, list[str]], world: int) -> tuple[list[lis
     return [sorted(indices) for indices in whole], sorted(heaviest_first[whole_count:])
 
 
-def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, dist_env):
+def _finish_scoring(scoring: ScoreHere | ScenarioScorers) -> tuple[dict[tuple[str, Scenario], dict], float]:
+    start = time.perf_counter()
+    stats = scoring.finish()
+    return stats, time.perf_counter() - start
+
+
+def _run_alone(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, scoring):
+    processed, seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, scoring)
+    stats, waited = _finish_scoring(scoring)
+    return stats, processed, seconds + waited
+
+
+def _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress, scoring, dist_env):
     """Under torchrun, the scenarios shared as `split_scenarios` says: first those whose images the
     ranks split, each finished one gathered and scored on the ranks in turn, then each rank's whole
-    scenarios. Every finished scenario is its own file, written by the rank that scored it, so a
-    rerun after a kill of any rank resumes as alone."""
+    scenarios; a rank's scoring processes score both kinds, the split ones while the whole ones run.
+    Every finished scenario is its own file, written by the rank that scored it, so a rerun after a
+    kill of any rank resumes as alone."""
     whole, split_by_images = split_scenarios(pending, dist_env.world)
     show = progress and dist_env.is_main
     processed, seconds = 0, 0.0
     if split_by_images:
-        _, processed, seconds = _run_pending(loaded, {index: pending[index] for index in split_by_images}, scenarios, gt, split,
-                                             settings, keys, out_dir, show,
-                                             positions=dist_env.shard(len(gt["images"]), settings.predict.batch_size),
-                                             sharded=True)
+        processed, seconds = _run_pending(loaded, {index: pending[index] for index in split_by_images}, scenarios, gt, split,
+                                          settings, keys, out_dir, show, scoring,
+                                          positions=dist_env.shard(len(gt["images"]), settings.predict.batch_size),
+                                          sharded=True)
     if whole[dist_env.rank]:
-        _, more, more_seconds = _run_pending(loaded, {index: pending[index] for index in whole[dist_env.rank]}, scenarios, gt,
-                                             split, settings, keys, out_dir, show)
+        more, more_seconds = _run_pending(loaded, {index: pending[index] for index in whole[dist_env.rank]}, scenarios, gt,
+                                          split, settings, keys, out_dir, show, scoring)
         processed, seconds = processed + more, seconds + more_seconds
+    _, waited = _finish_scoring(scoring)  # this rank's files are written; the others' are read below
+    seconds += waited
     distributed.barrier()
     stats = {}
     for index, names in pending.items():
@@ -503,11 +535,13 @@ def run_robustness(
             checkpoint.labels.check_matches(gt["categories"], str(split.annotations))
             loaded[model.name] = replace(checkpoint, model=inference_model(checkpoint.model, settings.predict))
         dist_env = distributed.current()
-        if dist_env.world == 1:
-            computed, processed, scoring_seconds = _run_pending(loaded, pending, scenarios, gt, split, settings, keys, out_dir, progress)
-        else:
-            computed, processed, scoring_seconds = _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
-                                                                progress, dist_env)
+        with scenario_scoring(gt, settings) as scoring:
+            if dist_env.world == 1:
+                computed, processed, scoring_seconds = _run_alone(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
+                                                                  progress, scoring)
+            else:
+                computed, processed, scoring_seconds = _run_sharded(loaded, pending, scenarios, gt, split, settings, keys, out_dir,
+                                                                    progress, scoring, dist_env)
         stats.update(computed)
 
     return RobustnessRun(
