@@ -191,29 +191,74 @@ def test_a_command_that_succeeds_leaves_the_job_with_every_rank_and_one_that_fai
 
     importlib.import_module("kdeval.engine.distributed")  # as a command that joined a job has it
 
-    calls = []
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
-    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
-    assert user_errors(lambda: "done")() == "done"
-    assert calls == ["barrier", "destroy"]
+    calls, group = [], {"alive": True, "backend": "gloo"}
 
+    def destroy():
+        calls.append("destroy")
+        group["alive"] = False
+
+    def barrier():
+        calls.append("barrier")
+        if group.get("barrier fails"):
+            raise RuntimeError("gloo: connection closed by peer")
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: group["alive"])
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: group["backend"])
+    monkeypatch.setattr(torch.distributed, "barrier", barrier)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy)
+
+    def outcome(command, raised=None, **state):
+        calls.clear()
+        group.clear()
+        group.update({"alive": True, "backend": "gloo", **state})
+        if raised is None:
+            assert user_errors(command)() == "done"
+        else:
+            with pytest.raises(raised):
+                user_errors(command)()
+        return list(calls)
+
+    def failing(error):
+        def command():
+            raise error
+        return command
+
+    def leaves_then_fails():
+        from kdeval.engine.distributed import leave
+
+        leave()  # as commands do right after their last collective
+        raise KdevalError("a bad file, found by rank 0 alone")
+
+    assert outcome(lambda: "done") == ["barrier", "destroy"]
     # a failing rank leaves alone, without the barrier: under gloo it destroys its group (else its
     # threads can abort the exit), under NCCL it leaves the teardown to torchrun
-    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
-    for failure, raised in ((KdevalError("bad input"), typer.Exit), (ValueError("a bug"), ValueError)):
-        def fails(failure=failure):
-            raise failure
+    assert outcome(failing(KdevalError("bad input")), typer.Exit) == ["destroy"]
+    assert outcome(failing(ValueError("a bug")), ValueError) == ["destroy"]
+    assert outcome(failing(KdevalError("bad input")), typer.Exit, backend="nccl") == []
+    assert outcome(leaves_then_fails, typer.Exit) == ["barrier", "destroy"]  # nothing left to destroy
+    assert outcome(lambda: "done", RuntimeError, **{"barrier fails": True}) == ["barrier", "destroy"]
 
-        calls.clear()
-        with pytest.raises(raised):
-            user_errors(fails)()
-        assert calls == ["destroy"]
-    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "nccl")
-    calls.clear()
-    with pytest.raises(typer.Exit):
-        user_errors(lambda: (_ for _ in ()).throw(KdevalError("bad input")))()
-    assert calls == []
+
+def test_a_failing_rank_exits_even_when_destroying_its_group_hangs(monkeypatch):
+    """gloo's destroy waits for a collective the rank had started until the other ranks join or exit:
+    abandon gives it ABANDON_WAIT, then lets the rank exit with its error."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch
+
+    from kdeval.engine import distributed
+
+    release = threading.Event()
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: release.wait(10))  # 10 s: "forever"
+    monkeypatch.setattr(distributed, "ABANDON_WAIT", timedelta(seconds=0.3))
+    start = time.perf_counter()
+    distributed.abandon()
+    assert 0.3 <= time.perf_counter() - start < 5
+    release.set()
 
 
 def test_predict_under_torchrun_gathers_on_rank_0_alone(tiny_shapes, trained, tmp_path, monkeypatch):

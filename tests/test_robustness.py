@@ -324,8 +324,9 @@ def test_help_shows_an_example():
     ("fog", "1", "images", [], [], False),
     # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
     ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"], False),
-    # 9 scenarios: 4 whole ones per rank, and the ninth split by images
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1"], False),
+    # 9 scenarios: 4 whole ones per rank, and the ninth split by images; one scoring process per rank
+    # scores both kinds, and the whole ones' loader worker is forked while it is alive (as beside a GPU)
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1", "--workers", "1"], False),
     # the same, two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
     ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True),
 ])

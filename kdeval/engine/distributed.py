@@ -113,13 +113,31 @@ def leave() -> None:
         torch.distributed.destroy_process_group()
 
 
+# How long a failing rank waits for its gloo process group to be destroyed before it exits anyway
+ABANDON_WAIT = timedelta(seconds=10)
+
+
+def _destroy_quietly() -> None:
+    try:
+        torch.distributed.destroy_process_group()
+    except Exception:  # best effort: the rank is failing already, and its own error is what to show
+        pass
+
+
 def abandon() -> None:
     """Leave a torchrun job after an error on this rank, without waiting for the others (they may be
     waiting for this one, or never come). Under gloo the process group is destroyed here, which needs
     no other rank: left to the interpreter's exit, its threads made the failing rank abort instead of
     exiting with its error ("terminate called without an active exception", 4 of 20 two-rank runs;
-    0 of 24 with it destroyed). Under NCCL nothing is done: tearing its communicators down while other
-    ranks are inside a collective can hang, and torchrun ends the job when this rank exits."""
+    0 of 24 with it destroyed). Destroying waits for a collective this rank had started, until the
+    others join it or exit (seen: an all_reduce in flight held it 40 s, until the other rank ended),
+    so it runs in a thread given ABANDON_WAIT, and the rank exits after that in any case. Under NCCL
+    nothing is done: tearing its communicators down while other ranks are inside a collective can
+    hang, and torchrun ends the job when this rank exits."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_backend() == "gloo":
-        torch.distributed.destroy_process_group()
+        import threading
+
+        destroying = threading.Thread(target=_destroy_quietly, name="kdeval-abandon", daemon=True)
+        destroying.start()
+        destroying.join(ABANDON_WAIT.total_seconds())
