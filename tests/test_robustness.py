@@ -617,9 +617,12 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
             # two may wait: a third submission first collects the oldest
             assert len(scorers.waiting) == min(submitted, 2) and len(scorers.stats) == max(0, submitted - 2)
         assert scorers.pool._processes and all(pid != os.getpid() for pid in scorers.pool._processes)
+        processes = list(scorers.pool._processes.values())
         stats = scorers.finish()
+        assert all(process.is_alive() for process in processes)  # kept for the run's next scenarios
     finally:
         scorers.stop()
+    assert not any(process.is_alive() for process in processes)  # finished: stop ends them
     for scenario in scenarios:
         expected = _score_and_save(gt, tmp_path / "main", "m", scenario, {"k": scenario.slug}, found[scenario])
         assert stats[("m", scenario)] == expected
@@ -627,6 +630,23 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
         ours = sorted((tmp_path / "scorers" / folder / "m").iterdir())
         assert [p.name for p in ours] == sorted(p.name for p in (tmp_path / "main" / folder / "m").iterdir())
         assert all(p.read_bytes() == (tmp_path / "main" / folder / "m" / p.name).read_bytes() for p in ours)
+
+
+def test_a_scenario_that_fails_to_score_fails_the_run_and_stop_does_not_wait(tiny_shapes, tmp_path):
+    from kdeval.data.corrupted import Scenario
+    from kdeval.engine.robustness import ScenarioScorers
+
+    gt = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    blocked = tmp_path / "a file"  # the scenario files cannot be written under it
+    blocked.write_text("")
+    scorers = ScenarioScorers(gt, 1)
+    try:
+        scorers.submit(blocked, "m", Scenario("fog", 1), {}, noisy_detections(gt, 0))
+        with pytest.raises(OSError):
+            scorers.finish()
+        assert len(scorers.waiting) == 1  # the failed one stays: stop must not wait for scenarios
+    finally:
+        scorers.stop()
 
 
 def test_ranks_get_equal_work_and_split_the_remainder_by_images():
