@@ -204,6 +204,19 @@ def test_figure2_shows_a_loss_as_a_loss():
 # ---------------------------------------------------------------- the command
 
 
+def test_relative_changes_are_left_out_where_the_baseline_shows_as_zero():
+    import pandas as pd
+
+    from kdeval.report.tables import display_cells
+
+    table = pd.DataFrame({"C75": [0.431, 0.387, 0.0004, 0.0], "Loc": [0.5, 0.6, 0.0, -1.0]},
+                         index=["kd", "base", "tiny", "none"])
+    assert display_cells(table, "base", relative=True)["C75"].tolist() == ["43.1 (+11.4%)", "38.7", "0.0 (-99.9%)", "0.0 (-100.0%)"]
+    assert display_cells(table, "tiny", relative=True)["C75"].tolist() == ["43.1", "38.7", "0.0", "0.0"]
+    assert display_cells(table, "base", relative=True)["Loc"].tolist() == ["50.0 (-16.7%)", "60.0", "0.0 (-100.0%)", "–"]
+    assert display_cells(table, "tiny", relative=False)["C75"].tolist() == ["43.1 (+43.1)", "38.7 (+38.7)", "0.0", "0.0 (-0.0)"]
+
+
 def test_errors_command_on_results_files(tmp_path, tiny_coco):
     ann = write_json(tmp_path / "gt.json", tiny_coco)
     perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))

@@ -22,12 +22,15 @@ def _cell(value: float, base: float | None, relative: bool = False) -> str:
         return text
     if not relative:
         return text + f" ({100 * (value - base):+.1f})"
-    return text + (f" ({100 * (value - base) / base:+.1f}%)" if base > 0 else "")
+    if round(100 * base, 1) <= 0:  # a baseline shown as 0.0: '0.1 (+487.4%)' would say nothing readable
+        return text
+    return text + f" ({100 * (value - base) / base:+.1f}%)"
 
 
 def display_cells(table: pd.DataFrame, baseline: str | None, relative: bool = False) -> pd.DataFrame:
     """Strings ×100, with '(+x.x)' gains over the baseline row for every other row; with
-    `relative`, the change in per cent of the baseline's value, '(+11.4%)', as the paper writes it."""
+    `relative`, the change in per cent of the baseline's value, '(+11.4%)', as the paper writes it
+    (none where the baseline's value shows as 0.0; the CSV keeps the exact change)."""
     if baseline is not None and baseline not in table.index:
         raise KeyError(baseline)
     cells = {}
