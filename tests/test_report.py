@@ -16,6 +16,11 @@ def test_markdown_and_csv_tables():
     assert blocks[1].header == ("model", "AP") and blocks[1].rows == (("a|b", "1.0 (+2)"),)
     assert blocks[1].numeric == (False, True)
     assert markdown_blocks("| x |\n| 1 | 2 |")[0].rows == (("1",),)  # rows cut to the header's width
+    # the robustness summary's bold title and italic notes: markers removed, the emphasis kept
+    title, note, plain, odd = markdown_blocks("**Robustness on val**\n*PARTIAL mPC: 15 of 75*\nA 2*3 note\n**x*\n")
+    assert (title.text, title.emphasis) == ("Robustness on val", "strong")
+    assert (note.text, note.emphasis) == ("PARTIAL mPC: 15 of 75", "em")
+    assert (plain.text, plain.emphasis) == ("A 2*3 note", "") and (odd.text, odd.emphasis) == ("**x*", "")
 
 
 def test_csv_block_previews_long_files(tmp_path):

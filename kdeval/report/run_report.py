@@ -40,6 +40,7 @@ class Block:
 
     kind: str  # "heading", "table" or "text"
     text: str = ""
+    emphasis: str = ""  # a text line wholly in **…** ("strong") or *…* ("em"), its markers removed
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
     numeric: tuple[bool, ...] = ()  # per column: right-aligned
@@ -109,8 +110,18 @@ def _is_separator(cells: list[str]) -> bool:
     return bool(cells) and all(re.fullmatch(r":?-{2,}:?", c.replace(" ", "")) for c in cells)
 
 
+def _text_block(line: str) -> Block:
+    for marker, emphasis in (("**", "strong"), ("*", "em")):
+        inner = line[len(marker):-len(marker)]
+        if len(line) > 2 * len(marker) and line.startswith(marker) and line.endswith(marker) and not inner.startswith("*") \
+                and not inner.endswith("*"):
+            return Block("text", text=inner, emphasis=emphasis)
+    return Block("text", text=line)
+
+
 def markdown_blocks(text: str) -> list[Block]:
-    """Headings, pipe tables and lines of text of a Markdown file, the subset kdeval's tables use."""
+    """Headings, pipe tables and lines of text (a whole line in bold or italics, as the robustness
+    summary's title and notes are) of a Markdown file: the subset kdeval's tables use."""
     blocks: list[Block] = []
     lines = text.splitlines()
     i = 0
@@ -133,7 +144,7 @@ def markdown_blocks(text: str) -> list[Block]:
         if line.startswith("#"):
             blocks.append(Block("heading", text=line.lstrip("#").strip()))
         elif line:
-            blocks.append(Block("text", text=line))
+            blocks.append(_text_block(line))
         i += 1
     return blocks
 
