@@ -85,6 +85,8 @@ def size_gain_figure(ap: pd.DataFrame, baseline: str | None, models: list[str] |
     FN is left out: its AP is 1 by definition."""
     models = list(dict.fromkeys(ap["model"])) if models is None else models
     compared = [m for m in models if m != baseline] if baseline is not None else models
+    if not compared:  # the baseline alone: its own bars, nothing to compare with
+        baseline, compared = None, models
     sizes = [s for s in SIZE_COLORS if s in set(ap["area"])]
     figure = Figure(figsize=(max(5.0, 1.0 * len(settings) + 1.5), 3.2 * len(compared)), layout="constrained")
     axes = figure.subplots(len(compared), 1, squeeze=False)[:, 0]
