@@ -17,11 +17,23 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+# the permissions a plain open() would give a new file; mkstemp's temporaries are 0600, which left
+# every report, figure and checkpoint unreadable to the colleagues of a shared machine
+NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -287,6 +287,22 @@ def test_a_second_kdeval_on_the_same_folder_is_refused_and_a_killed_one_leaves_n
     assert (out / "ap_table.csv").is_file()
 
 
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Atomic writes go through mkstemp's 0600 temporaries: the files must still be as readable as
+    open() would make them (0644 under the usual umask 022), on shared machines above all."""
+    import os
+    import stat
+
+    from kdeval.fileio import torch_save_atomic, write_text_atomic
+
+    mask = os.umask(0)
+    os.umask(mask)
+    (tmp_path / "plain.txt").write_text("x")
+    written = [write_text_atomic(tmp_path / "table.md", "| a |"), torch_save_atomic(tmp_path / "model.pt", {"w": 1})]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~mask
+
+
 def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_their_folder(tmp_path):
     """An atomic write killed before its rename leaves ".NAME.XXXXXXXX.tmp"; the next run that takes the
     folder's lock deletes those, but not in a sub-folder whose lock a live kdeval holds, nor files
