@@ -129,6 +129,27 @@ def test_scores_outside_unit_range_are_noted_and_scored(tmp_path, tiny_coco):
     assert coco_stats(tiny_coco, logits)["AP"] == pytest.approx(1.0)
 
 
+def test_results_on_a_subset_and_a_map_that_does_not_fit_are_noted(tmp_path, tiny_coco):
+    """Results made on 1 of the dataset's images, scored against all (--annotations forgotten), and a
+    0-based map applied to 1-based results: scored as asked, each with a note saying why AP may mislead."""
+    gt = write_json(tmp_path / "gt.json", tiny_coco)
+    perfect = perfect_detections(tiny_coco)
+    first = tiny_coco["images"][0]["id"]
+    subset = write_json(tmp_path / "subset.json", [d for d in perfect if d["image_id"] == first])
+    result = run("evaluate", subset, "--annotations", gt, "--out", tmp_path / "o")
+    n = len(tiny_coco["images"])
+    assert result.exit_code == 0 and f"detections on only 1 of the dataset's {n} images" in result.output
+    everywhere = write_json(tmp_path / "all.json", perfect)
+    assert "detections on only" not in run("evaluate", everywhere, "--annotations", gt, "--out", tmp_path / "o").output
+    ids = sorted(c["id"] for c in tiny_coco["categories"])
+    zero_based = write_json(tmp_path / "map.json", {str(i - 1): i for i in ids})
+    result = run("evaluate", everywhere, "--annotations", gt, "--category-map", zero_based, "--out", tmp_path / "o")
+    assert "kdeval: note:" in result.output and f"the map's ids {ids[0] - 1} occur in no detection" in result.output
+    fitting = write_json(tmp_path / "fits.json", {str(i): i for i in ids})
+    result = run("evaluate", everywhere, "--annotations", gt, "--category-map", fitting, "--out", tmp_path / "o")
+    assert result.exit_code == 0 and "kdeval: note:" not in result.output
+
+
 # ---------------------------------------------------------------- category maps
 
 

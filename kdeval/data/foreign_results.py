@@ -175,6 +175,35 @@ def score_range_note(detections: list[dict], path: Path | str) -> str | None:
             f"AP depends only on their order, so they are scored as they are")
 
 
+# below this share of the dataset's images with any detection, a results file looks made on a subset
+COVERED_SHARE = 0.5
+
+
+def coverage_note(detections: list[dict], gt: dict, path: Path | str) -> str | None:
+    """Images without a single detection count as all missed. A detector's results leave few such
+    images; most of them empty suggests results made on a subset, scored against the whole dataset
+    (e.g. --annotations forgotten, so the default dataset was used): say so, since AP drops silently."""
+    images = {image["id"] for image in gt["images"]}
+    covered = len(images & {d["image_id"] for d in detections})
+    if not images or covered >= COVERED_SHARE * len(images):
+        return None
+    return (f"{path}: detections on only {covered} of the dataset's {len(images)} images; the other "
+            f"{len(images) - covered} count as all missed. If the results were made on a subset, give that "
+            f"subset's --annotations")
+
+
+def unused_map_note(detections: list[dict], category_map: CategoryMap) -> str | None:
+    """A map that does not fit the results: some of its ids occur in no detection while some of the
+    results' ids are not in it and pass unmapped (a map for 0-based ids applied to 1-based results
+    maps 1 → 2 … 5 → 6 and leaves 6 as 6, merging two classes without an error)."""
+    seen = {d["category_id"] for d in detections}
+    unused, unmapped = set(category_map.ids) - seen, seen - set(category_map.ids)
+    if not unused or not unmapped:
+        return None
+    return (f"{category_map.source}: the map's ids {_examples(unused)} occur in no detection, and the results' ids "
+            f"{_examples(unmapped)} are not in the map (they stay as they are): are the results' ids already the dataset's?")
+
+
 def xyxy_to_xywh(detections: list[dict]) -> list[dict]:
     out = []
     for d in detections:
@@ -185,13 +214,17 @@ def xyxy_to_xywh(detections: list[dict]) -> list[dict]:
 
 def check_foreign_results(detections: list[dict], gt: dict, path: Path | str,
                           category_map: CategoryMap | None = None) -> list[dict]:
-    """Map, then diagnose: raise with every problem, one line each; log a note on odd scores."""
+    """Map, then diagnose: raise with every problem, one line each; log a note on odd scores, on
+    results that leave most images empty, and on a category map that does not fit the results."""
+    notes = []
     if category_map is not None:
+        notes.append(unused_map_note(detections, category_map) if category_map.ids else None)
         detections = category_map.map_detections(detections)
     problems = diagnose(detections, gt, path)
     if problems:
         raise KdevalError("\n".join(problems))
-    note = score_range_note(detections, path)
-    if note:
-        log.warning(note)
+    notes += [score_range_note(detections, path), coverage_note(detections, gt, path)]
+    for note in notes:
+        if note:
+            log.warning(note)
     return detections
