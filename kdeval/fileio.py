@@ -53,6 +53,16 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def remove_earlier_outputs(folder: Path, patterns: tuple[str, ...]) -> None:
+    """Delete the files matching `patterns` in `folder` that an earlier run of the same command wrote:
+    called before writing, so that outputs this run does not write again (a model no longer given,
+    a table no longer asked for) do not stay beside its own, where `kdeval report` would show them."""
+    for pattern in patterns:
+        for path in Path(folder).glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
 def safe_file_stem(name: str) -> str:
     """A model or category name as one file-name part: letters, digits and . _ + - kept, anything else
     (slashes, spaces, quotes) as '_', no leading or trailing dots, so no name can point elsewhere."""

@@ -236,6 +236,10 @@ def test_errors_command_on_results_files(tmp_path, tiny_coco):
     assert "%)" in table  # relative change against the baseline, as the paper writes it
     settings = json.loads((out / "errors_settings.json").read_text())
     assert settings["baseline"] == "base"
+    # the same folder again with one model: tidecv's plot of the other does not stay behind
+    result = runner.invoke(app, ["errors", f"good={sloppy}", "--annotations", str(ann), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (out / "tide").iterdir()] == ["good_tidecv_summary.png"]
 
 
 def test_errors_command_on_a_checkpoint(tmp_path, tiny_shapes, trained):

@@ -58,6 +58,9 @@ def test_evaluate_per_class_writes_tables_with_gains(tmp_path, tiny_coco):
     markdown = (tmp_path / "o" / "per_class.md").read_text()
     assert "| category | half | good |" in markdown and "| dog (2) | 0.0 | 100.0 (+100.0) |" in markdown
     assert "Category & half & good" in (tmp_path / "o" / "per_class.tex").read_text()
+    # the same folder again without --per-class: the tables of the earlier models do not stay behind
+    assert run("evaluate", f"good={good}", "--annotations", gt, "--out", tmp_path / "o").exit_code == 0
+    assert not list((tmp_path / "o").glob("per_class.*")) and (tmp_path / "o" / "ap_table.md").is_file()
 
 
 # ---------------------------------------------------------------- diagnosis

@@ -192,6 +192,23 @@ def test_figures_take_a_table_and_touch_no_global_state():
     assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["clean", "1", "2", "3"]  # only severities run
 
 
+def test_tables_written_again_drop_the_figures_of_models_no_longer_shown(tmp_path):
+    """A rerun of a folder with fewer models, or the clean images alone, leaves no figure or table of
+    the earlier run beside its own (the report page would show them as this run's)."""
+    from kdeval.engine.robustness import write_robustness_tables
+
+    rows = [(m, "clean", 0, "AP", 0.5) for m in ("a", "b")]
+    rows += [(m, c, s, "AP", 0.5 - 0.05 * s) for m in ("a", "b") for c in ("fog", "snow") for s in (1, 2)]
+    write_robustness_tables(tidy(rows), tmp_path, "two models")
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "ap_vs_severity.pdf", "ap_vs_severity.png", "heatmap-a.pdf", "heatmap-a.png", "heatmap-b.pdf", "heatmap-b.png"]
+    write_robustness_tables(tidy([r for r in rows if r[0] == "a"]), tmp_path, "one model")
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "ap_vs_severity.pdf", "ap_vs_severity.png", "heatmap-a.pdf", "heatmap-a.png"]
+    write_robustness_tables(tidy([r for r in rows if r[1] == "clean"]), tmp_path, "clean only")
+    assert not list((tmp_path / "figures").iterdir()) and not (tmp_path / "robustness_by_corruption.csv").exists()
+
+
 # ---------------------------------------------------------------- the command
 
 

@@ -111,6 +111,7 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     out_dir = Path(out_dir)
     # per-category figures of an earlier run over other categories would mislead: that folder starts afresh
     shutil.rmtree(out_dir / "per_category", ignore_errors=True)
+    shutil.rmtree(out_dir / "tide", ignore_errors=True)  # and tidecv's plots of models no longer given
     paths = []
     ap = analysis.ap()
     relative = ap.copy()

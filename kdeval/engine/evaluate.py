@@ -12,7 +12,7 @@ from kdeval.data.source import Split
 from kdeval.engine import distributed
 from kdeval.engine.predict import PredictSettings, cached_predict
 from kdeval.errors import KdevalError
-from kdeval.fileio import write_json_atomic, write_text_atomic
+from kdeval.fileio import remove_earlier_outputs, write_json_atomic, write_text_atomic
 from kdeval.metrics.coco_ap import coco_stats, per_category_stats
 from kdeval.report.tables import to_latex, to_markdown, write_tables
 from kdeval.vocab import TABLE_METRICS
@@ -128,6 +128,8 @@ def write_evaluation(table: pd.DataFrame, stats: dict, out_dir: Path, baseline: 
     paths.append(write_json_atomic(Path(out_dir) / "coco_stats.json", {"annotations": str(split.annotations), "stats": stats}))
     if per_class:
         paths += write_per_class(per_class, Path(out_dir), baseline, split)
+    else:  # an earlier run's per-class tables are of other models or data
+        remove_earlier_outputs(Path(out_dir), ("per_class.csv", "per_class.md", "per_class.tex"))
     return paths
 
 

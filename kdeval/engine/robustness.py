@@ -42,7 +42,7 @@ from kdeval.engine import distributed
 from kdeval.engine.predict import (PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
                                    merge_shards)
 from kdeval.errors import KdevalError
-from kdeval.fileio import file_sha256, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import file_sha256, remove_earlier_outputs, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.figures import save_figure
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, TIDY_COLUMNS, corruption_means, robustness_summary
@@ -618,6 +618,9 @@ def write_robustness_tables(
         markdown += ["**AP (%) per corruption, mean over the severities run**", "", to_markdown(by_corruption, baseline)]
     caption = ". ".join([title, *notes])
 
+    # figures of models (or corruptions) an earlier run of this folder showed and this one does not
+    remove_earlier_outputs(out_dir, ("robustness_by_corruption.csv",))
+    remove_earlier_outputs(out_dir / "figures", ("ap_vs_severity.*", "heatmap-*.png", "heatmap-*.pdf"))
     paths = [
         write_text_atomic(out_dir / "robustness.csv", table.to_csv(index=False)),
         write_text_atomic(out_dir / "robustness_summary.csv", summary_csv.to_csv(float_format="%.6f")),
