@@ -81,6 +81,15 @@ def test_train_predict_evaluate_end_to_end(tiny_shapes, trained, tmp_path):
     assert set(stats["oracle"]) >= {"AP", "AR100"} and not math.isnan(stats["tiny"]["AP"])
 
 
+def test_models_without_names_are_named_by_file_or_by_the_training_folder():
+    from kdeval.engine.evaluate import ModelInput
+
+    names = [ModelInput.parse(text).name for text in (
+        "reports/baseline-r18/model.pt", "reports/distilled-ssim-r18/model.pt", "r50.bbox.json", "kd=reports/x/model.pt",
+        "weights/retinanet_resnet50_fpn_coco-eeacb38b.pth")]
+    assert names == ["baseline-r18", "distilled-ssim-r18", "r50.bbox", "kd", "retinanet_resnet50_fpn_coco-eeacb38b"]
+
+
 def test_evaluate_results_json_needs_no_images(tmp_path, tiny_coco):
     gt = write_json(tmp_path / "gt.json", tiny_coco)
     dets = write_json(tmp_path / "d.json", perfect_detections(tiny_coco))

@@ -18,6 +18,7 @@ from kdeval.report.tables import to_latex, to_markdown, write_tables
 from kdeval.vocab import TABLE_METRICS
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+TRAINED_MODEL_STEM = "model"  # kdeval train writes OUT/model.pt
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,14 @@ class ModelInput:
 
     @classmethod
     def parse(cls, text: str) -> "ModelInput":
+        """`name=path`, or `path` named by its file (`r50.bbox.json` → 'r50.bbox'); a file kdeval's
+        training wrote, `model.pt`, is named by its folder (`reports/baseline-r18/model.pt` →
+        'baseline-r18'), so that several need no names."""
         name, sep, path = text.partition("=")
         if not sep:
             path, name = text, Path(text).stem
+            if name == TRAINED_MODEL_STEM and Path(text).resolve().parent.name:
+                name = Path(text).resolve().parent.name
         if not name or not path:
             raise KdevalError(f"'{text}': expected PATH or NAME=PATH")
         return cls(name, Path(path))
