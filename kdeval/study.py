@@ -190,7 +190,7 @@ def _splits(settings: StudySettings) -> tuple[Split, Split]:
 
 
 def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
-    from kdeval.engine.train import RECIPES, train
+    from kdeval.engine.train import RECIPES, train, warmup_for
 
     study = ctx.settings
     base = RECIPES["shapes"] if not study.annotations else RECIPES["coco-1x"]
@@ -199,10 +199,10 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
         sizes = {"min_size": study.image_size, "max_size": max(study.image_size, base.max_size * study.image_size // base.min_size)}
     settings = replace(base, seed=study.seed, **sizes, **{k: v for k, v in (("batch_size", study.batch_size),
                                                                        ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
-    # a short schedule must not spend itself warming up: warm-up is at most a fifth of it
+    # the warm-up a short schedule gets (train's lr_at caps it too), recorded in the stage's settings
     n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
-    settings = replace(settings, warmup_iters=max(1, min(settings.warmup_iters, total // 5)))
+    settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total))
     out_dir = ctx.out / "models" / name
     result = train(settings, ctx.train_split, out_dir, device=ctx.device, resume=resume, overwrite=not resume, progress=ctx.progress)
     return {"checkpoint": ctx.rel(result.checkpoint)}

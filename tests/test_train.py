@@ -23,6 +23,14 @@ def test_lr_schedule_warms_up_then_decays_at_fractions():
     assert lr_at(settings, 79, 120) == pytest.approx(0.01)
     assert lr_at(settings, 80, 120) == pytest.approx(0.001)
     assert lr_at(settings, 110, 120) == pytest.approx(0.0001)
+    # a short run: 18 iterations (one Shapes epoch of 300 images) warm up for 3, not 100
+    short = TrainSettings(lr=0.01, warmup_iters=100, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
+    assert lr_at(short, 3, 18) == pytest.approx(0.01) and lr_at(short, 1, 18) < 0.01
+    assert max(lr_at(short, i, 18) for i in range(18)) == pytest.approx(0.01)
+    # a single iteration gets the warm-up's first value, and is not also decayed twice at iteration 0
+    assert lr_at(short, 0, 1) == pytest.approx(0.01 * 0.001)
+    one_step = TrainSettings(lr=0.01, warmup_iters=100, warmup_factor=1.0, decay_at=(8 / 12, 11 / 12))
+    assert lr_at(one_step, 0, 1) == pytest.approx(0.01)
 
 
 def test_batches_cover_each_epoch_once_and_resume_mid_epoch():
