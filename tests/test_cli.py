@@ -171,7 +171,20 @@ def test_missing_and_malformed_files(tmp_path, tiny_coco, tiny_shapes, trained):
         "image file not found",
     )
     # a model trained on other categories than the dataset's
-    assert_user_error(run("evaluate", "--out", tmp_path / "o", trained, "--images", tmp_path, "--annotations", gt), "category id 1 is 'cat' in the dataset but 'circle' in the model")
+    assert_user_error(run("evaluate", "--out", tmp_path / "o", trained, "--images", tmp_path, "--annotations", gt),
+                      "category id 1 is 'cat' in the dataset but 'circle' in the model", "--category-map FILE ('circle': 'cat')")
+
+
+def test_a_model_whose_ids_are_shifted_is_told_how_to_map_them():
+    from kdeval.data.coco import LabelSpace
+    from kdeval.errors import KdevalError
+
+    labels = LabelSpace((1, 2), ("circle", "ellipse"))
+    with pytest.raises(KdevalError, match=r"trained on 1 circle, 2 ellipse; the model calls 'circle' id 1: .*--category-map"):
+        labels.check_matches([{"id": 11, "name": "circle"}, {"id": 12, "name": "ellipse"}], "val.json")
+    many = LabelSpace(tuple(range(1, 81)), tuple(f"c{i}" for i in range(1, 81)))
+    with pytest.raises(KdevalError, match=r"8 c8, … \(80 in all\); `evaluate` and `errors` map"):
+        many.check_matches([{"id": 90, "name": "toothbrush"}], "val.json")
 
 
 def test_train_refuses_to_overwrite_a_finished_run(tiny_shapes, trained):
