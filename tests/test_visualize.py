@@ -163,6 +163,12 @@ def test_visualize_improved_picks_images_where_the_second_model_gains(tiny_shape
     gains = [int(image["reason"].split()[1]) for image in payload["images"]]
     assert gains and all(g > 0 for g in gains) and gains == sorted(gains, reverse=True)
     assert "note: only" in result.stdout  # fewer qualify than --num asked for
+    assert "reaches --score-threshold" not in result.stdout
+    # a threshold above every score of the noisy models (0.87 at most): the note says why they count nothing
+    strict = run("visualize", *models, *shapes_args(tiny_shapes), "--select", "improved", "--num", 50,
+                 "--score-threshold", 0.88, "--min-score", 0.5, "--out", tmp_path / "strict")
+    assert strict.exit_code == 0, strict.output
+    assert "no detection of first, third reaches --score-threshold 0.88 (best 0.870, 0.870)" in strict.stdout
 
 
 def test_visualize_runs_a_checkpoint(tiny_shapes, trained, tmp_path):

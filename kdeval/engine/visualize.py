@@ -113,7 +113,13 @@ def build_visualization(models: list[ModelInput], split: Split, settings: Visual
     chosen = select_images(counts, settings.select, settings.num, settings.seed, settings.image_ids)
     notes = []
     if len(chosen) < settings.num and settings.select != "ids":
-        notes.append(f"only {len(chosen)} images qualify for --select {settings.select}")
+        note = f"only {len(chosen)} image{'' if len(chosen) == 1 else 's'} qualify for --select {settings.select}"
+        best = {name: max((d["score"] for d in dets), default=0.0) for name, dets in detections.items()}
+        below = [name for name, score in best.items() if score < settings.score_threshold]
+        if below:  # the counts see no detection of these models at all
+            note += (f"; no detection of {', '.join(below)} reaches --score-threshold {settings.score_threshold:g} "
+                     f"(best {', '.join(f'{best[name]:.3f}' for name in below)}): a lower one counts them")
+        notes.append(note)
 
     images = {image["id"]: image for image in gt["images"]}
     annotations_of: dict[int, list[dict]] = {}
