@@ -408,7 +408,7 @@ def errors(
 
     \b
     Examples:
-      kdeval errors baseline=reports/baseline-r18/model.pt distilled=reports/distilled-r18/model.pt
+      kdeval errors baseline=reports/baseline-r18/model.pt distilled=reports/distilled-ssim-r18/model.pt
       kdeval errors r50=r50.bbox.json r50kd=r50kd.bbox.json --annotations instances_val2017.json --per-category
     """
     from kdeval.data.source import resolve_split
