@@ -192,6 +192,10 @@ def test_train_refuses_to_overwrite_a_finished_run(tiny_shapes, trained):
     assert_user_error(result, "already there", "--overwrite")
     result = run("train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", trained.parent, "--resume")
     assert result.exit_code == 0 and "already finished" in result.stdout
+    # --resume asking for a longer schedule than the finished one: said, not reported as finished
+    longer = [*TINY_TRAIN_ARGS[:TINY_TRAIN_ARGS.index("--epochs") + 1], "7", *TINY_TRAIN_ARGS[TINY_TRAIN_ARGS.index("--epochs") + 2:]]
+    result = run("train", *shapes_args(tiny_shapes, "train"), *longer, "--out", trained.parent, "--resume")
+    assert_user_error(result, "finished with other settings", "now", "--overwrite")
 
 
 def test_recipe_names_and_settings_agree():
