@@ -190,7 +190,7 @@ def run_lock(folder: Path, what: str):
             except BlockingIOError:
                 if attempt == LOCK_TRIES - 1:
                     holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-                    raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or choose another --out") from None
+                    raise KdevalError(f"{folder}: in use by {holder}; wait for it to finish or write elsewhere") from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"kdeval {what} (pid {os.getpid()})".encode(), 0)

@@ -136,7 +136,8 @@ def _check_model_names(models: list[ModelInput]) -> None:
 
 def _change(key: str, before, now) -> str:
     if len(repr(before)) + len(repr(now)) < 40:
-        return f"{key} {before} there, {now} now"
+        unset = lambda value: "unset" if value is None else value  # noqa: E731  (e.g. --max-images not given)
+        return f"{key} {unset(before)} there, {unset(now)} now"
     return f"{key} differs"
 
 
@@ -571,7 +572,7 @@ def partial_note(summary: pd.DataFrame) -> str | None:
     if counts == {BENCHMARK_SCENARIOS}:
         return None
     if counts == {0}:
-        return "no benchmark corruption was run, so mPC and rPC are undefined (the 4 extras never enter mPC)"
+        return "no benchmark corruption was run, so mPC and rPC are undefined (they average the 15 benchmark corruptions)"
     low, high = min(counts), max(counts)
     span = str(low) if low == high else f"{low}–{high}"
     return (
