@@ -4,6 +4,7 @@ own loader, the figures, and the command."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import traceback
 
@@ -216,7 +217,15 @@ def test_relative_changes_are_left_out_where_the_baseline_shows_as_zero():
     assert display_cells(table, "base", relative=True)["C75"].tolist() == ["43.1 (+11.4%)", "38.7", "0.0 (-99.9%)", "0.0 (-100.0%)"]
     assert display_cells(table, "tiny", relative=True)["C75"].tolist() == ["43.1", "38.7", "0.0", "0.0"]
     assert display_cells(table, "base", relative=True)["Loc"].tolist() == ["50.0 (-16.7%)", "60.0", "0.0 (-100.0%)", "–"]
-    assert display_cells(table, "tiny", relative=False)["C75"].tolist() == ["43.1 (+43.1)", "38.7 (+38.7)", "0.0", "0.0 (-0.0)"]
+    assert display_cells(table, "tiny", relative=False)["C75"].tolist() == ["43.1 (+43.1)", "38.7 (+38.7)", "0.0", "0.0 (+0.0)"]
+    # gains are the differences of the shown values, never '-0.0'
+    gains = pd.DataFrame({"AP": [0.01444, 0.01555, 0.01436]}, index=["base", "teacher", "same"])
+    assert display_cells(gains, "base")["AP"].tolist() == ["1.4", "1.6 (+0.2)", "1.4 (+0.0)"]
+    # COCOeval's -1 (no ground truth in a range) is an empty CSV cell, its gain too, never -1 or -1.3
+    from kdeval.report.tables import to_csv
+
+    csv = pd.read_csv(io.StringIO(to_csv(pd.DataFrame({"AP": [0.3, 0.5], "APs": [-1.0, -1.0]}, index=["b", "k"]), "b")))
+    assert csv["APs"].isna().all() and csv["APs_gain"].isna().all() and csv["AP_gain"].tolist() == [0.0, pytest.approx(0.2)]
 
 
 def test_errors_command_on_results_files(tmp_path, tiny_coco):

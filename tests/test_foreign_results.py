@@ -52,6 +52,7 @@ def test_evaluate_per_class_writes_tables_with_gains(tmp_path, tiny_coco):
     result = run("evaluate", f"half={half}", f"good={good}", "--annotations", gt, "--baseline", "half", "--per-class", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
     tidy = pd.read_csv(tmp_path / "o" / "per_class.csv")
+    assert (tidy["value"].dropna() >= 0).all()  # COCOeval's -1 (no ground truth in a range) is empty
     dog_ap = tidy[(tidy.category == "dog") & (tidy.metric == "AP")].set_index("model")
     assert dog_ap.loc["half", "value"] == 0.0 and dog_ap.loc["good", "value"] == pytest.approx(1.0)
     assert dog_ap.loc["good", "gain"] == pytest.approx(1.0)

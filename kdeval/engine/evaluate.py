@@ -113,7 +113,8 @@ def evaluate_models(
 
 
 def per_class_long(per_class: dict[str, pd.DataFrame], baseline: str | None) -> pd.DataFrame:
-    """Tidy: category_id, category, model, metric, value (0–1), gain over the baseline."""
+    """Tidy: category_id, category, model, metric, value (0–1; empty where COCOeval gives -1, no ground
+    truth of the category in that size range), gain over the baseline."""
     rows = []
     for model, table in per_class.items():
         for category_id, row in table.iterrows():
@@ -124,7 +125,7 @@ def per_class_long(per_class: dict[str, pd.DataFrame], baseline: str | None) -> 
                     base = float(per_class[baseline].loc[category_id, metric])
                     gain = value - base if value >= 0 and base >= 0 else float("nan")
                 rows.append({"category_id": category_id, "category": row["category"], "model": model,
-                             "metric": metric, "value": value, "gain": gain})
+                             "metric": metric, "value": value if value >= 0 else float("nan"), "gain": gain})
     return pd.DataFrame(rows)
 
 

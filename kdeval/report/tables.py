@@ -1,7 +1,8 @@
 """Metric tables as text, CSV, Markdown and LaTeX, in the paper's layout.
 
 A table is a DataFrame indexed by model name with metric columns holding values in 0–1; it is
-shown ×100 with one decimal, and with the gain over a baseline row in brackets.
+shown ×100 with one decimal, and with the gain over a baseline row in brackets (the difference of
+the shown values; the CSVs keep the exact gains).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def _cell(value: float, base: float | None, relative: bool = False) -> str:
     if base is None or math.isnan(base) or base < 0:
         return text
     if not relative:
-        return text + f" ({100 * (value - base):+.1f})"
+        # the difference of the numbers as shown, so a reader's subtraction agrees ('1.6 (+0.2)' against
+        # 1.4, where the unrounded gain 0.11 would read +0.1); + 0.0 turns -0.0 into 0.0
+        return text + f" ({round(round(100 * value, 1) - round(100 * base, 1), 1) + 0.0:+.1f})"
     if round(100 * base, 1) <= 0:  # a baseline shown as 0.0: '0.1 (+487.4%)' would say nothing readable
         return text
     return text + f" ({100 * (value - base) / base:+.1f}%)"
@@ -111,11 +114,12 @@ def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | No
 
 
 def to_csv(table: pd.DataFrame, baseline: str | None = None) -> str:
-    """Raw values (0–1) and, with a baseline, one gain column per metric."""
-    frame = table.copy()
+    """Raw values (0–1) and, with a baseline, one gain column per metric. COCOeval's -1 (no ground
+    truth in that range), shown as '–', is an empty cell, so that a mean over a column stays right."""
+    frame = table.where(table >= 0)
     if baseline is not None:
         for metric in table.columns:
-            frame[f"{metric}_gain"] = table[metric] - table.loc[baseline, metric]
+            frame[f"{metric}_gain"] = frame[metric] - frame.loc[baseline, metric]
     frame.index.name = "model"
     return frame.to_csv(float_format="%.6f")
 
