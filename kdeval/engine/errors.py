@@ -58,7 +58,7 @@ def analyze_models(models: list[ModelInput], split: Split, settings: PredictSett
     _, lacking = supercategories(gt["categories"])
     notes = []
     if lacking:
-        shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+        shown = ", ".join(lacking) if len(lacking) <= 6 else ", ".join(lacking[:5]) + f" and {len(lacking) - 5} more"
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
     curves = {name: error_curves(gt, dets) for name, dets in detections.items()}
     with tide_context():
