@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -107,3 +108,34 @@ def test_default_workers_by_device(monkeypatch):
     assert default_workers(torch.device("cuda", 3)) == 4
     monkeypatch.setattr(predict, "usable_cores", lambda: 4)
     assert default_workers(torch.device("cuda", 3)) == 1
+
+
+def test_resuming_a_finished_run_compares_the_models_own_settings_and_a_retraining_drops_the_old_model(
+        tiny_shapes, trained, tmp_path, monkeypatch):
+    """settings.json is rewritten when a retraining starts: a killed --overwrite run with new settings
+    must neither leave the old model looking finished nor make --resume take it for the new one."""
+    import shutil
+
+    import kdeval.engine.train as train_module
+    from kdeval.errors import KdevalError
+    from kdeval.models.checkpoint import torch_load_safely
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.parent, run_dir)
+    saved = train_module.settings_from_dict(torch_load_safely(run_dir / "model.pt")["train_settings"])
+    split = _split(tiny_shapes)
+    # the same settings but for how often it saves: finished, nothing to do
+    assert train_module.train(replace(saved, save_every=3), split, run_dir, resume=True).resumed_from == -1
+    longer = replace(saved, epochs=saved.epochs + 1)
+    (run_dir / "settings.json").write_text(json.dumps(asdict(longer)))  # as a started retraining leaves it
+    with pytest.raises(KdevalError, match="finished with other settings .epochs 1 there, 2 now"):
+        train_module.train(longer, split, run_dir, resume=True)
+
+    def killed(device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "start_distributed", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(longer, split, run_dir, overwrite=True)
+    assert not (run_dir / "model.pt").exists()
+

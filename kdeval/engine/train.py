@@ -28,7 +28,7 @@ from kdeval.data.coco import LabelSpace, load_coco_annotations
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
 from kdeval.errors import KdevalError
-from kdeval.fileio import read_json_or_none, torch_save_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
 from kdeval.engine.distributed import start_distributed
 from kdeval.engine.predict import default_workers
@@ -127,19 +127,25 @@ def warmup_for(warmup_iters: int, total_iters: int) -> int:
     return max(1, min(warmup_iters, total_iters // 5))
 
 
-def _check_finished_settings(path: Path, settings: TrainSettings) -> None:
+# what a finished run is compared on: not the checkpoints' paths (the same file may be spelt otherwise,
+# as a study resumed with another --out spelling does), nor how often it saved its state
+_NOT_COMPARED_WHEN_FINISHED = ("teacher", "pseudo_labels", "save_every")
+
+
+def _check_finished_settings(checkpoint_path: Path, settings: TrainSettings) -> None:
     """--resume on a finished run: nothing to do when it was trained with these settings; with others
     (more epochs, say: the schedule's warm-up and decays sit at fractions of it, so a finished run
-    cannot simply go on) say so rather than report it finished."""
-    stored = read_json_or_none(path)
-    if not isinstance(stored, dict):
+    cannot simply go on) say so rather than report it finished. The finished model's own record of
+    its settings is compared (settings.json is rewritten when a retraining starts)."""
+    stored = torch_load_safely(checkpoint_path).get("train_settings")
+    if not stored:  # written before checkpoints recorded their settings
         return
     saved = settings_from_dict(stored)
-    changed = [f"--{f.name.replace('_', '-')} {getattr(saved, f.name)} there, {getattr(settings, f.name)} now"
-               for f in fields(TrainSettings) if getattr(saved, f.name) != getattr(settings, f.name)]
+    changed = [f"{f.name} {getattr(saved, f.name)} there, {getattr(settings, f.name)} now" for f in fields(TrainSettings)
+               if f.name not in _NOT_COMPARED_WHEN_FINISHED and getattr(saved, f.name) != getattr(settings, f.name)]
     if changed:
-        raise KdevalError(f"{path.parent / 'model.pt'}: finished with other settings ({'; '.join(changed[:3])}); a finished "
-                          f"schedule cannot be extended: --overwrite to train again, or another --out")
+        raise KdevalError(f"{checkpoint_path}: finished with other settings ({'; '.join(changed[:3])}); a finished "
+                          f"schedule cannot be extended: train again with --overwrite, or into another folder")
 
 
 def lr_at(settings: TrainSettings, iteration: int, total_iters: int) -> float:
@@ -266,12 +272,14 @@ def train(
     checkpoint_path, state_path, log_path = out_dir / "model.pt", out_dir / "train_state.pt", out_dir / "log.jsonl"
     if checkpoint_path.exists() and not overwrite:
         if resume:
-            _check_finished_settings(out_dir / "settings.json", settings)
+            _check_finished_settings(checkpoint_path, settings)
             return TrainResult(checkpoint_path, 0, 0.0, -1)
         raise KdevalError(f"{checkpoint_path}: a finished model is already there (--overwrite to train again)")
     if state_path.exists() and not resume and not overwrite:
         raise KdevalError(f"{state_path}: an interrupted run is there; pass --resume to continue it or --overwrite to start over")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # a retraining killed before it finishes must not leave the old model looking finished
+        checkpoint_path.unlink(missing_ok=True)
 
     dist_env, device = start_distributed(device)
     if settings.batch_size % dist_env.world:
