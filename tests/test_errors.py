@@ -249,6 +249,11 @@ def test_errors_command_on_results_files(tmp_path, tiny_coco):
     result = runner.invoke(app, ["errors", f"good={sloppy}", "--annotations", str(ann), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert [p.name for p in (out / "tide").iterdir()] == ["good_tidecv_summary.png"]
+    assert not list((out / "per_category").iterdir())  # the earlier run's per-category files
+    # only kdeval's own files go: --out may hold other things under those names
+    (out / "tide" / "README.md").write_text("a clone of tidecv")
+    assert runner.invoke(app, ["errors", f"good={sloppy}", "--annotations", str(ann), "--out", str(out), "--no-progress"]).exit_code == 0
+    assert (out / "tide" / "README.md").is_file()
 
 
 def test_errors_command_on_a_checkpoint(tmp_path, tiny_shapes, trained):

@@ -4,7 +4,6 @@ and the appendix's Figures 1 and 2, written under one folder."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput, detections_of_models
 from kdeval.engine.predict import PredictSettings
-from kdeval.fileio import safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import remove_earlier_outputs, safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.metrics.analyze import ErrorCurves, ap_long_table, curve_long_table, error_curves, supercategories
 from kdeval.metrics.tide import run_tide, tide_context, tide_table
 from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
@@ -109,9 +108,11 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
                          per_category: bool = False) -> list[Path]:
     """Tables (CSV, Markdown, LaTeX), Figures 1 and 2 and the TIDE plots, each file written atomically."""
     out_dir = Path(out_dir)
-    # per-category figures of an earlier run over other categories would mislead: that folder starts afresh
-    shutil.rmtree(out_dir / "per_category", ignore_errors=True)
-    shutil.rmtree(out_dir / "tide", ignore_errors=True)  # and tidecv's plots of models no longer given
+    # an earlier run's per-category figures (other categories) and tidecv plots (other models) would
+    # mislead beside this run's: removed, and only the files kdeval writes there (--out may be a folder
+    # that holds other things called tide/, a clone of tidecv's repository, say)
+    remove_earlier_outputs(out_dir / "per_category", ("error_analysis_per_category.*", "*_*.png", "*_*.pdf"))
+    remove_earlier_outputs(out_dir / "tide", ("*_tidecv_summary.png",))
     paths = []
     ap = analysis.ap()
     relative = ap.copy()
