@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -17,23 +18,24 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
-def _process_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: at import, before any thread writes
-    os.umask(mask)
-    return mask
-
-
-# the permissions a plain open() would give a new file; mkstemp's temporaries are 0600, which left
-# every report, figure and checkpoint unreadable to the colleagues of a shared machine
-NEW_FILE_MODE = 0o666 & ~_process_umask()
+def _new_temporary(folder: Path, name: str) -> tuple[int, str]:
+    """A new file `.<name>.<8 random characters>.tmp` in `folder`, created as open() creates files
+    (0666 less the umask, the folder's default ACLs), not 0600 as tempfile.mkstemp makes them, which
+    left every report, figure and checkpoint unreadable to the colleagues of a shared machine."""
+    for _ in range(100):
+        tmp_name = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp_name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {name}")
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _new_temporary(path.parent, path.name)
     try:
-        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -123,7 +125,7 @@ def check_output_folder(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return folder
 
 
-# _atomic_write's temporaries (mkstemp: ".<name>.<8 random characters>.tmp")
+# _atomic_write's temporaries (".<name>.<8 random characters>.tmp"; mkstemp's, of earlier versions, alike)
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 

@@ -295,12 +295,15 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
 
     from kdeval.fileio import torch_save_atomic, write_text_atomic
 
-    mask = os.umask(0)
-    os.umask(mask)
-    (tmp_path / "plain.txt").write_text("x")
-    written = [write_text_atomic(tmp_path / "table.md", "| a |"), torch_save_atomic(tmp_path / "model.pt", {"w": 1})]
-    for path in written:
-        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~mask
+    for mask in (0o022, 0o027):  # the usual umask, and a stricter one: each as open() would apply it
+        before = os.umask(mask)
+        try:
+            (tmp_path / f"plain{mask}.txt").write_text("x")
+            written = [write_text_atomic(tmp_path / f"table{mask}.md", "| a |"), torch_save_atomic(tmp_path / f"model{mask}.pt", {"w": 1})]
+        finally:
+            os.umask(before)
+        for path in written:
+            assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / f"plain{mask}.txt").stat().st_mode) == 0o666 & ~mask
 
 
 def test_temporaries_of_killed_writes_are_removed_unless_another_kdeval_holds_their_folder(tmp_path):
