@@ -134,15 +134,18 @@ def test_scores_outside_unit_range_are_noted_and_scored(tmp_path, tiny_coco):
 
 
 def test_results_on_a_subset_and_a_map_that_does_not_fit_are_noted(tmp_path, tiny_coco):
-    """Results made on 1 of the dataset's images, scored against all (--annotations forgotten), and a
-    0-based map applied to 1-based results: scored as asked, each with a note saying why AP may mislead."""
+    """Results made on a subset of the images (here none of the dataset's), scored against all
+    (--annotations forgotten), and a 0-based map applied to 1-based results: scored as asked, each
+    with a note saying why AP may mislead. The empty image does not count: a detector leaves it empty."""
     gt = write_json(tmp_path / "gt.json", tiny_coco)
     perfect = perfect_detections(tiny_coco)
-    first = tiny_coco["images"][0]["id"]
-    subset = write_json(tmp_path / "subset.json", [d for d in perfect if d["image_id"] == first])
-    result = run("evaluate", subset, "--annotations", gt, "--out", tmp_path / "o")
-    n = len(tiny_coco["images"])
-    assert result.exit_code == 0 and f"detections on only 1 of the dataset's {n} images" in result.output
+    with_objects = {a["image_id"] for a in tiny_coco["annotations"] if not a.get("iscrowd")}
+    assert len(with_objects) == 2 < len(tiny_coco["images"])
+    elsewhere = write_json(tmp_path / "elsewhere.json", [])
+    result = run("evaluate", elsewhere, "--annotations", gt, "--out", tmp_path / "o")
+    assert result.exit_code == 0 and "detections on only 0 of the dataset's 2 images with objects" in result.output
+    one = write_json(tmp_path / "one.json", [d for d in perfect if d["image_id"] == min(with_objects)])
+    assert "detections on only" not in run("evaluate", one, "--annotations", gt, "--out", tmp_path / "o").output  # half
     everywhere = write_json(tmp_path / "all.json", perfect)
     assert "detections on only" not in run("evaluate", everywhere, "--annotations", gt, "--out", tmp_path / "o").output
     ids = sorted(c["id"] for c in tiny_coco["categories"])

@@ -183,11 +183,12 @@ def coverage_note(detections: list[dict], gt: dict, path: Path | str) -> str | N
     """Images without a single detection count as all missed. A detector's results leave few such
     images; most of them empty suggests results made on a subset, scored against the whole dataset
     (e.g. --annotations forgotten, so the default dataset was used): say so, since AP drops silently."""
-    images = {image["id"] for image in gt["images"]}
+    # over the images with objects: a dataset may hold many background-only ones a detector leaves empty
+    images = {a["image_id"] for a in gt["annotations"] if not a.get("iscrowd")}
     covered = len(images & {d["image_id"] for d in detections})
     if not images or covered >= COVERED_SHARE * len(images):
         return None
-    return (f"{path}: detections on only {covered} of the dataset's {len(images)} images; the other "
+    return (f"{path}: detections on only {covered} of the dataset's {len(images)} images with objects; the other "
             f"{len(images) - covered} count as all missed. If the results were made on a subset, give that "
             f"subset's --annotations")
 
@@ -198,7 +199,7 @@ def unused_map_note(detections: list[dict], category_map: CategoryMap) -> str | 
     maps 1 → 2 … 5 → 6 and leaves 6 as 6, merging two classes without an error)."""
     seen = {d["category_id"] for d in detections}
     unused, unmapped = set(category_map.ids) - seen, seen - set(category_map.ids)
-    if not unused or not unmapped:
+    if not unused or not unmapped & set(category_map.ids.values()):  # only when classes would merge
         return None
     return (f"{category_map.source}: the map's ids {_examples(unused)} occur in no detection, and the results' ids "
             f"{_examples(unmapped)} are not in the map (they stay as they are): are the results' ids already the dataset's?")

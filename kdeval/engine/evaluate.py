@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,9 @@ class ModelInput:
         name, sep, path = text.partition("=")
         if not sep:
             path, name = text, Path(text).stem
-            if name == TRAINED_MODEL_STEM and Path(text).resolve().parent.name:
-                name = Path(text).resolve().parent.name
+            folder = Path(os.path.abspath(text)).parent.name  # as spelt: a link's own name, not its target's
+            if name == TRAINED_MODEL_STEM and folder:
+                name = folder
         if not name or not path:
             raise KdevalError(f"'{text}': expected PATH or NAME=PATH")
         return cls(name, Path(path))
