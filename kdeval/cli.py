@@ -33,7 +33,7 @@ app.add_typer(data_app, name="data")
 
 # ---------------------------------------------------------------- shared options
 
-DataOpt = Annotated[str, typer.Option("--data", help="Built-in dataset, generated and cached on first use: 'shapes'.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Built-in dataset, generated and cached on first use: 'shapes', or 'shapes-quick' (what `study --quick` uses).")]
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of a COCO-format dataset's images.")]
 AnnotationsOpt = Annotated[Optional[Path], typer.Option("--annotations", help="COCO instances JSON (replaces --data).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]

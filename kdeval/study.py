@@ -180,13 +180,8 @@ def _splits(settings: StudySettings) -> tuple[Split, Split]:
                 resolve_split(settings.data, Path(settings.val_images), Path(settings.val_annotations)))
     if settings.data != "shapes":
         raise KdevalError(f"unknown --data '{settings.data}': use 'shapes', or give your dataset's four paths")
-    if settings.quick:
-        from kdeval.data.shapes import ShapesSpec, cached_shapes
-
-        root = cached_shapes(ShapesSpec(train=300, val=60))
-        return (Split(root / "annotations" / "instances_train.json", root / "train", "shapes-quick-train"),
-                Split(root / "annotations" / "instances_val.json", root / "val", "shapes-quick-val"))
-    return resolve_split("shapes", None, None, "train"), resolve_split("shapes", None, None, "val")
+    data = "shapes-quick" if settings.quick else "shapes"
+    return resolve_split(data, None, None, "train"), resolve_split(data, None, None, "val")
 
 
 def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:

@@ -81,6 +81,19 @@ def test_train_predict_evaluate_end_to_end(tiny_shapes, trained, tmp_path):
     assert set(stats["oracle"]) >= {"AP", "AR100"} and not math.isnan(stats["tiny"]["AP"])
 
 
+def test_data_names_the_built_in_datasets_the_study_quick_one_too(monkeypatch, tmp_path):
+    import kdeval.data.shapes
+    from kdeval.data.source import resolve_split
+    from kdeval.errors import KdevalError
+
+    monkeypatch.setattr(kdeval.data.shapes, "cached_shapes", lambda spec: tmp_path / spec.cache_key())
+    quick, full = resolve_split("shapes-quick", None, None), resolve_split("shapes", None, None, "train")
+    assert quick.name == "shapes-quick-val" and "train300-val60" in str(quick.annotations)
+    assert full.name == "shapes-train" and "train2000-val300" in str(full.images)
+    with pytest.raises(KdevalError, match="unknown --data 'coco': use 'shapes' or 'shapes-quick'"):
+        resolve_split("coco", None, None)
+
+
 def test_models_without_names_are_named_by_file_or_by_the_training_folder():
     from kdeval.engine.evaluate import ModelInput
 

@@ -25,12 +25,17 @@ class Split:
         return Path(self.images)
 
 
-def shapes_split(split: str) -> Split:
-    """A split of the default Shapes benchmark, generated into the cache on first use."""
-    from kdeval.data.shapes import cached_shapes
+# the built-in datasets --data names (ShapesSpec fields): the Shapes benchmark, and the small set that
+# `kdeval study --quick` trains and scores on, so that its models can be analysed by name too
+BUILT_IN_DATA = {"shapes": {}, "shapes-quick": {"train": 300, "val": 60}}
 
-    root = cached_shapes()
-    return Split(root / "annotations" / f"instances_{split}.json", root / split, name=f"shapes-{split}")
+
+def shapes_split(split: str, data: str = "shapes") -> Split:
+    """A split of a built-in Shapes dataset, generated into the cache on first use."""
+    from kdeval.data.shapes import ShapesSpec, cached_shapes
+
+    root = cached_shapes(ShapesSpec(**BUILT_IN_DATA[data]))
+    return Split(root / "annotations" / f"instances_{split}.json", root / split, name=f"{data}-{split}")
 
 
 def resolve_split(data: str, images: Path | None, annotations: Path | None, split: str = "val") -> Split:
@@ -41,6 +46,7 @@ def resolve_split(data: str, images: Path | None, annotations: Path | None, spli
         return Split(Path(annotations), Path(images) if images is not None else None, name=Path(annotations).stem)
     if images is not None:
         raise KdevalError("--images needs --annotations FILE as well")
-    if data != "shapes":
-        raise KdevalError(f"unknown --data '{data}': use 'shapes', or give --images DIR --annotations FILE")
-    return shapes_split(split)
+    if data not in BUILT_IN_DATA:
+        raise KdevalError(f"unknown --data '{data}': use {' or '.join(repr(name) for name in BUILT_IN_DATA)}, "
+                          f"or give --images DIR --annotations FILE")
+    return shapes_split(split, data)
