@@ -56,6 +56,13 @@ def test_imagenet_backbone_weights_load_from_a_path(tmp_path):
     wrong = build_retinanet(ModelSpec("r50", num_classes=2, fpn_channels=16))
     with pytest.raises(KdevalError, match="does not fit this backbone"):
         load_backbone_weights(wrong, path)
+    # an R34's weights hold every tensor an R18 needs, and more blocks: refused, not silently cut
+    from torchvision.models import resnet34
+
+    deeper = tmp_path / "resnet34-b627a593.pth"
+    torch.save(resnet34().state_dict(), deeper)
+    with pytest.raises(KdevalError, match=r"tensors this backbone lacks \(e.g. 'layer1.2.bn1.bias'\).*--arch"):
+        load_backbone_weights(model, deeper)
 
 
 def test_checkpoint_round_trip_keeps_everything(tmp_path):

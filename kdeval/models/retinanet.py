@@ -162,6 +162,14 @@ def load_backbone_weights(model: RetinaNet, path) -> None:
             f"{path}: does not fit this backbone ({len(missing)} tensors missing, e.g. '{missing[0]}'); "
             "check --arch, and use --norm bn or frozen-bn with ImageNet weights"
         )
+    # beyond the body, an ImageNet file holds its classifier (fc.*) alone: any other tensor means the
+    # weights of a deeper ResNet (R34's layer1.2 in an R18), whose extra blocks would be silently dropped
+    extra = sorted(k for k in state if k not in body_keys and not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+    if extra:
+        raise KdevalError(
+            f"{path}: holds {len(extra)} tensors this backbone lacks (e.g. '{extra[0]}'): the weights of another "
+            "ResNet depth? check --arch"
+        )
     try:
         body.load_state_dict(wanted, strict=False)
     except RuntimeError as exc:
