@@ -129,3 +129,14 @@ def test_study_refuses_to_run_under_torchrun(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["study", "--quick", "--out", str(tmp_path / "cli")])
     assert result.exit_code == 2 and "runs in one process" in result.output
     assert not (tmp_path / "study").exists()
+
+
+def test_quick_says_what_it_changes_of_the_settings():
+    from kdeval.study import quick_changes, quick_settings
+
+    asked = StudySettings(quick=True, teacher_epochs=9, visualize_images=2)
+    quick = quick_settings(asked)
+    assert (quick.teacher_epochs, quick.visualize_images, quick.severities, quick.pseudo_threshold) == (5, 2, (3,), 0.1)
+    line = quick_changes(asked)
+    assert line.startswith("--quick sets ") and "teacher_epochs 9 → 5" in line and "visualize_images" not in line
+    assert quick_changes(quick) is None  # nothing left to change

@@ -14,6 +14,7 @@ uninterrupted run sees from i on; on the CPU the weights come out the same.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -35,6 +36,8 @@ from kdeval.engine.predict import default_workers
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
 from kdeval.vocab import OPTIMIZERS
+
+log = logging.getLogger("kdeval")
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,18 @@ def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, de
 
     detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device),
                                 progress=False)
+    best = max((d["score"] for d in detections), default=0.0) if detections is not None else None
     labelled = pseudo_label_coco(coco, detections, settings.pseudo_threshold) if distributed.current().is_main else None
-    return distributed.broadcast_from_main(labelled)
+    labelled, best = distributed.broadcast_from_main((labelled, best))
+    kept = len(labelled["annotations"])
+    if kept == 0:  # every rank alike: training on no boxes would only learn that there are none
+        raise KdevalError(f"{settings.pseudo_labels}: none of the teacher's detections on the {len(coco['images'])} training "
+                          f"images scores above --pseudo-threshold {settings.pseudo_threshold:g} (the best: {best:.3f}); "
+                          f"nothing to train on: lower --pseudo-threshold or train the teacher longer")
+    if distributed.current().is_main:
+        log.warning(f"pseudo labels: {kept} teacher detections above {settings.pseudo_threshold:g} on "
+                    f"{len({a['image_id'] for a in labelled['annotations']})} of {len(coco['images'])} training images")
+    return labelled
 
 
 def _feature_teacher(settings: TrainSettings, spec: ModelSpec, device: torch.device):
