@@ -270,10 +270,14 @@ def train(
     run_name = "-".join(filter(None, [role.value, "pseudo" if pseudo_labels else None, distill.value if distill else None, arch.value]))
     out_dir = reports_dir(out, run_name)
     with _writing(out_dir, "train"):
-        result = run_training(
-            settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
-            workers=workers, backbone_weights=backbone_weights, progress=progress,
-        )
+        try:
+            result = run_training(
+                settings, split, out_dir, device=_device(device), resume=resume, overwrite=overwrite,
+                workers=workers, backbone_weights=backbone_weights, progress=progress,
+            )
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: the same command with --resume continues {out_dir} from its last saved state", err=True)
+            raise typer.Exit(130) from None
     if result.resumed_from < 0:
         typer.echo(f"{result.checkpoint} is already finished; nothing to resume")
     else:
@@ -494,9 +498,11 @@ def study(
         "unlabeled": unlabeled, "teacher": teacher, "baseline": baseline, "distilled": distilled, "seed": seed, "quick": quick,
     }
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    if device != "auto":  # the command line's --device over a config file's device
+        given["device"] = device
     settings = settings_from_mapping(StudySettings, given, "command line", base=base)
     with _writing(out, "study"):
-        run_study(settings, out, device=_device(device), progress=progress, echo=typer.echo)
+        run_study(settings, out, device=_device(settings.device), progress=progress, echo=typer.echo)
         typer.echo(study_summary(out))
 
 

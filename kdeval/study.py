@@ -67,6 +67,9 @@ class StudySettings:
         unknown = [loss for loss in self.losses if loss not in DISTILL_LOSSES]
         if unknown:
             raise KdevalError(f"losses: unknown {unknown[0]!r} (expected some of {', '.join(DISTILL_LOSSES)})")
+        if len(set(self.losses)) != len(self.losses):
+            twice = next(loss for loss in self.losses if self.losses.count(loss) > 1)
+            raise KdevalError(f"losses: {twice!r} is given twice")
         if self.distill_weights and len(self.distill_weights) != len(self.losses):
             raise KdevalError(f"distill_weights: {len(self.distill_weights)} weights for {len(self.losses)} losses")
         if self.distilled is not None and len(self.losses) != 1:

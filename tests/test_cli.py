@@ -200,6 +200,17 @@ def test_a_model_whose_ids_are_shifted_is_told_how_to_map_them():
         many.check_matches([{"id": 90, "name": "toothbrush"}], "val.json")
 
 
+def test_ctrl_c_during_training_says_how_to_go_on(tiny_shapes, tmp_path, monkeypatch):
+    import kdeval.engine.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kdeval.engine.train, "train", interrupted)
+    result = run("train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", tmp_path / "run")
+    assert result.exit_code == 130 and "with --resume continues" in result.output
+
+
 def test_train_refuses_to_overwrite_a_finished_run(tiny_shapes, trained):
     result = run("train", *shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--out", trained.parent)
     assert_user_error(result, "already there", "--overwrite")

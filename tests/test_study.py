@@ -140,3 +140,24 @@ def test_quick_says_what_it_changes_of_the_settings():
     line = quick_changes(asked)
     assert line.startswith("--quick sets ") and "teacher_epochs 9 → 5" in line and "visualize_images" not in line
     assert quick_changes(quick) is None  # nothing left to change
+
+
+def test_a_config_files_device_is_used_unless_the_command_line_names_one(tmp_path, monkeypatch):
+    import kdeval.cli
+    import kdeval.study
+
+    used = []
+    monkeypatch.setattr(kdeval.cli, "_device", lambda name: name)  # no CUDA needed to see which is asked for
+    monkeypatch.setattr(kdeval.study, "run_study", lambda settings, out, device, **kwargs: used.append(device))
+    monkeypatch.setattr(kdeval.study, "study_summary", lambda out: "")
+    config = tmp_path / "study.yaml"
+    config.write_text("device: cuda:1\n")
+    for args in ([], ["--device", "cpu"]):
+        result = runner.invoke(app, ["study", "--config", str(config), "--out", str(tmp_path / f"run{len(args)}"), *args])
+        assert result.exit_code == 0, result.output
+    assert used == ["cuda:1", "cpu"]  # the file's, then the command line's over it
+
+
+def test_a_loss_given_twice_is_refused_before_any_training():
+    with pytest.raises(KdevalError, match="losses: 'ssim' is given twice"):
+        StudySettings(losses=("ssim", "l2", "ssim"))

@@ -240,7 +240,8 @@ def _metrics_of(entry, path: Path, keys: tuple, skipped: set[str]) -> tuple[dict
             layout = "{'coco/bbox_mAP': ..}" if key.startswith("coco/") else "{'bbox_mAP': ..}"
     if "AP" not in found:
         only = [t for t in _OTHER_TASKS if any(str(k).startswith((t, f"coco/{t}")) for k in (*entry, *metrics))]
-        detail = f" (only {', '.join(only)} results)" if only else f"; keys {', '.join(map(str, list(metrics)[:6]))}"
+        detail = (f" (only {', '.join(only)} results)" if only
+                  else f"; keys {', '.join(map(str, list(metrics)[:6]))}" if metrics else " (no metrics at all)")
         raise KdevalError(f"{_where(path, keys)}: no bbox AP{detail}")
     return found, layout
 

@@ -574,7 +574,7 @@ def partial_note(summary: pd.DataFrame) -> str | None:
     if counts == {0}:
         return "no benchmark corruption was run, so mPC and rPC are undefined (they average the 15 benchmark corruptions)"
     low, high = min(counts), max(counts)
-    span = str(low) if low == high else f"{low}–{high}"
+    span = str(low) if low == high else f"between {low} and {high} (by model)"
     return (
         f"PARTIAL mPC: the mean over {span} of the {BENCHMARK_SCENARIOS} benchmark scenarios "
         "(15 corruptions × severities 1–5) that were run, not comparable with a full mPC"

@@ -89,6 +89,8 @@ def torch_load_safely(path: Path) -> Any:
         ) from None
     except Exception as exc:  # torch raises many types for a damaged file (RuntimeError, struct.error, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.isdigit() or len(first) < 8:  # a bare key or offset ('101') says nothing to a reader
+            first = f"{type(exc).__name__}: {first}"
         raise KdevalError(f"{path}: not a readable PyTorch file ({first[:160]})") from None
 
 
