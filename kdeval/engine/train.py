@@ -130,6 +130,12 @@ def warmup_for(warmup_iters: int, total_iters: int) -> int:
     return max(1, min(warmup_iters, total_iters // 5))
 
 
+def differing_settings(saved: TrainSettings, settings: TrainSettings, ignored: tuple[str, ...] = ()) -> list[str]:
+    """The names of the fields in which `settings` differ from `saved`, in field order."""
+    return [f.name for f in fields(TrainSettings)
+            if f.name not in ignored and getattr(saved, f.name) != getattr(settings, f.name)]
+
+
 # what a finished run is compared on: not the checkpoints' paths (the same file may be spelt otherwise,
 # as a study resumed with another --out spelling does), nor how often it saved its state
 _NOT_COMPARED_WHEN_FINISHED = ("teacher", "pseudo_labels", "save_every")
@@ -144,8 +150,8 @@ def _check_finished_settings(checkpoint_path: Path, settings: TrainSettings) -> 
     if not stored:  # written before checkpoints recorded their settings
         return
     saved = settings_from_dict(stored)
-    changed = [f"{f.name} {getattr(saved, f.name)} there, {getattr(settings, f.name)} now" for f in fields(TrainSettings)
-               if f.name not in _NOT_COMPARED_WHEN_FINISHED and getattr(saved, f.name) != getattr(settings, f.name)]
+    changed = [f"{name} {getattr(saved, name)} there, {getattr(settings, name)} now"
+               for name in differing_settings(saved, settings, _NOT_COMPARED_WHEN_FINISHED)]
     if changed:
         raise KdevalError(f"{checkpoint_path}: finished with other settings ({'; '.join(changed[:3])}); a finished "
                           f"schedule cannot be extended: train again with --overwrite, or into another folder")
@@ -240,8 +246,11 @@ def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, de
 
     detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device),
                                 progress=False)
-    best = max((d["score"] for d in detections), default=0.0) if detections is not None else None
-    labelled = pseudo_label_coco(coco, detections, settings.pseudo_threshold) if distributed.current().is_main else None
+    labelled, best = None, None
+    if distributed.current().is_main:
+        labelled = pseudo_label_coco(coco, detections, settings.pseudo_threshold)
+        if not labelled["annotations"]:  # only then is the best score needed: for the error below
+            best = max((d["score"] for d in detections), default=0.0)
     labelled, best = distributed.broadcast_from_main((labelled, best))
     kept = len(labelled["annotations"])
     if kept == 0:  # every rank alike: training on no boxes would only learn that there are none
@@ -332,8 +341,8 @@ def train(
         state = torch_load_safely(state_path)
         saved = settings_from_dict(state.get("settings", {}))
         if saved != settings:
-            changed = [f.name for f in fields(TrainSettings) if getattr(saved, f.name) != getattr(settings, f.name)]
-            raise KdevalError(f"{state_path}: settings differ from the interrupted run ({', '.join(changed)}); use --overwrite to start over")
+            raise KdevalError(f"{state_path}: settings differ from the interrupted run ({', '.join(differing_settings(saved, settings))}); "
+                              f"use --overwrite to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
