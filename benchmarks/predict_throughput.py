@@ -170,7 +170,7 @@ def main() -> None:
         print(f"{args.checkpoint} ({loaded.spec.arch}, {loaded.spec.fpn_channels}-channel FPN, input resized to "
               f"{model.transform.min_size[0]}/{model.transform.max_size} px) on {n} images"
               f"{' written as ' + args.resize_to + ' JPEGs' if resize else ''}; {machine}")
-        base = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers)
+        base = PredictSettings(batch_size=args.batch_size, device=str(device), workers=args.workers, amp=False)
         # (way, settings, with torchvision's inference path: kdeval's batches and loading with torchvision's
         # transform, anchors and postprocessing, BatchNorms kept — kdeval before it took these over)
         variants = [("kdeval predict, fp32, BatchNorms kept, torchvision's transform/anchors/postprocessing",

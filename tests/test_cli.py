@@ -227,3 +227,20 @@ def test_recipe_names_and_settings_agree():
     from kdeval.vocab import RECIPES as RECIPE_NAMES
 
     assert tuple(RECIPES) == RECIPE_NAMES
+
+
+def test_inference_runs_fp16_on_cuda_by_default_and_fp32_when_asked(tiny_shapes, trained, tmp_path, monkeypatch):
+    """AMP (fp16) is the default on CUDA, --fp32 turns it off; the CPU runs fp32 either way, so its
+    cached detections are keyed as before."""
+    import kdeval.engine.predict as predict_module
+    from kdeval.engine.predict import PredictSettings
+
+    assert PredictSettings(device="cuda").uses_amp() and not PredictSettings(device="cuda", amp=False).uses_amp()
+    assert not PredictSettings(device="cpu").uses_amp()
+    assert PredictSettings(device="cpu").cache_fields() == PredictSettings(device="cpu", amp=False).cache_fields() == {
+        "device_type": "cpu", "amp": False}
+    seen = []
+    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.amp) or [])
+    args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress", "--device", "cpu", "-o", tmp_path / "d.json"]
+    assert run(*args).exit_code == 0 and run(*args, "--fp32").exit_code == 0
+    assert seen == [True, False]

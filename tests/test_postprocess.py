@@ -238,7 +238,7 @@ def test_float16_outputs_that_overflowed_are_an_error_not_silently_dropped_boxes
     with torch.inference_mode():
         assert len(model.postprocess_detections(split, anchors, image_sizes)[0]["scores"]) > 0
         split[output][2][0, 5, 1] = float("inf")
-        with pytest.raises(KdevalError, match="overflowed float16 under --amp.*--fp32"):
+        with pytest.raises(KdevalError, match="overflowed float16 under AMP.*--fp32"):
             model.postprocess_detections(split, anchors, image_sizes)
 
 

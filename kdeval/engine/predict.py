@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 
 CACHE_VERSION = 2  # 2: BatchNorms folded into convolutions (detections equal up to float rounding)
 
-# Inference under --amp runs in fp16, not bf16: on the study's three Shapes models (CPU autocast, 300
-# val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 — bf16's 8-bit
-# mantissa ties scores and shifts boxes. Inference needs no loss scaling, and tensor cores run both
-# at the same rate. (Training keeps bf16 for its range: engine/train.py.)
+# Inference under AMP (the default on CUDA) runs in fp16, not bf16: on the study's three Shapes models
+# (CPU autocast, 300 val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 —
+# bf16's 8-bit mantissa ties scores and shifts boxes. On an H100 fp16 moved AP by −0.053 to +0.026 on
+# those models and by 0.003 on an R50 at 800 px, where it ran 15 % faster than fp32 (benchmarks/
+# RESULTS.md). Inference needs no loss scaling, and tensor cores run both at the same rate. (Training
+# keeps bf16 for its range: engine/train.py.)
 AMP_DTYPE = torch.float16
 
 
@@ -46,7 +48,7 @@ class PredictSettings:
     batch_size: int = 8
     device: str = "cpu"
     workers: int | None = None  # None: by device (loader_workers)
-    amp: bool = False  # only on CUDA
+    amp: bool = True  # fp16 autocast, on CUDA only (--fp32 turns it off); the CPU always runs fp32
     gpu_decode: bool = True  # on CUDA, JPEG files are decoded on the GPU (nvJPEG), other formats by PIL in the workers
     fold_batch_norms: bool = True  # BatchNorms folded into their convolutions (inference_model)
     category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
@@ -65,7 +67,7 @@ class PredictSettings:
         return fields
 
     def uses_amp(self) -> bool:
-        """--amp applies on CUDA only; on the CPU it is ignored."""
+        """AMP (the default, --fp32 turns it off) applies on CUDA only; the CPU runs fp32."""
         return self.amp and torch.device(self.device).type == "cuda"
 
     def autocast(self) -> torch.autocast:

@@ -112,7 +112,7 @@ def batched_postprocess(
         finite = torch.stack([t.isfinite().all() for t in class_logits + box_regression]).all()
     read = torch.cat([torch.stack([level[-1] for level in levels]).flatten(), finite.long().view(1)]).tolist()
     if not read[-1]:
-        raise KdevalError("the model's outputs overflowed float16 under --amp (inf or NaN in the head's outputs): run it with --fp32")
+        raise KdevalError("the model's outputs overflowed float16 under AMP (inf or NaN in the head's outputs): run it with --fp32")
     counts = [read[level * batch:(level + 1) * batch] for level in range(len(levels))]  # [level][image]
     # every image's candidates in torchvision's order (level by level, each level's first topk_candidates,
     # best first), the images one after the other, gathered for the batch at once, then decoded at once
