@@ -6,6 +6,7 @@ import torch
 from conftest import CUDA
 from kdeval.models import postprocess
 from kdeval.models.postprocess import BatchedRetinaNet, with_torchvision_inference
+from torchvision.models.detection import RetinaNet
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 
@@ -268,3 +269,63 @@ def test_a_batch_dispatches_under_a_third_of_torchvisions_operations():
             counts.append(counter.count)
     ours, theirs = counts
     assert ours < theirs / 3, (ours, theirs)  # 804 against 3,574 when written
+
+
+def tiny_scoring_model(device):
+    """A small RetinaNet whose class prior is lifted, so that untrained it still keeps many boxes."""
+    torch.manual_seed(0)
+    model = build_retinanet(ModelSpec("r18", num_classes=4, fpn_channels=8, min_size=96, max_size=160)).eval().to(device)
+    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, -1.0)
+    return model
+
+
+def test_two_step_inference_is_torchvisions_eval_forward(device):
+    """network_outputs, then postprocess_batch (what OverlappedPostprocessing runs apart), give what
+    torchvision's own eval forward gives with the same modules, bit for bit."""
+    model = tiny_scoring_model(device)
+    images = [torch.rand(3, 90, 150, device=device), torch.rand(3, 70, 120, device=device)]
+    with torch.inference_mode():
+        theirs = RetinaNet.forward(model, images)
+        ours = model(images)
+        two_steps = model.postprocess_batch(model.network_outputs(images))
+    assert all(len(d["scores"]) == 100 for d in theirs)
+    assert_same(ours, theirs)
+    assert_same(two_steps, theirs)
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["one-push-later", "at-once"])
+def test_overlapped_postprocessing_returns_every_batch_once_in_order(defer, device, monkeypatch):
+    from kdeval.engine.predict import OverlappedPostprocessing, PredictSettings, inference_model, outputs_to_cpu
+
+    monkeypatch.setattr(OverlappedPostprocessing, "DEFER_ON", ("cpu", "cuda") if defer else ())
+    model = inference_model(tiny_scoring_model(device), PredictSettings(device=str(device)))
+    generator = torch.Generator().manual_seed(1)
+    batches = [[torch.rand(3, 80 + 10 * i, 120, generator=generator).to(device) for _ in range(2)] for i in range(3)]
+    with torch.inference_mode():
+        expected = [outputs_to_cpu(model(images)) for images in batches]
+        overlapped = OverlappedPostprocessing(device)
+        finished, returned = [], []
+        for index, images in enumerate(batches):
+            got = overlapped.push(model, images, f"batch {index}")
+            returned.append(len(got))
+            finished += got
+        finished += overlapped.drain()
+        assert overlapped.drain() == []
+    assert returned == ([0, 1, 1] if defer else [1, 1, 1])
+    assert [payload for payload, _ in finished] == ["batch 0", "batch 1", "batch 2"]
+    for (_, outputs), reference in zip(finished, expected):
+        assert outputs[0]["boxes"].device.type == "cpu"
+        assert_same(outputs, reference)
+
+
+def test_overlapped_postprocessing_takes_other_detectors_whole():
+    """A model that is not kdeval's RetinaNet is called as it is; its outputs come back in order."""
+    from kdeval.engine.predict import OverlappedPostprocessing
+
+    def detector(images):
+        return [{"boxes": torch.zeros(1, 4), "scores": torch.ones(1) * len(image), "labels": torch.zeros(1, dtype=torch.long)}
+                for image in images]
+
+    overlapped = OverlappedPostprocessing(torch.device("cpu"))
+    finished = overlapped.push(detector, [torch.zeros(3, 4, 4)], "a") + overlapped.drain()
+    assert [(payload, outputs[0]["scores"].item()) for payload, outputs in finished] == [("a", 3.0)]

@@ -39,7 +39,7 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import (PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
+from kdeval.engine.predict import (OverlappedPostprocessing, PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
                                    merge_shards)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, remove_earlier_outputs, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -396,19 +396,30 @@ def _run_pending(
     if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
         for scenario_index in sorted(pending):
             finish_scenario(scenario_index)
+    def collect(finished: list) -> None:
+        # a batch's models are postprocessed one push later (OverlappedPostprocessing), in order; a
+        # scenario is finished when its last batch's last model is
+        nonlocal processed
+        for (name, scenario_index, targets, last_model), outputs in finished:
+            found = detections.setdefault((name, scenario_index), [])
+            found.extend(batch_detections(outputs, targets, loaded[name].labels))
+            if last_model:
+                processed += len(targets)
+                batches_left[scenario_index] -= 1
+                if batches_left[scenario_index] == 0:
+                    finish_scenario(scenario_index)
+
+    overlapped = OverlappedPostprocessing(device)
     with torch.inference_mode(), predict.autocast():
         bar = tqdm(loader, total=len(batches), desc="robustness", unit="batch", disable=not progress)
         for batch_images, targets in bar:
             scenario_index = targets[0]["scenario"]
             bar.set_postfix_str(scenarios[scenario_index].slug, refresh=False)
             inputs = images_to_device(batch_images, device)
-            for name in pending[scenario_index]:
-                found = detections.setdefault((name, scenario_index), [])
-                found.extend(batch_detections(loaded[name].model, inputs, targets, loaded[name].labels))
-            processed += len(batch_images)
-            batches_left[scenario_index] -= 1
-            if batches_left[scenario_index] == 0:
-                finish_scenario(scenario_index)
+            names = pending[scenario_index]  # never empty
+            for position, name in enumerate(names):
+                collect(overlapped.push(loaded[name].model, inputs, (name, scenario_index, targets, position == len(names) - 1)))
+        collect(overlapped.drain())
     return processed, scoring_seconds
 
 

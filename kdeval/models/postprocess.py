@@ -26,6 +26,8 @@ from __future__ import annotations
 import copy
 import itertools
 import types
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -158,14 +160,58 @@ def candidate_order(counts: list[list[int]], topk_candidates: int) -> tuple[np.n
     return (np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)), per_image
 
 
+@dataclass
+class NetworkOutputs:
+    """A batch through RetinaNet's network, before its postprocessing: the head's outputs and the
+    anchors split by level, the resized images' sizes and the inputs' sizes."""
+
+    head_outputs: dict[str, list[Tensor]]
+    anchors: list[list[Tensor]]
+    image_sizes: list[tuple[int, int]]
+    original_image_sizes: list[tuple[int, int]]
+
+
 class BatchedRetinaNet(RetinaNet):
     """torchvision's RetinaNet (same modules, same state_dict) whose inference postprocessing runs
     batch-wide (`batched_postprocess`) and whose transform does not synchronise with the GPU
-    (`SyncFreeTransform`); training is untouched."""
+    (`SyncFreeTransform`); training is untouched. Inference is torchvision's eval forward in two
+    steps, `network_outputs` then `postprocess_batch`, so that a caller can launch the next batch's
+    network before postprocessing this one (engine/predict.OverlappedPostprocessing)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.transform = with_settings_of(self.transform, SyncFreeTransform)
+
+    def forward(self, images, targets=None):
+        if self.training or targets is not None or torch.jit.is_scripting():
+            return super().forward(images, targets)
+        return self.postprocess_batch(self.network_outputs(images))
+
+    def network_outputs(self, images: list[Tensor]) -> NetworkOutputs:
+        """torchvision's eval forward up to its postprocessing: transform, backbone, head, anchors, and
+        the outputs and anchors split by level. On a GPU it only launches work: nothing here waits."""
+        original_image_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        features = list(features.values())
+        head_outputs = self.head(features)
+        anchors = self.anchor_generator(image_list, features)
+        cells_per_level = [feature.size(2) * feature.size(3) for feature in features]
+        anchors_per_cell = head_outputs["cls_logits"].size(1) // sum(cells_per_level)
+        per_level = [cells * anchors_per_cell for cells in cells_per_level]
+        return NetworkOutputs(
+            head_outputs={key: list(value.split(per_level, dim=1)) for key, value in head_outputs.items()},
+            anchors=[list(image_anchors.split(per_level)) for image_anchors in anchors],
+            image_sizes=image_list.image_sizes,
+            original_image_sizes=original_image_sizes,
+        )
+
+    def postprocess_batch(self, outputs: NetworkOutputs) -> list[dict[str, Tensor]]:
+        """The rest of torchvision's eval forward: detections (boxes in the input images' pixels)."""
+        detections = self.postprocess_detections(outputs.head_outputs, outputs.anchors, outputs.image_sizes)
+        return self.transform.postprocess(detections, outputs.image_sizes, outputs.original_image_sizes)
 
     @record_function("kdeval.postprocess")
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
