@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one script (benchmarks/RESULTS.md quotes their output):
 #   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
-#      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8),
+#      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8;
+#      900 files: the 300 val images three times, so that start-up weighs as on COCO; with and without
+#      the postprocessing overlapping the next batch's network),
 #      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
 #      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json), and one whole
 #      model call phase by phase: operations and synchronisations, fp32 and fp16 (inference_host_cost*.json);
@@ -17,11 +19,14 @@
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
 # All steps take longer than one 10-minute device call: STEPS picks some, in this order (default all):
-# r50 (4, at most 5 min), host (4c, at most 2 min), tests (T, at most 2 min), postprocess (4b, about 1 min),
+# r50 (4, at most 6 min), host (4c, at most 2 min), tests (T, at most 2 min), postprocess (4b, about 1 min),
 # fp16 (F, about 2 min), study (1), amp (2, 2b; needs the study), torchrun (3), r50b16 (5).
-# A lent machine has had 15 minutes of device time in all, start-up included, so the order of worth is:
-#   STEPS="r50 host tests" bash benchmarks/gpu_check.sh $OUT        # first call, at most 9 min
-#   STEPS="fp16 postprocess" bash benchmarks/gpu_check.sh $OUT      # then, where time is left, about 3 min
+# A lent machine has had 15 minutes of device time in all, start-up included. On the H100 (2026-11-28)
+# these two calls fitted, the second made at once while the machine was still warm (the study cut):
+#   STEPS=r50 bash gpu_check.sh R; STEPS=fp16 bash gpu_check.sh R; STEPS='tests host postprocess' bash gpu_check.sh R
+#        (328 s with 300 R50 images; give it about 7 min with the 900 of R50_COPIES=3)
+#   STEPS=study bash gpu_check.sh R; STEPS=torchrun bash gpu_check.sh R; STEPS=amp bash gpu_check.sh R   (430 s)
+# wrapped in `timeout`, their results tarred into $OUT (a call brings back at most 8 files).
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
 #
@@ -42,9 +47,9 @@ fi
 step() { echo; echo "=== $1 ($(date +%T))"; }
 want() { [[ " ${STEPS:-all} " == *" all "* || " ${STEPS:-all} " == *" $1 "* ]]; }
 clock() { local start=$SECONDS; "$@"; local rc=$?; echo "--- wall $((SECONDS - start)) s, exit $rc"; return $rc; }
-r50_throughput() {  # batch size [profiled batches]: COCO-sized JPEGs resized as RetinaNet does, 500 images
-    timeout 180 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
-        --max-input-size 1333 --max-images 500 --batch-size "$1" --profile "${2:-0}" --out "$WORK/b$1/r50.json"
+r50_throughput() {  # batch size [profiled batches]: COCO-sized JPEGs resized as RetinaNet does, Shapes' 300 val images × 3 files each
+    timeout 240 python3 benchmarks/predict_throughput.py "$WORK/r50/model.pt" --resize-to 640x480 --input-size 800 \
+        --max-input-size 1333 --max-images 300 --copies "${R50_COPIES:-3}" --batch-size "$1" --profile "${2:-0}" --out "$WORK/b$1/r50.json"
     cp "$WORK/b$1/r50.json" "$OUT/r50_b$1.json" 2>/dev/null
     cp "$WORK/b$1/predict_profile.txt" "$OUT/r50_b$1_profile.txt" 2>/dev/null
 }
