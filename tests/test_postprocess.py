@@ -329,3 +329,37 @@ def test_overlapped_postprocessing_takes_other_detectors_whole():
     overlapped = OverlappedPostprocessing(torch.device("cpu"))
     finished = overlapped.push(detector, [torch.zeros(3, 4, 4)], "a") + overlapped.drain()
     assert [(payload, outputs[0]["scores"].item()) for payload, outputs in finished] == [("a", 3.0)]
+
+
+@CUDA
+def test_postprocessing_waits_for_its_own_batch_only_on_cuda():
+    """The GPU busy with the next batch's network (a ~0.2-s sleep kernel queued after it): the batch
+    before still comes back, equal to postprocessing at once, while that work is still queued — the
+    postprocessing synchronised its own stream, not the network's. (Run by gpu_check.sh's step tests.)"""
+    from kdeval.engine.predict import OverlappedPostprocessing, PredictSettings, inference_model, outputs_to_cpu
+
+    device = torch.device("cuda")
+    model = inference_model(tiny_scoring_model(device), PredictSettings(device="cuda"))
+    generator = torch.Generator().manual_seed(2)
+    batches = [[torch.rand(3, 96, 128, generator=generator).to(device) for _ in range(2)] for _ in range(3)]
+    with torch.inference_mode():
+        expected = [outputs_to_cpu(model(images)) for images in batches]
+        network_outputs = model.network_outputs
+
+        def slow_network(images):
+            launched = network_outputs(images)
+            torch.cuda._sleep(400_000_000)  # some 0.2 s of GPU clock cycles on the model's stream
+            return launched
+
+        model.network_outputs = slow_network
+        overlapped = OverlappedPostprocessing(device)
+        assert overlapped.defers and overlapped.side_stream is not None
+        finished, still_busy = [], []
+        for index, images in enumerate(batches):
+            finished += overlapped.push(model, images, index)
+            still_busy.append(not torch.cuda.current_stream(device).query())
+        finished += overlapped.drain()
+    assert [payload for payload, _ in finished] == [0, 1, 2]
+    for (_, outputs), reference in zip(finished, expected):
+        assert_same(outputs, reference)
+    assert still_busy[1:] == [True, True]  # batches 0 and 1 came back while the next network's sleep was queued

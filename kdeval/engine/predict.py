@@ -158,7 +158,7 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
     if encoded:
         data = [images[i] for i in encoded]
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            decoded = decode_jpegs_on_gpu(data, device) if device.type == "cuda" else decode_jpeg(data, mode=ImageReadMode.RGB)
         except RuntimeError:
             decoded = []
             for i, one in zip(encoded, data):
@@ -174,6 +174,30 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
         image = image.to(device, non_blocking=True)
         on_device.append(image.float().div_(255) if image.dtype == torch.uint8 else image)
     return on_device
+
+
+_DECODE_STREAMS: dict[str, torch.cuda.Stream] = {}
+
+
+def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """nvJPEG decoding (torchvision's decode_jpeg) whose outputs are safe to allocate while the current
+    stream still runs earlier batches. torchvision allocates the outputs on the current stream but
+    writes them from a stream of its own that does not wait for the current one: a block the
+    caching allocator had just taken back from a tensor that queued kernels still read (freed on the
+    host while the network ran ahead, as OverlappedPostprocessing lets it) could be overwritten. Here
+    they are allocated on a stream of their own, which no kernel uses, marked as used by the current
+    stream (so the allocator waits for it before reusing them), and the current stream waits for them."""
+    current = torch.cuda.current_stream(device)
+    key = f"{device.type}:{current.device_index}"
+    if key not in _DECODE_STREAMS:
+        _DECODE_STREAMS[key] = torch.cuda.Stream(current.device)
+    stream = _DECODE_STREAMS[key]
+    with torch.cuda.stream(stream):
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    current.wait_stream(stream)
+    for image in decoded:
+        image.record_stream(current)
+    return decoded
 
 
 def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
@@ -241,7 +265,11 @@ class OverlappedPostprocessing:
 
     def __init__(self, device: torch.device) -> None:
         self.defers = device.type in self.DEFER_ON
-        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.device = device
+        # high priority: its few small kernels are scheduled ahead of the next batch's convolutions,
+        # so each synchronisation of the postprocessing waits as little as possible. Without deferral
+        # everything runs on the current stream, as before the overlap.
+        self.side_stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" and self.defers else None
         self._launched: tuple | None = None  # (postprocess, launched outputs, network-done event, payload)
 
     def push(self, model, images: list[torch.Tensor], payload) -> list[tuple[object, list[dict]]]:
@@ -255,7 +283,7 @@ class OverlappedPostprocessing:
         event = None
         if self.side_stream is not None:
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the model's device's, whichever device is current
         item = (postprocess, launched, event, payload)
         if not self.defers:
             return [self._finish(item)]
