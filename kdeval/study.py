@@ -220,8 +220,30 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     total = settings.epochs * max(1, n_images // settings.batch_size)
     settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total))
     out_dir = ctx.out / "models" / name
+    identity = _training_identity(settings, ctx.train_split)
+    record_path = out_dir / TRAINED_WITH
+    record = read_json_or_none(record_path)
+    if (out_dir / "model.pt").is_file() and isinstance(record, dict) and record.get("identity") == identity:
+        # a stage reruns as a whole (another loss added, say): a model it already has is kept
+        ctx.echo(f"  {name}: trained earlier with the same settings, kept")
+        return {"checkpoint": ctx.rel(out_dir / "model.pt")}
+    record_path.unlink(missing_ok=True)  # a model.pt without this record is never kept
     result = train(settings, ctx.train_split, out_dir, device=ctx.device, resume=resume, overwrite=not resume, progress=ctx.progress)
+    write_json_atomic(record_path, {"identity": identity})
     return {"checkpoint": ctx.rel(result.checkpoint)}
+
+
+# beside a model the study trained: the identity of what trained it (_training_identity)
+TRAINED_WITH = "study_trained_with.json"
+
+
+def _training_identity(settings, train_split: Split) -> str:
+    """What a trained model depends on: its resolved training settings, the training data's paths (as
+    the data stage counts them), and the teacher's bytes where it has one (a retrained teacher keeps
+    its path)."""
+    teachers = {path: _checkpoint_identity(path) for path in {settings.teacher, settings.pseudo_labels} if path}
+    return _digest({"settings": asdict(settings), "annotations": str(train_split.annotations),
+                    "images": str(train_split.images), "teachers": teachers})
 
 
 def stage_data(ctx: StudyContext, resume: bool) -> dict:

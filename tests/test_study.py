@@ -51,6 +51,30 @@ def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
     assert fourth.ran == ["robustness", "report"]
 
 
+def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them(tiny_shapes, tmp_path, monkeypatch):
+    """The distilled stage reruns as a whole when a loss is added; the students it already has (same
+    settings, same teacher bytes) are kept. A retrained teacher (same path) retrains them."""
+    import kdeval.engine.train as train_module
+
+    trained, lines, real_train = [], [], train_module.train
+    monkeypatch.setattr(train_module, "train", lambda settings, split, out_dir, **kw: trained.append(out_dir.name) or real_train(
+        settings, split, out_dir, **kw))
+    run_study(tiny(tiny_shapes, losses=["ssim"]), tmp_path, progress=False, echo=lines.append, stop_before="unlabeled")
+    assert trained == ["teacher", "baseline", "distilled-ssim"]
+    ssim_student = (tmp_path / "models" / "distilled-ssim" / "model.pt").read_bytes()
+    trained.clear()
+    added = run_study(tiny(tiny_shapes, losses=["ssim", "l2"]), tmp_path, progress=False, echo=lines.append, stop_before="unlabeled")
+    assert added.ran == ["distilled"] and trained == ["distilled-l2"]
+    assert "  distilled-ssim: trained earlier with the same settings, kept" in lines
+    assert (tmp_path / "models" / "distilled-ssim" / "model.pt").read_bytes() == ssim_student
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["stages"]["distilled"]["outputs"]) == {"ssim", "l2"}
+    trained.clear()
+    retaught = run_study(tiny(tiny_shapes, losses=["ssim", "l2"], teacher_epochs=2), tmp_path, progress=False, echo=lines.append,
+                         stop_before="unlabeled")
+    assert retaught.ran == ["teacher", "distilled"] and trained == ["teacher", "distilled-ssim", "distilled-l2"]
+
+
 def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
     import kdeval.study as study
 
