@@ -71,6 +71,11 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
         return original(split, coco, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "CocoDetectionDataset", spy)
+    import kdeval.engine.predict as predict_module
+
+    teacher_amp, real_predict = [], predict_module.cached_predict
+    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **kw: teacher_amp.append(
+        settings.amp) or real_predict(checkpoint, split, settings, **kw))
     # the 2-iteration model's scores sit about the threshold (it may find nothing above 0.05):
     # with its class prior lifted it reports boxes for sure
     teacher = _confident(trained, tmp_path / "confident.pt")
@@ -84,7 +89,8 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
     assert "kdeval: note: pseudo labels: " in result.output and " training images" in result.output
     # a threshold above every detection of the teacher: one line saying so, not a run on no boxes
     result = _train(*shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--pseudo-labels", teacher,
-                    "--pseudo-threshold", 0.999, "--out", tmp_path / "none")
+                    "--pseudo-threshold", 0.999, "--fp32", "--out", tmp_path / "none")
+    assert teacher_amp == [True, False]  # the teacher runs in the run's precision: --fp32 covers both
     assert result.exit_code == 2 and "scores above --pseudo-threshold 0.999 (the best: 0." in result.output
     assert "lower --pseudo-threshold" in result.output and not (tmp_path / "none" / "model.pt").exists()
 

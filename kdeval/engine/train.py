@@ -244,7 +244,8 @@ def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, de
     from kdeval.engine import distributed
     from kdeval.engine.predict import PredictSettings, cached_predict
 
-    detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device),
+    # the teacher runs in the precision the run trains in: --fp32 (the way out of an fp16 overflow) covers both
+    detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device, amp=settings.amp),
                                 progress=False)
     labelled, best = None, None
     if distributed.current().is_main:
