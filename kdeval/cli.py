@@ -465,6 +465,7 @@ def study(
     seed: Annotated[Optional[int], typer.Option()] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML or TOML file holding any of these settings.")] = None,
     quick: Annotated[Optional[bool], typer.Option("--quick/--full", help="A small Shapes set and short schedules (minutes).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--fp32", help="Mixed precision on CUDA (bf16 training, fp16 inference; the default), or fp32 throughout. The CPU always runs fp32.")] = None,
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("reports/study"),
     progress: ProgressOpt = True,
@@ -496,6 +497,7 @@ def study(
         "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "losses": [v.strip() for v in losses.split(",") if v.strip()] if losses else None,
         "unlabeled": unlabeled, "teacher": teacher, "baseline": baseline, "distilled": distilled, "seed": seed, "quick": quick,
+        "amp": amp,
     }
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
     if device != "auto":  # the command line's --device over a config file's device

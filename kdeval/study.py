@@ -61,6 +61,7 @@ class StudySettings:
     visualize_images: int = 6
     quick: bool = False
     device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA: bf16 training, fp16 inference; False (--fp32): fp32 throughout
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -218,7 +219,7 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     # the warm-up a short schedule gets (train's lr_at caps it too), recorded in the stage's settings
     n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
-    settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total))
+    settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total), amp=study.amp)
     out_dir = ctx.out / "models" / name
     identity = _training_identity(settings, ctx.train_split)
     record_path = out_dir / TRAINED_WITH
@@ -306,7 +307,7 @@ def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.evaluate import evaluate_models, write_evaluation
     from kdeval.engine.predict import PredictSettings
 
-    settings = PredictSettings(device=ctx.device)
+    settings = PredictSettings(device=ctx.device, amp=ctx.settings.amp)
     out_dir = ctx.out / "evaluate"
     table, stats = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
     paths = write_evaluation(table, stats, out_dir, "baseline", ctx.val_split)
@@ -324,7 +325,7 @@ def stage_errors(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.errors import analyze_models, write_error_analysis
     from kdeval.engine.predict import PredictSettings
 
-    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, PredictSettings(device=ctx.device), progress=ctx.progress)
+    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, PredictSettings(device=ctx.device, amp=ctx.settings.amp), progress=ctx.progress)
     paths = write_error_analysis(analysis, ctx.out / "errors", "baseline", ctx.val_split)
     return {"files": [ctx.rel(p) for p in paths]}
 
@@ -339,7 +340,7 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
     settings = RobustnessSettings(
         corruptions=parse_corruptions(ctx.settings.corruptions), severities=tuple(ctx.settings.severities),
         seed=ctx.settings.seed, max_images=ctx.settings.robustness_images, cache_dir=ctx.out / "corrupted-images",
-        predict=PredictSettings(device=ctx.device),
+        predict=PredictSettings(device=ctx.device, amp=ctx.settings.amp),
     )
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
     out_dir = ctx.out / "robustness"
@@ -355,7 +356,7 @@ def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
     for select in ("improved", "disagreement", "random"):  # weak models may improve on no image at all
         settings = VisualizeSettings(select=select, num=ctx.settings.visualize_images, seed=ctx.settings.seed)
-        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device),
+        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device, amp=ctx.settings.amp),
                                      progress=ctx.progress)
         if result.gallery.rows:
             break
@@ -403,9 +404,18 @@ def _checkpoint_identity(path: str | None) -> str | None:
     return file_sha256(Path(path)) if path and Path(path).is_file() else path
 
 
+# settings added after studies existed: a stage that reads one counts it only when it differs from its
+# default, so that a study made before keeps its stages' identities
+LATER_SETTINGS = {"amp": ("teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize")}
+
+
 def stage_key(name: str, settings: StudySettings, keys: dict[str, str]) -> str:
     fields_read, upstream = STAGE_INPUTS[name]
     values = {f: getattr(settings, f) for f in fields_read}
+    defaults = StudySettings.__dataclass_fields__
+    for f, readers in LATER_SETTINGS.items():
+        if name in readers and getattr(settings, f) != defaults[f].default:
+            values[f] = getattr(settings, f)
     for f in ("teacher", "baseline", "distilled"):
         if f in values:  # a given checkpoint counts by its bytes, not its path
             values[f] = _checkpoint_identity(values[f])

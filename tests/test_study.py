@@ -185,3 +185,48 @@ def test_a_config_files_device_is_used_unless_the_command_line_names_one(tmp_pat
 def test_a_loss_given_twice_is_refused_before_any_training():
     with pytest.raises(KdevalError, match="losses: 'ssim' is given twice"):
         StudySettings(losses=("ssim", "l2", "ssim"))
+
+
+def test_fp32_reaches_every_stage_that_runs_a_model_and_the_default_keeps_earlier_keys(tiny_shapes, monkeypatch):
+    """--fp32 (amp: false) changes the identity of the stages that train or run models, and the
+    settings they run with; the default adds nothing to any stage's identity, so a study made before
+    the setting existed keeps its stages."""
+    import kdeval.study as study
+
+    default, fp32 = tiny(tiny_shapes), tiny(tiny_shapes, amp=False)
+    keys = {}
+    for name in study.STAGES:
+        upstream = {u: keys[u][0] for u in study.STAGE_INPUTS[name][1]}
+        upstream_fp32 = {u: keys[u][1] for u in study.STAGE_INPUTS[name][1]}
+        keys[name] = (study.stage_key(name, default, upstream), study.stage_key(name, fp32, upstream_fp32))
+    assert [name for name, (a, b) in keys.items() if a != b] == [
+        "teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize", "report"]
+    fields_read, _ = study.STAGE_INPUTS["baseline"]
+    before = study._digest({"stage": "baseline", "settings": {f: getattr(default, f) for f in fields_read},
+                            "upstream": [keys["data"][0]]})
+    assert keys["baseline"][0] == before  # the identity a study computed before `amp` existed
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda settings, out, **kw: seen.append(settings.amp))
+    monkeypatch.setattr(study, "study_summary", lambda out: "")
+    assert runner.invoke(app, ["study", "--fp32", "--out", "x", "--device", "cpu"]).exit_code == 0
+    assert runner.invoke(app, ["study", "--out", "x", "--device", "cpu"]).exit_code == 0
+    assert seen == [False, True]
+
+
+def test_fp32_trains_in_fp32(tiny_shapes, tmp_path, monkeypatch):
+    import types
+
+    import kdeval.engine.train as train_module
+
+    precision = []
+
+    def fake_train(settings, split, out_dir, **kw):
+        precision.append(settings.amp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return types.SimpleNamespace(checkpoint=out_dir / "model.pt")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    run_study(tiny(tiny_shapes, amp=False), tmp_path / "fp32", progress=False, echo=lambda line: None, stop_before="distilled")
+    run_study(tiny(tiny_shapes), tmp_path / "mixed", progress=False, echo=lambda line: None, stop_before="distilled")
+    assert precision == [False, False, True, True]  # teacher and baseline, each way
