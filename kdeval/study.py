@@ -61,7 +61,7 @@ class StudySettings:
     visualize_images: int = 6
     quick: bool = False
     device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA: bf16 training, fp16 inference; False (--fp32): fp32 throughout
+    amp: bool = True  # fp16 inference on CUDA (evaluate, errors, robustness, visualize); False (--fp32): fp32
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -219,18 +219,19 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     # the warm-up a short schedule gets (train's lr_at caps it too), recorded in the stage's settings
     n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
-    settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total), amp=study.amp)
+    settings = replace(settings, warmup_iters=warmup_for(settings.warmup_iters, total))
     out_dir = ctx.out / "models" / name
     identity = _training_identity(settings, ctx.train_split)
-    record_path = out_dir / TRAINED_WITH
+    record_path, checkpoint = out_dir / TRAINED_WITH, out_dir / "model.pt"
     record = read_json_or_none(record_path)
-    if (out_dir / "model.pt").is_file() and isinstance(record, dict) and record.get("identity") == identity:
+    if (checkpoint.is_file() and isinstance(record, dict) and record.get("identity") == identity
+            and record.get("model_sha256") == file_sha256(checkpoint)):  # not a model.pt put there since
         # a stage reruns as a whole (another loss added, say): a model it already has is kept
         ctx.echo(f"  {name}: trained earlier with the same settings, kept")
-        return {"checkpoint": ctx.rel(out_dir / "model.pt")}
+        return {"checkpoint": ctx.rel(checkpoint)}
     record_path.unlink(missing_ok=True)  # a model.pt without this record is never kept
     result = train(settings, ctx.train_split, out_dir, device=ctx.device, resume=resume, overwrite=not resume, progress=ctx.progress)
-    write_json_atomic(record_path, {"identity": identity})
+    write_json_atomic(record_path, {"identity": identity, "model_sha256": file_sha256(result.checkpoint)})
     return {"checkpoint": ctx.rel(result.checkpoint)}
 
 
@@ -240,10 +241,11 @@ TRAINED_WITH = "study_trained_with.json"
 
 def _training_identity(settings, train_split: Split) -> str:
     """What a trained model depends on: its resolved training settings, the training data's paths (as
-    the data stage counts them), and the teacher's bytes where it has one (a retrained teacher keeps
-    its path)."""
-    teachers = {path: _checkpoint_identity(path) for path in {settings.teacher, settings.pseudo_labels} if path}
-    return _digest({"settings": asdict(settings), "annotations": str(train_split.annotations),
+    the data stage counts them), and its teacher's bytes, by role, where it has one: not the
+    teacher's path, which changes with the spelling of --out, while a retrained teacher keeps it."""
+    values = asdict(settings)
+    teachers = {role: _checkpoint_identity(values.pop(role)) for role in ("teacher", "pseudo_labels")}
+    return _digest({"settings": values, "annotations": str(train_split.annotations),
                     "images": str(train_split.images), "teachers": teachers})
 
 
@@ -406,15 +408,15 @@ def _checkpoint_identity(path: str | None) -> str | None:
 
 # settings added after studies existed: a stage that reads one counts it only when it differs from its
 # default, so that a study made before keeps its stages' identities
-LATER_SETTINGS = {"amp": ("teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize")}
+LATER_SETTINGS = {"amp": ("evaluate", "errors", "robustness", "visualize")}
 
 
 def stage_key(name: str, settings: StudySettings, keys: dict[str, str]) -> str:
     fields_read, upstream = STAGE_INPUTS[name]
     values = {f: getattr(settings, f) for f in fields_read}
-    defaults = StudySettings.__dataclass_fields__
+    defaults = StudySettings()
     for f, readers in LATER_SETTINGS.items():
-        if name in readers and getattr(settings, f) != defaults[f].default:
+        if name in readers and getattr(settings, f) != getattr(defaults, f):
             values[f] = getattr(settings, f)
     for f in ("teacher", "baseline", "distilled"):
         if f in values:  # a given checkpoint counts by its bytes, not its path

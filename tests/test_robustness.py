@@ -735,3 +735,20 @@ def test_scoring_processes_default_by_device():
     assert RobustnessSettings().scorers() == 0
     assert RobustnessSettings(predict=PredictSettings(device="cuda")).scorers() == 1
     assert RobustnessSettings(scoring_processes=3).scorers() == 3
+
+
+def test_a_run_made_in_another_precision_names_the_flag_that_continues_it(tmp_path):
+    """A CUDA run started in fp32 (the default before fp16) and resumed under fp16 is refused, as any
+    run made otherwise, and the message names --fp32 / --amp."""
+    from kdeval.engine.robustness import _open_run
+
+    made = {"device_type": "cuda", "amp": False, "seed": 0}
+    _open_run(tmp_path, made, {"m": "abc"})
+    (tmp_path / "scenarios" / "m").mkdir(parents=True)
+    (tmp_path / "scenarios" / "m" / "clean.json").write_text("{}")
+    with pytest.raises(KdevalError, match=r"amp False there, True now.*--fp32 / --amp, to continue"):
+        _open_run(tmp_path, {**made, "amp": True, "amp_dtype": "float16"}, {"m": "abc"})
+    with pytest.raises(KdevalError) as other:
+        _open_run(tmp_path, {**made, "seed": 1}, {"m": "abc"})
+    assert "--fp32" not in str(other.value)
+    _open_run(tmp_path, made, {"m": "abc"})  # the same settings go on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,7 +64,9 @@ def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them
     assert trained == ["teacher", "baseline", "distilled-ssim"]
     ssim_student = (tmp_path / "models" / "distilled-ssim" / "model.pt").read_bytes()
     trained.clear()
-    added = run_study(tiny(tiny_shapes, losses=["ssim", "l2"]), tmp_path, progress=False, echo=lines.append, stop_before="unlabeled")
+    monkeypatch.chdir(tmp_path.parent)  # the same folder spelled otherwise: the teacher's path differs, not its bytes
+    added = run_study(tiny(tiny_shapes, losses=["ssim", "l2"]), Path(tmp_path.name), progress=False, echo=lines.append,
+                      stop_before="unlabeled")
     assert added.ran == ["distilled"] and trained == ["distilled-l2"]
     assert "  distilled-ssim: trained earlier with the same settings, kept" in lines
     assert (tmp_path / "models" / "distilled-ssim" / "model.pt").read_bytes() == ssim_student
@@ -73,6 +76,15 @@ def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them
     retaught = run_study(tiny(tiny_shapes, losses=["ssim", "l2"], teacher_epochs=2), tmp_path, progress=False, echo=lines.append,
                          stop_before="unlabeled")
     assert retaught.ran == ["teacher", "distilled"] and trained == ["teacher", "distilled-ssim", "distilled-l2"]
+    # a model.pt put in a student's folder since (kdeval train --overwrite there, say) is not the one the study made;
+    # the default weights given explicitly rerun the stage with every student's settings unchanged
+    from kdeval.study import DEFAULT_DISTILL_WEIGHTS
+
+    trained.clear()
+    (tmp_path / "models" / "distilled-ssim" / "model.pt").write_bytes(ssim_student)
+    replaced = run_study(tiny(tiny_shapes, losses=["ssim", "l2"], teacher_epochs=2, distill_weights=[DEFAULT_DISTILL_WEIGHTS["ssim"], DEFAULT_DISTILL_WEIGHTS["l2"]]), tmp_path,
+                         progress=False, echo=lines.append, stop_before="unlabeled")
+    assert replaced.ran == ["distilled"] and trained == ["distilled-ssim"]
 
 
 def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
@@ -187,24 +199,23 @@ def test_a_loss_given_twice_is_refused_before_any_training():
         StudySettings(losses=("ssim", "l2", "ssim"))
 
 
-def test_fp32_reaches_every_stage_that_runs_a_model_and_the_default_keeps_earlier_keys(tiny_shapes, monkeypatch):
-    """--fp32 (amp: false) changes the identity of the stages that train or run models, and the
-    settings they run with; the default adds nothing to any stage's identity, so a study made before
-    the setting existed keeps its stages."""
+def test_fp32_reruns_the_inference_stages_only_and_the_default_keeps_earlier_keys(tiny_shapes, monkeypatch):
+    """--fp32 (amp: false) changes the identity of the stages that run models for evaluation, not of
+    the training stages; the default adds nothing to any stage's identity, so a study made before the
+    setting existed keeps its stages."""
     import kdeval.study as study
 
     default, fp32 = tiny(tiny_shapes), tiny(tiny_shapes, amp=False)
     keys = {}
     for name in study.STAGES:
-        upstream = {u: keys[u][0] for u in study.STAGE_INPUTS[name][1]}
-        upstream_fp32 = {u: keys[u][1] for u in study.STAGE_INPUTS[name][1]}
-        keys[name] = (study.stage_key(name, default, upstream), study.stage_key(name, fp32, upstream_fp32))
-    assert [name for name, (a, b) in keys.items() if a != b] == [
-        "teacher", "baseline", "distilled", "unlabeled", "evaluate", "errors", "robustness", "visualize", "report"]
-    fields_read, _ = study.STAGE_INPUTS["baseline"]
-    before = study._digest({"stage": "baseline", "settings": {f: getattr(default, f) for f in fields_read},
-                            "upstream": [keys["data"][0]]})
-    assert keys["baseline"][0] == before  # the identity a study computed before `amp` existed
+        upstream = study.STAGE_INPUTS[name][1]
+        keys[name] = (study.stage_key(name, default, {u: keys[u][0] for u in upstream}),
+                      study.stage_key(name, fp32, {u: keys[u][1] for u in upstream}))
+    assert [name for name, (a, b) in keys.items() if a != b] == ["evaluate", "errors", "robustness", "visualize", "report"]
+    fields_read, upstream = study.STAGE_INPUTS["robustness"]
+    before = study._digest({"stage": "robustness", "settings": {f: getattr(default, f) for f in fields_read},
+                            "upstream": [keys[u][0] for u in upstream]})
+    assert keys["robustness"][0] == before  # the identity a study computed before `amp` existed
 
     seen = []
     monkeypatch.setattr(study, "run_study", lambda settings, out, **kw: seen.append(settings.amp))
@@ -214,19 +225,14 @@ def test_fp32_reaches_every_stage_that_runs_a_model_and_the_default_keeps_earlie
     assert seen == [False, True]
 
 
-def test_fp32_trains_in_fp32(tiny_shapes, tmp_path, monkeypatch):
-    import types
+def test_fp32_reaches_the_inference_of_every_evaluation_stage(tiny_shapes, trained, tmp_path, monkeypatch):
+    from kdeval.engine.predict import PredictSettings
 
-    import kdeval.engine.train as train_module
-
-    precision = []
-
-    def fake_train(settings, split, out_dir, **kw):
-        precision.append(settings.amp)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return types.SimpleNamespace(checkpoint=out_dir / "model.pt")
-
-    monkeypatch.setattr(train_module, "train", fake_train)
-    run_study(tiny(tiny_shapes, amp=False), tmp_path / "fp32", progress=False, echo=lambda line: None, stop_before="distilled")
-    run_study(tiny(tiny_shapes), tmp_path / "mixed", progress=False, echo=lambda line: None, stop_before="distilled")
-    assert precision == [False, False, True, True]  # teacher and baseline, each way
+    precision, cache_fields = [], PredictSettings.cache_fields
+    monkeypatch.setattr(PredictSettings, "cache_fields", lambda self: precision.append(self.amp) or cache_fields(self))
+    given = {"teacher": str(trained), "baseline": str(trained), "distilled": str(trained)}
+    run_study(tiny(tiny_shapes, amp=False, **given), tmp_path / "fp32", progress=False, echo=lambda line: None, stop_before="report")
+    assert precision and set(precision) == {False}
+    precision.clear()
+    run_study(tiny(tiny_shapes, **given), tmp_path / "amp", progress=False, echo=lambda line: None, stop_before="report")
+    assert precision and set(precision) == {True}

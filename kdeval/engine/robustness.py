@@ -158,9 +158,12 @@ def _open_run(out_dir: Path, data_key: dict, checkpoints: dict[str, str]) -> Non
         before = earlier.get("data", {})
         differing = [_change(key, before.get(key), data_key.get(key)) for key in sorted(set(data_key) | set(before)) if before.get(key) != data_key.get(key)]
         if differing and _finished_files(out_dir):
+            # fp32 on CUDA was the default before fp16 became it (2026-11-28): the flag continues such a run
+            precision = (" (or --fp32 / --amp, to continue in the precision it was made with)"
+                         if before.get("amp") != data_key.get("amp") else "")
             raise KdevalError(
                 f"{out_dir} holds a robustness run made with other settings ({'; '.join(differing)}); "
-                "use another --out, or --overwrite to start over"
+                f"use another --out{precision}, or --overwrite to start over"
             )
         for name, sha in earlier.get("models", {}).items():
             if name in models and models[name] != sha and _finished_files(out_dir, name):
@@ -396,6 +399,7 @@ def _run_pending(
     if not batches:  # no images for this rank: it still takes its turns at gathering and scoring
         for scenario_index in sorted(pending):
             finish_scenario(scenario_index)
+
     def collect(finished: list) -> None:
         # a batch's models are postprocessed one push later (OverlappedPostprocessing), in order; a
         # scenario is finished when its last batch's last model is
