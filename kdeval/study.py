@@ -249,6 +249,14 @@ def _training_identity(settings, train_split: Split) -> str:
                     "images": str(train_split.images), "teachers": teachers})
 
 
+def _inference(ctx: StudyContext):
+    """How the study runs its models for evaluate, errors, robustness and visualize: on its device, in
+    fp16 on CUDA unless --fp32 (LATER_SETTINGS counts `amp` in those stages' identities)."""
+    from kdeval.engine.predict import PredictSettings
+
+    return PredictSettings(device=ctx.device, amp=ctx.settings.amp)
+
+
 def stage_data(ctx: StudyContext, resume: bool) -> dict:
     ctx.train_split, ctx.val_split = _splits(ctx.settings)
     return {"train_annotations": str(ctx.train_split.annotations), "val_annotations": str(ctx.val_split.annotations)}
@@ -307,9 +315,8 @@ def _ordered(ctx: StudyContext, *prefixes: str) -> list[str]:
 
 def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.evaluate import evaluate_models, write_evaluation
-    from kdeval.engine.predict import PredictSettings
 
-    settings = PredictSettings(device=ctx.device, amp=ctx.settings.amp)
+    settings = _inference(ctx)
     out_dir = ctx.out / "evaluate"
     table, stats = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
     paths = write_evaluation(table, stats, out_dir, "baseline", ctx.val_split)
@@ -325,9 +332,8 @@ def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
 
 def stage_errors(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.errors import analyze_models, write_error_analysis
-    from kdeval.engine.predict import PredictSettings
 
-    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, PredictSettings(device=ctx.device, amp=ctx.settings.amp), progress=ctx.progress)
+    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, _inference(ctx), progress=ctx.progress)
     paths = write_error_analysis(analysis, ctx.out / "errors", "baseline", ctx.val_split)
     return {"files": [ctx.rel(p) for p in paths]}
 
@@ -336,13 +342,12 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
     """Table 3: baseline, the first distilled student and the teacher under corruptions (its own
     folder resumes scenario by scenario)."""
     from kdeval.data.corrupted import parse_corruptions
-    from kdeval.engine.predict import PredictSettings
     from kdeval.engine.robustness import RobustnessSettings, run_robustness, write_robustness_report
 
     settings = RobustnessSettings(
         corruptions=parse_corruptions(ctx.settings.corruptions), severities=tuple(ctx.settings.severities),
         seed=ctx.settings.seed, max_images=ctx.settings.robustness_images, cache_dir=ctx.out / "corrupted-images",
-        predict=PredictSettings(device=ctx.device, amp=ctx.settings.amp),
+        predict=_inference(ctx),
     )
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
     out_dir = ctx.out / "robustness"
@@ -352,13 +357,12 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
 
 def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
     """Figures 3–6: the images where distillation gained most, baseline / distilled / teacher."""
-    from kdeval.engine.predict import PredictSettings
     from kdeval.engine.visualize import VisualizeSettings, build_visualization, write_visualization
 
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
     for select in ("improved", "disagreement", "random"):  # weak models may improve on no image at all
         settings = VisualizeSettings(select=select, num=ctx.settings.visualize_images, seed=ctx.settings.seed)
-        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, PredictSettings(device=ctx.device, amp=ctx.settings.amp),
+        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, _inference(ctx),
                                      progress=ctx.progress)
         if result.gallery.rows:
             break
