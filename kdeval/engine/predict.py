@@ -176,7 +176,7 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
     return on_device
 
 
-_DECODE_STREAMS: dict[str, torch.cuda.Stream] = {}
+_DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}  # by CUDA device index
 
 
 def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -188,10 +188,9 @@ def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[
     they are allocated on a stream of their own, which no kernel uses, marked as used by the current
     stream (so the allocator waits for it before reusing them), and the current stream waits for them."""
     current = torch.cuda.current_stream(device)
-    key = f"{device.type}:{current.device_index}"
-    if key not in _DECODE_STREAMS:
-        _DECODE_STREAMS[key] = torch.cuda.Stream(current.device)
-    stream = _DECODE_STREAMS[key]
+    if current.device_index not in _DECODE_STREAMS:
+        _DECODE_STREAMS[current.device_index] = torch.cuda.Stream(current.device)
+    stream = _DECODE_STREAMS[current.device_index]
     with torch.cuda.stream(stream):
         decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     current.wait_stream(stream)
