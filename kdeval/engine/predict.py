@@ -27,6 +27,7 @@ from kdeval.data.source import Split
 from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+from kdeval.models.cuda_graphs import CAPTURES, GraphedNetwork
 from kdeval.models.postprocess import BatchedRetinaNet
 from kdeval.models.retinanet import fold_batch_norms
 
@@ -53,9 +54,10 @@ class PredictSettings:
     gpu_decode: bool = True  # on CUDA, JPEG files are decoded on the GPU (nvJPEG), other formats by PIL in the workers
     fold_batch_norms: bool = True  # BatchNorms folded into their convolutions (inference_model)
     category_map: Optional["CategoryMap"] = None  # the model's categories → the dataset's (--category-map)
+    cuda_graphs: bool = False  # on CUDA, backbone + FPN + head replayed as CUDA graphs (models/cuda_graphs.py)
 
     def cache_fields(self) -> dict:
-        # batch size and workers do not change detections; device, precision and the category map may
+        # batch size, workers and CUDA graphs do not change detections; device, precision and the category map may
         fields = {"device_type": torch.device(self.device).type, "amp": self.uses_amp()}
         if fields["amp"]:  # AMP detections in bf16 (before AMP_DTYPE was fp16) do not count
             fields["amp_dtype"] = str(AMP_DTYPE).removeprefix("torch.")
@@ -202,11 +204,16 @@ def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[
 def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
     """The model as kdeval runs it for detections, a copy (the caller's model is left as it was): in
     eval mode on the device, its BatchNorms folded into their convolutions, in channels_last (on the
-    CPU too: oneDNN's convolutions ran 2-14 % faster so, R34 at 128 px to R50 at 512 px)."""
+    CPU too: oneDNN's convolutions ran 2-14 % faster so, R34 at 128 px to R50 at 512 px); with
+    settings.cuda_graphs, a RetinaNet on CUDA replays its backbone, FPN and head as CUDA graphs."""
     model = copy.deepcopy(model).eval()
     if settings.fold_batch_norms:
         fold_batch_norms(model)
-    return model.to(torch.device(settings.device), memory_format=torch.channels_last)
+    device = torch.device(settings.device)
+    model = model.to(device, memory_format=torch.channels_last)
+    if settings.cuda_graphs and device.type in CAPTURES and isinstance(model, BatchedRetinaNet):
+        model.graphed_network = GraphedNetwork(model.backbone_and_head, device)
+    return model
 
 
 def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, progress: bool = True, desc: str = "predict") -> list[dict]:

@@ -39,6 +39,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from kdeval.errors import KdevalError
+from kdeval.models.cuda_graphs import GraphedNetwork
 from kdeval.models.transform import SyncFreeTransform, with_settings_of
 
 
@@ -178,6 +179,9 @@ class BatchedRetinaNet(RetinaNet):
     steps, `network_outputs` then `postprocess_batch`, so that a caller can launch the next batch's
     network before postprocessing this one (engine/predict.OverlappedPostprocessing)."""
 
+    # set on an inference copy to run backbone_and_head through CUDA graphs (engine/predict.inference_model)
+    graphed_network: GraphedNetwork | None = None
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.transform = with_settings_of(self.transform, SyncFreeTransform)
@@ -192,11 +196,8 @@ class BatchedRetinaNet(RetinaNet):
         the outputs and anchors split by level. On a GPU it only launches work: nothing here waits."""
         original_image_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         image_list, _ = self.transform(images)
-        features = self.backbone(image_list.tensors)
-        if isinstance(features, Tensor):
-            features = OrderedDict([("0", features)])
-        features = list(features.values())
-        head_outputs = self.head(features)
+        network = self.backbone_and_head if self.graphed_network is None else self.graphed_network
+        features, head_outputs = network(image_list.tensors)
         anchors = self.anchor_generator(image_list, features)
         cells_per_level = [feature.size(2) * feature.size(3) for feature in features]
         anchors_per_cell = head_outputs["cls_logits"].size(1) // sum(cells_per_level)
@@ -207,6 +208,15 @@ class BatchedRetinaNet(RetinaNet):
             image_sizes=image_list.image_sizes,
             original_image_sizes=original_image_sizes,
         )
+
+    def backbone_and_head(self, tensors: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The padded batch through backbone, FPN and head: the FPN's maps and the head's outputs
+        (a pure function of the batch with no host synchronisation, so it can be a CUDA graph)."""
+        features = self.backbone(tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        features = list(features.values())
+        return features, self.head(features)
 
     def postprocess_batch(self, outputs: NetworkOutputs) -> list[dict[str, Tensor]]:
         """The rest of torchvision's eval forward: detections (boxes in the input images' pixels)."""
