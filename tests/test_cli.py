@@ -244,3 +244,17 @@ def test_inference_runs_fp16_on_cuda_by_default_and_fp32_when_asked(tiny_shapes,
     args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress", "--device", "cpu", "-o", tmp_path / "d.json"]
     assert run(*args).exit_code == 0 and run(*args, "--fp32").exit_code == 0
     assert seen == [True, False]
+
+
+def test_cuda_graphs_are_asked_for_on_the_command_line_and_leave_the_cache_key(tiny_shapes, trained, tmp_path, monkeypatch):
+    """--cuda-graphs reaches the inference settings (off by default); cached detections are keyed as
+    without it, since graphs replay the same kernels."""
+    import kdeval.engine.predict as predict_module
+    from kdeval.engine.predict import PredictSettings
+
+    assert PredictSettings(device="cuda", cuda_graphs=True).cache_fields() == PredictSettings(device="cuda").cache_fields()
+    seen = []
+    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.cuda_graphs) or [])
+    args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress", "--device", "cpu", "-o", tmp_path / "d.json"]
+    assert run(*args).exit_code == 0 and run(*args, "--cuda-graphs").exit_code == 0
+    assert seen == [False, True]
