@@ -3,13 +3,14 @@
 #   4. R50 with a 256-channel FPN, trained briefly at 800 px (for realistic detections per image), then
 #      kdeval predict against the plain batch-1 fp32 loop on 640×480 JPEGs resized to 800/1333 (batch 8;
 #      900 files: the 300 val images three times, so that start-up weighs as on COCO; with and without
-#      the postprocessing overlapping the next batch's network),
+#      the postprocessing overlapping the next batch's network, and with CUDA graphs of backbone, FPN and head),
 #      with a profile of the fastest way (predict_profile.txt: where a batch's time goes), and the
 #      postprocessing alone, torchvision's against kdeval's (postprocess_cost.json), and one whole
 #      model call phase by phase: operations and synchronisations, fp32 and fp16 (inference_host_cost*.json);
 #   T. the tests' CUDA cases (tests that take the `device` fixture, and tests/test_predict_on_gpu.py):
 #      batched postprocessing, transform and anchors on CUDA against torchvision's, the feature losses
-#      under CUDA's bf16 autocast, predict on CUDA (workers, pinned copies, fp16, nvJPEG) against the CPU;
+#      under CUDA's bf16 autocast, predict on CUDA (workers, pinned copies, fp16, nvJPEG) against the CPU,
+#      CUDA graphs against the eager network and predict with them against without;
 #   F. fp16's AP on CUDA without the whole study: the Shapes R18 baseline trained on the GPU (3 epochs),
 #      AP under fp32, bf16 and fp16 (amp_ap.py) and images/s fp32 against AMP (predict_throughput.py);
 #   1. the default `kdeval study` on the GPU, timed (issue 7's "a small fraction" of the CPU's time);
@@ -89,7 +90,7 @@ if want tests; then
     # scipy, scikit-image and pycocotools, which may not be the pinned versions)
     # a test file whose imports fail here (numba, say) is reported, and the others still run
     clock timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=short --continue-on-collection-errors tests/test_postprocess.py tests/test_losses.py \
-        tests/test_predict_on_gpu.py tests/test_compiled_library_parts.py tests/test_coco_ap.py > "$OUT/cuda_tests.txt" 2>&1
+        tests/test_predict_on_gpu.py tests/test_cuda_graphs.py tests/test_compiled_library_parts.py tests/test_coco_ap.py > "$OUT/cuda_tests.txt" 2>&1
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/cuda_tests.txt" | tail -30
 fi
 if want postprocess; then

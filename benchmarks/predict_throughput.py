@@ -12,7 +12,8 @@ kdeval fp32, kdeval AMP with PIL decoding in the workers, and kdeval AMP with nv
 reports each one's AP and detections per image (fp32 against AMP: the AP difference). kdeval fp32 is
 also timed with BatchNorms kept and torchvision's transform, anchors and postprocessing (kdeval's
 batching and loading alone), which shows what kdeval's inference model gains, and AMP with nvJPEG
-with its postprocessing not overlapping the next batch's network (what the overlap gains). Each
+with its postprocessing not overlapping the next batch's network (what the overlap gains), and AMP with
+nvJPEG with the backbone, FPN and head replayed as CUDA graphs (`--cuda-graphs`). Each
 kdeval variant runs --repeats times and the fastest counts (the plain loop warms up on 8 images
 first). --copies N writes every image N times as files of their own, for a run long enough that
 start-up weighs as on COCO's 5,000 images.
@@ -210,7 +211,8 @@ def main() -> None:
         if device.type == "cuda":
             variants += [("kdeval predict, AMP, PIL decoding in workers", replace(base, amp=True, gpu_decode=False), False),
                          (NOT_OVERLAPPED, replace(base, amp=True, gpu_decode=True), False),
-                         ("kdeval predict, AMP, nvJPEG decoding", replace(base, amp=True, gpu_decode=True), False)]
+                         ("kdeval predict, AMP, nvJPEG decoding", replace(base, amp=True, gpu_decode=True), False),
+                         ("kdeval predict, AMP, nvJPEG decoding, CUDA graphs", replace(base, amp=True, gpu_decode=True, cuda_graphs=True), False)]
         rows = []
         overlapping_devices = OverlappedPostprocessing.DEFER_ON
         plain_dataset = CocoDetectionDataset(split, coco, labels)
