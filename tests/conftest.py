@@ -95,6 +95,34 @@ def tiny_shapes(tmp_path_factory) -> Path:
 TINY_TRAIN_ARGS = ["--arch", "r18", "--fpn-channels", "16", "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--no-progress"]
 
 
+@pytest.fixture(scope="session")
+def mixed_shapes(tiny_shapes, tmp_path_factory) -> Path:
+    """tiny_shapes' val images in three shapes, as COCO mixes landscape and portrait photographs: every
+    third one squeezed to 64×32 (landscape), every third to 32×64 (portrait), the rest 64×64; boxes and
+    sizes follow. At the tiny models' 64-px input they pad to three different batch shapes."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "val").mkdir()
+    (root / "annotations").mkdir()
+    coco = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    sizes = {}
+    for position, image in enumerate(sorted(coco["images"], key=lambda image: image["id"])):
+        width, height = [(64, 32), (32, 64), (image["width"], image["height"])][position % 3]
+        with Image.open(tiny_shapes / "val" / image["file_name"]) as original:
+            original.convert("RGB").resize((width, height), Image.BILINEAR).save(root / "val" / image["file_name"])
+        sizes[image["id"]] = (width / image["width"], height / image["height"])
+        image["width"], image["height"] = width, height
+    for ann in coco["annotations"]:
+        sx, sy = sizes[ann["image_id"]]
+        x, y, w, h = ann["bbox"]
+        ann["bbox"] = [x * sx, y * sy, w * sx, h * sy]
+        ann["area"] = w * sx * h * sy
+        ann.pop("segmentation", None)  # not scaled; bounding boxes are what is evaluated
+    write_json(root / "annotations" / "instances_val.json", coco)
+    return root
+
+
 def shapes_args(root: Path, split: str = "val") -> list[str]:
     return ["--images", str(root / split), "--annotations", str(root / "annotations" / f"instances_{split}.json")]
 

@@ -117,18 +117,19 @@ def _confident(trained: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("command,compared", [
-    ("evaluate", ["coco_stats.json"]),
-    ("errors", ["error_curves.csv", "tide.csv"]),
-    ("visualize", ["detections.js", "selection.csv"]),
+@pytest.mark.parametrize("command,compared,data", [
+    ("evaluate", ["coco_stats.json"], "tiny_shapes"),
+    ("evaluate", ["coco_stats.json"], "mixed_shapes"),  # images of three shapes, batched by shape
+    ("errors", ["error_curves.csv", "tide.csv"], "tiny_shapes"),
+    ("visualize", ["detections.js", "selection.csv"], "tiny_shapes"),
 ])
-def test_torchrun_shards_images_and_matches_one_process(tiny_shapes, trained, tmp_path, command, compared):
+def test_torchrun_shards_images_and_matches_one_process(request, trained, tmp_path, command, compared, data):
     """evaluate, errors and visualize under torchrun: the ranks share the images, rank 0 alone gets the
     detections and writes what one process writes."""
     from conftest import shapes_args
 
     model = _confident(trained, tmp_path / "confident.pt")
-    args = [command, f"m={model}", *shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2"]
+    args = [command, f"m={model}", *shapes_args(request.getfixturevalue(data)), "--device", "cpu", "--no-progress", "--batch-size", "2"]
     outputs = {}
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kdeval"])):

@@ -358,18 +358,19 @@ def test_help_shows_an_example():
     assert result.exit_code == 0 and "Example" in result.output and "--corruptions" in result.output
 
 
-@pytest.mark.parametrize("corruptions,severities,way,limit,scorers,resumed", [
-    ("fog", "1", "images", [], [], False),
+@pytest.mark.parametrize("corruptions,severities,way,limit,scorers,resumed,data", [
+    # images of three shapes (mixed_shapes): each rank runs its share of the batching order
+    ("fog", "1", "images", [], [], False, "mixed_shapes"),
     # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
-    ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"], False),
+    ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"], False, "tiny_shapes"),
     # 9 scenarios: 4 whole ones per rank, and the ninth split by images; one scoring process per rank
     # scores both kinds, and the whole ones' loader worker is forked while it is alive (as beside a GPU)
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1", "--workers", "1"], False),
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1", "--workers", "1"], False, "tiny_shapes"),
     # the same, two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True),
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True, "tiny_shapes"),
 ])
-def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained, tmp_path, corruptions, severities, way, limit,
-                                                            scorers, resumed):
+def test_torchrun_shards_robustness_and_matches_one_process(request, trained, tmp_path, corruptions, severities, way, limit,
+                                                            scorers, resumed, data):
     """Two gloo ranks give the same files as one process, whether they split images (few scenarios:
     each finished one gathered and scored on the ranks in turn) or run whole scenarios (many; the
     odd one out split by images), with or without a scoring process beside each rank, when a rank
@@ -390,7 +391,7 @@ def test_torchrun_shards_robustness_and_matches_one_process(tiny_shapes, trained
     model = tmp_path / "confident.pt"
     torch.save(payload, model)
     models = [f"m={model}", f"m2={trained}"] if resumed else [f"m={model}"]
-    common = [*shapes_args(tiny_shapes), "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
+    common = [*shapes_args(request.getfixturevalue(data)), "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
     args = ["robustness", *models, "--corruptions", corruptions, "--severities", severities, *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_process = [sys.executable, "-m", "kdeval"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from tqdm import tqdm
 
 from kdeval.engine import distributed
@@ -316,8 +318,33 @@ class OverlappedPostprocessing:
             return outputs_to_cpu(outputs)
 
 
+def padded_input_shape(height: int, width: int, transform: GeneralizedRCNNTransform) -> tuple[int, int]:
+    """The (height, width) an image of this size takes in a batch after `transform` (torchvision's
+    eval resize to min_size[-1], capped by max_size, then padding to size_divisible), up to rounding."""
+    scale = min(transform.min_size[-1] / min(height, width), transform.max_size / max(height, width))
+    divisible = transform.size_divisible
+    return tuple(math.ceil(math.floor(side * scale) / divisible) * divisible for side in (height, width))
+
+
+def batching_order(model, images: list[dict]) -> list[int]:
+    """The positions of `images` (COCO image records) in the order kdeval batches them: by the padded
+    input shape the model's transform gives each, the dataset's order within a shape. A batch is padded
+    to its largest image, so in the dataset's order a batch of landscape and portrait images is padded
+    to a square: a 640×480 image at 800 px, 800×1088 alone, would cost 1,088×1,088 or more. Grouped,
+    consecutive images share a shape, and a batch pads only where two shapes meet; with
+    `--cuda-graphs` the batches also come in few shapes. Where the model has no torchvision-style
+    transform or an image record lacks its size, the dataset's order."""
+    transform = getattr(model, "transform", None)
+    if (not isinstance(transform, GeneralizedRCNNTransform) or transform.fixed_size is not None
+            or not all(image.get("height") and image.get("width") for image in images)):
+        return list(range(len(images)))
+    shapes = [padded_input_shape(image["height"], image["width"], transform) for image in images]
+    return sorted(range(len(images)), key=shapes.__getitem__)  # stable: the dataset's order within a shape
+
+
 def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
-    """Detections gathered from ranks that took every world-th batch, back in single-process order."""
+    """Detections found in another order (ranks that took every world-th batch, images batched in
+    `batching_order`) → in the order of `image_ids`, each image's own in the order found."""
     by_image: dict[int, list[dict]] = {}
     for shard in shards:
         for det in shard:
@@ -326,7 +353,8 @@ def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
 
 
 def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict] | None:
-    """Detections of `loaded` on every image of `split` (at most detections_per_img per image).
+    """Detections of `loaded` on every image of `split` (at most detections_per_img per image), in the
+    dataset's order; the images are batched in `batching_order`.
 
     Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
     the order one process would have produced them; the other ranks get None (a COCO-sized set is
@@ -338,12 +366,14 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     labels.check_matches(coco["categories"], str(split.annotations))
     dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
     dataset.check_images_exist()
+    order = batching_order(loaded.model, dataset.images)
+    image_ids = [image["id"] for image in dataset.images]
     dist_env = distributed.current()
     if dist_env.world == 1:
-        return run_model(loaded.model, dataset, settings, labels, progress)
-    mine = run_model(loaded.model, Subset(dataset, dist_env.shard(len(dataset), settings.batch_size)), settings, labels, progress and dist_env.is_main)
-    shards = distributed.gather_lists(mine, dst=0)
-    return None if shards is None else merge_shards(shards, [image["id"] for image in dataset.images])
+        return merge_shards([run_model(loaded.model, Subset(dataset, order), settings, labels, progress)], image_ids)
+    mine = [order[p] for p in dist_env.shard(len(order), settings.batch_size)]
+    shards = distributed.gather_lists(run_model(loaded.model, Subset(dataset, mine), settings, labels, progress and dist_env.is_main), dst=0)
+    return None if shards is None else merge_shards(shards, image_ids)
 
 
 def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Path:

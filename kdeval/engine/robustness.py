@@ -39,7 +39,7 @@ from kdeval.data.dataset import collate
 from kdeval.data.source import Split
 from kdeval.engine.evaluate import ModelInput
 from kdeval.engine import distributed
-from kdeval.engine.predict import (OverlappedPostprocessing, PredictSettings, batch_detections, images_to_device, inference_model, loader_workers,
+from kdeval.engine.predict import (OverlappedPostprocessing, PredictSettings, batch_detections, batching_order, images_to_device, inference_model, loader_workers,
                                    merge_shards)
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, remove_earlier_outputs, safe_file_stem, read_json_or_none, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -350,7 +350,8 @@ def _run_pending(
     settings: RobustnessSettings, keys: dict[tuple[str, int], dict], out_dir: Path, progress: bool,
     scoring: ScoreHere | ScenarioScorers, positions: list[int] | None = None, sharded: bool = False,
 ) -> tuple[int, float]:
-    """Run every pending (model, scenario) over the images at `positions` (default all); hand each
+    """Run every pending (model, scenario) over the images, batched in `batching_order` (`positions`:
+    this rank's positions in that order, default all); hand each
     scenario to `scoring` as soon as its last batch is done (its stats come from `scoring.finish()`).
     `sharded` (under torchrun, every rank running every scenario over its share of the images): each
     finished (model, scenario) is gathered on one rank, in turn, which scores and writes it
@@ -358,7 +359,9 @@ def _run_pending(
     predict = settings.predict
     device = torch.device(predict.device)
     images = gt["images"]
-    positions = list(range(len(images))) if positions is None else positions
+    # the models' inputs are sized alike in a study: the first one's transform orders the batches
+    order = batching_order(next(iter(loaded.values())).model if loaded else None, images)
+    positions = order if positions is None else [order[p] for p in positions]
     dataset = ScenarioImages(split.require_images(), images, scenarios, settings.seed, settings.cache_dir)
     batches = _batches(pending, positions, predict.batch_size)
     workers = loader_workers(predict, torch.device(predict.device))
@@ -381,7 +384,8 @@ def _run_pending(
     detections: dict[tuple[str, int], list[dict]] = {}
     scoring_seconds = 0.0
     processed = 0
-    owners = ScenarioOwners([image["id"] for image in images]) if sharded else None
+    image_ids = [image["id"] for image in images]
+    owners = ScenarioOwners(image_ids) if sharded else None
 
     def finish_scenario(scenario_index: int) -> None:
         nonlocal scoring_seconds
@@ -393,6 +397,8 @@ def _run_pending(
                 found = owners.gather(found)
                 if found is None:  # another rank scores this one
                     continue
+            else:
+                found = merge_shards([found], image_ids)  # batching order → the dataset's
             scoring.submit(out_dir, name, scenario, keys[(name, scenario_index)], found)
         scoring_seconds += time.perf_counter() - start
 
