@@ -20,7 +20,7 @@
 #   5. the R50 throughput again at batch 16.
 # Every step has its own time limit and what it made is kept, so a rerun continues where one stopped.
 # All steps take longer than one 10-minute device call: STEPS picks some, in this order (default all):
-# r50 (4, at most 6 min), host (4c, at most 2 min), tests (T, at most 2 min), postprocess (4b, about 1 min),
+# r50 (4, at most 6 min), mixed (4d, needs r50's model, at most 2.5 min), host (4c, at most 2 min), tests (T, at most 2 min), postprocess (4b, about 1 min),
 # fp16 (F, about 2 min), study (1), amp (2, 2b; needs the study), torchrun (3), r50b16 (5).
 # A lent machine has had 15 minutes of device time in all, start-up included. On the H100 (2026-11-28)
 # these two calls fitted, the second made at once while the machine was still warm (the study cut):
@@ -78,6 +78,11 @@ if want r50; then
     if [ -f "$WORK/r50/model.pt" ]; then
         r50_throughput 8 6
     fi
+fi
+if want mixed && [ -f "$WORK/r50/model.pt" ]; then
+    step "4d. R50 on COCO-like mixed sizes and orientations: batched by shape against the dataset's order (and batch 1)"
+    timeout 150 python3 benchmarks/batching_order.py "$WORK/r50/model.pt" --input-size 800 --max-input-size 1333 \
+        --max-images 300 --workers 8 --out "$OUT/batching_order.json"
 fi
 if want host; then
     step "4c. one model call, phase by phase: torchvision's inference against kdeval's (R50 at 800 px, batch 8)"

@@ -72,7 +72,10 @@ def plain_loop(model, split: Split, coco: dict, labels, device: torch.device) ->
     return detections, time.perf_counter() - start
 
 
-def subset_split(split: Split, max_images: int | None, resize_to: tuple[int, int] | None, folder: Path, copies: int = 1) -> Split:
+def subset_split(split: Split, max_images: int | None, resize_to: tuple[int, int] | list[tuple[int, int]] | None, folder: Path,
+                 copies: int = 1) -> Split:
+    """The first max_images images (by id), written as JPEGs of size resize_to (W, H; or a list, one
+    size per image), boxes scaled; copies > 1 repeats them (repeated_split)."""
     coco = copy.deepcopy(load_coco_annotations(split.annotations))
     images = sorted(coco["images"], key=lambda im: im["id"])[: max_images or None]
     keep = {im["id"] for im in images}
@@ -84,8 +87,8 @@ def subset_split(split: Split, max_images: int | None, resize_to: tuple[int, int
     if resize_to is not None:
         images_dir = folder / "images"
         images_dir.mkdir(parents=True, exist_ok=True)
-        w, h = resize_to
-        for im in images:
+        for position, im in enumerate(images):
+            w, h = resize_to[position] if isinstance(resize_to, list) else resize_to
             sx, sy = w / im["width"], h / im["height"]
             with Image.open(image_path(split.images, im["file_name"])) as pil:
                 name = Path(im["file_name"]).stem + ".jpg"
