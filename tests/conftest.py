@@ -123,6 +123,24 @@ def mixed_shapes(tiny_shapes, tmp_path_factory) -> Path:
     return root
 
 
+def scoring_run(root: Path, batch_size: int = 2, **settings):
+    """An untrained R18 RetinaNet at 64 px whose class prior is lifted (so it keeps many boxes), and
+    root's val split ready for run_model: (model, dataset, PredictSettings on the CPU, labels, coco)."""
+    from kdeval.data.coco import LabelSpace, load_coco_annotations
+    from kdeval.data.dataset import CocoDetectionDataset
+    from kdeval.data.source import Split
+    from kdeval.engine.predict import PredictSettings
+    from kdeval.models.retinanet import ModelSpec, build_retinanet
+
+    split = Split(root / "annotations" / "instances_val.json", root / "val", "val")
+    coco = load_coco_annotations(split.annotations)
+    labels = LabelSpace.from_categories(coco["categories"])
+    torch.manual_seed(0)
+    model = build_retinanet(ModelSpec("r18", num_classes=labels.num_classes, fpn_channels=8, min_size=64, max_size=64)).eval()
+    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, -1.0)
+    return model, CocoDetectionDataset(split, coco, labels), PredictSettings(batch_size=batch_size, workers=0, **settings), labels, coco
+
+
 def shapes_args(root: Path, split: str = "val") -> list[str]:
     return ["--images", str(root / split), "--annotations", str(root / "annotations" / f"instances_{split}.json")]
 

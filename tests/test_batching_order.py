@@ -102,3 +102,19 @@ def test_robustness_writes_each_scenarios_detections_in_the_datasets_order(mixed
     for path in files:
         found = [d["image_id"] for d in json.loads(gzip.decompress(path.read_bytes()))]
         assert len(set(found)) > 3 and found == sorted(found, key=image_ids.index), path.name
+
+
+def test_robustness_runs_on_mixed_sizes_made_before_are_refused_and_uniform_ones_kept(tiny_shapes, mixed_shapes):
+    """Images of several sizes are batched otherwise than before, so a robustness run on them made
+    before cannot be continued (its key gains the batching); on images of one size nothing changed."""
+    from kdeval.data.coco import load_coco_annotations
+    from kdeval.data.source import Split
+    from kdeval.engine.robustness import RobustnessSettings, _change, _data_key
+
+    def key(root):
+        split = Split(root / "annotations" / "instances_val.json", root / "val", "val")
+        return _data_key(split, load_coco_annotations(split.annotations), RobustnessSettings())
+
+    assert "batching" not in key(tiny_shapes)
+    assert key(mixed_shapes)["batching"] == "by padded shape"
+    assert _change("batching", None, "by padded shape") == "batching unset there, by padded shape now"

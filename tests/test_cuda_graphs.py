@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from conftest import CUDA
+from conftest import CUDA, scoring_run
 from kdeval.models import cuda_graphs
 from kdeval.models.cuda_graphs import GraphedNetwork
 from kdeval.models.retinanet import ModelSpec, build_retinanet
@@ -140,21 +140,6 @@ def test_a_copy_of_a_graphed_model_has_no_graphs(cpu_captures):
     assert copy.deepcopy(graphed).graphed_network is None
 
 
-def tiny_shapes_run(tiny_shapes, **settings):
-    from kdeval.data.coco import LabelSpace, load_coco_annotations
-    from kdeval.data.dataset import CocoDetectionDataset
-    from kdeval.data.source import Split
-    from kdeval.engine.predict import PredictSettings
-
-    split = Split(tiny_shapes / "annotations" / "instances_val.json", tiny_shapes / "val", "val")
-    coco = load_coco_annotations(split.annotations)
-    labels = LabelSpace.from_categories(coco["categories"])
-    torch.manual_seed(0)
-    model = build_retinanet(ModelSpec("r18", num_classes=labels.num_classes, fpn_channels=8, min_size=64, max_size=64)).eval()
-    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, -1.0)
-    return model, CocoDetectionDataset(split, coco, labels), PredictSettings(batch_size=2, workers=0, **settings), labels, coco
-
-
 def test_run_model_with_graphs_and_deferred_postprocessing_finds_the_same_detections(tiny_shapes, cpu_captures, monkeypatch):
     """Graphs replayed while each batch's postprocessing waits for the next batch's network (both
     forced on the CPU, as on CUDA): the same detections as eager inference."""
@@ -162,7 +147,7 @@ def test_run_model_with_graphs_and_deferred_postprocessing_finds_the_same_detect
 
     from kdeval.engine.predict import OverlappedPostprocessing, run_model
 
-    model, dataset, settings, labels, coco = tiny_shapes_run(tiny_shapes)
+    model, dataset, settings, labels, coco = scoring_run(tiny_shapes)
     eager = run_model(model, dataset, settings, labels, progress=False)
     monkeypatch.setattr(OverlappedPostprocessing, "DEFER_ON", ("cpu", "cuda"))
     graphed = run_model(model, dataset, replace(settings, cuda_graphs=True), labels, progress=False)
@@ -215,7 +200,7 @@ def test_cuda_predict_with_graphs_finds_the_same_detections(tiny_shapes, monkeyp
         return cuda_graphs.capture_cuda_graph(function, example, shared)
 
     monkeypatch.setitem(cuda_graphs.CAPTURES, "cuda", counting)
-    model, dataset, settings, labels, coco = tiny_shapes_run(tiny_shapes, device="cuda")
+    model, dataset, settings, labels, coco = scoring_run(tiny_shapes, device="cuda")
     settings = replace(settings, workers=2)
     eager = run_model(model, dataset, settings, labels, progress=False)
     assert not captured

@@ -368,19 +368,10 @@ def test_postprocessing_waits_for_its_own_batch_only_on_cuda():
 def test_run_model_with_postprocessing_deferred_finds_the_same_detections(tiny_shapes, monkeypatch):
     """run_model's last batch comes from the drain: deferred (forced on the CPU, as on CUDA) or not,
     the same detections in the same order."""
-    from kdeval.data.coco import LabelSpace, load_coco_annotations
-    from kdeval.data.dataset import CocoDetectionDataset
-    from kdeval.data.source import Split
-    from kdeval.engine.predict import OverlappedPostprocessing, PredictSettings, run_model
+    from conftest import scoring_run
+    from kdeval.engine.predict import OverlappedPostprocessing, run_model
 
-    split = Split(tiny_shapes / "annotations" / "instances_val.json", tiny_shapes / "val", "val")
-    coco = load_coco_annotations(split.annotations)
-    labels = LabelSpace.from_categories(coco["categories"])
-    torch.manual_seed(0)
-    model = build_retinanet(ModelSpec("r18", num_classes=labels.num_classes, fpn_channels=8, min_size=64, max_size=64)).eval()
-    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, -1.0)
-    dataset = CocoDetectionDataset(split, coco, labels)
-    settings = PredictSettings(batch_size=3, workers=0)
+    model, dataset, settings, labels, coco = scoring_run(tiny_shapes, batch_size=3)
     at_once = run_model(model, dataset, settings, labels, progress=False)
     monkeypatch.setattr(OverlappedPostprocessing, "DEFER_ON", ("cpu", "cuda"))
     deferred = run_model(model, dataset, settings, labels, progress=False)

@@ -36,7 +36,8 @@ from kdeval.models.retinanet import fold_batch_norms
 if TYPE_CHECKING:
     from kdeval.data.foreign_results import CategoryMap
 
-CACHE_VERSION = 2  # 2: BatchNorms folded into convolutions (detections equal up to float rounding)
+CACHE_VERSION = 3  # 2: BatchNorms folded into convolutions (detections equal up to float rounding);
+# 3: images batched by padded shape (batching_order; other detections where a dataset mixes sizes)
 
 # Inference under AMP (the default on CUDA) runs in fp16, not bf16: on the study's three Shapes models
 # (CPU autocast, 300 val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 —

@@ -120,6 +120,9 @@ def _data_key(split: Split, gt: dict, settings: RobustnessSettings) -> dict:
         "imagecorruptions": library_version(),
         "corruption_version": CACHE_VERSION,
         **settings.predict.cache_fields(),
+        # images of several sizes are batched by padded shape since 2026-11-28 (other detections than
+        # in the dataset's order); runs on images of one size batch as before and keep their keys
+        **({"batching": "by padded shape"} if len({(image.get("height"), image.get("width")) for image in gt["images"]}) > 1 else {}),
     }
 
 
