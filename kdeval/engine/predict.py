@@ -369,9 +369,7 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     dataset.check_images_exist()
     order = batching_order(loaded.model, dataset.images)
     image_ids = [image["id"] for image in dataset.images]
-    dist_env = distributed.current()
-    if dist_env.world == 1:
-        return merge_shards([run_model(loaded.model, Subset(dataset, order), settings, labels, progress)], image_ids)
+    dist_env = distributed.current()  # alone: every position, and gather_lists gives [mine]
     mine = [order[p] for p in dist_env.shard(len(order), settings.batch_size)]
     shards = distributed.gather_lists(run_model(loaded.model, Subset(dataset, mine), settings, labels, progress and dist_env.is_main), dst=0)
     return None if shards is None else merge_shards(shards, image_ids)
