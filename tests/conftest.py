@@ -123,6 +123,16 @@ def mixed_shapes(tiny_shapes, tmp_path_factory) -> Path:
     return root
 
 
+def confident_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """A copy of a trained checkpoint with its class prior lifted, so that it reports many (meaningless)
+    boxes: detections to compare, from a model trained for seconds."""
+    payload = torch.load(checkpoint, weights_only=True)
+    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
+    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
+    torch.save(payload, out)
+    return out
+
+
 def scoring_run(root: Path, batch_size: int = 2, **settings):
     """An untrained R18 RetinaNet at 64 px whose class prior is lifted (so it keeps many boxes), and
     root's val split ready for run_model: (model, dataset, PredictSettings on the CPU, labels, coco)."""

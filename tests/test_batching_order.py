@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import shapes_args
+from conftest import confident_checkpoint, shapes_args
 from kdeval.engine.predict import PredictSettings, batching_order, padded_input_shape
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
@@ -88,11 +88,8 @@ def test_predict_batches_images_of_one_shape_and_returns_the_datasets_order(mixe
 def test_robustness_writes_each_scenarios_detections_in_the_datasets_order(mixed_shapes, trained, tmp_path):
     from test_robustness import ROBUST_ARGS, run
 
-    payload = torch.load(trained, weights_only=True)  # the class prior lifted: boxes on every image
-    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
-    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
-    torch.save(payload, tmp_path / "confident.pt")
-    result = run("robustness", f"m={tmp_path / 'confident.pt'}", *shapes_args(mixed_shapes), *ROBUST_ARGS, "--corruptions", "fog",
+    model = confident_checkpoint(trained, tmp_path / "confident.pt")  # boxes on every image
+    result = run("robustness", f"m={model}", *shapes_args(mixed_shapes), *ROBUST_ARGS, "--corruptions", "fog",
                  "--severities", "1", "--workers", 0, "--batch-size", 2, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     coco = json.loads((mixed_shapes / "annotations" / "instances_val.json").read_text())

@@ -13,7 +13,7 @@ from kdeval.cli import app
 from kdeval.distill.pseudo_labels import pseudo_label_coco
 from kdeval.models.checkpoint import load_checkpoint
 
-from conftest import TINY_TRAIN_ARGS, run_whole_group, shapes_args
+from conftest import TINY_TRAIN_ARGS, confident_checkpoint, run_whole_group, shapes_args
 
 runner = CliRunner()
 
@@ -78,7 +78,7 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
         settings.amp) or real_predict(checkpoint, split, settings, **kw))
     # the 2-iteration model's scores sit about the threshold (it may find nothing above 0.05):
     # with its class prior lifted it reports boxes for sure
-    teacher = _confident(trained, tmp_path / "confident.pt")
+    teacher = confident_checkpoint(trained, tmp_path / "confident.pt")
     result = _train(*shapes_args(tiny_shapes, "train"), *TINY_TRAIN_ARGS, "--pseudo-labels", teacher, "--pseudo-threshold", 0.05,
                     "--out", tmp_path / "student")
     assert result.exit_code == 0, result.output
@@ -108,15 +108,6 @@ def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(tiny_shape
     assert len(_log(tmp_path)) == 2  # 8 images, global batch 4: rank 0 alone writes the log
 
 
-def _confident(trained: Path, out: Path) -> Path:
-    """The tiny trained model with its class prior lifted, so it reports many (meaningless) boxes."""
-    payload = torch.load(trained, weights_only=True)
-    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
-    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
-    torch.save(payload, out)
-    return out
-
-
 @pytest.mark.parametrize("command,compared,data", [
     ("evaluate", ["coco_stats.json"], "tiny_shapes"),
     ("evaluate", ["coco_stats.json"], "mixed_shapes"),  # images of three shapes, batched by shape
@@ -128,7 +119,7 @@ def test_torchrun_shards_images_and_matches_one_process(request, trained, tmp_pa
     detections and writes what one process writes."""
     from conftest import shapes_args
 
-    model = _confident(trained, tmp_path / "confident.pt")
+    model = confident_checkpoint(trained, tmp_path / "confident.pt")
     args = [command, f"m={model}", *shapes_args(request.getfixturevalue(data)), "--device", "cpu", "--no-progress", "--batch-size", "2"]
     outputs = {}
     for label, launcher in (("one", [sys.executable, "-m", "kdeval"]),
@@ -149,7 +140,7 @@ def test_torchrun_ranks_train_on_the_same_pseudo_labels_as_one_process(tiny_shap
     """Hard distillation under torchrun: the ranks share the teacher's inference, and every rank gets
     the pseudo-labelled split one process makes (the worker runs the teacher in batches of 2, so each
     rank labels 4 of the 8 images)."""
-    model = _confident(trained, tmp_path / "confident.pt")
+    model = confident_checkpoint(trained, tmp_path / "confident.pt")
     worker = [str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path), "pseudo-labels", str(model)]
     for label, launcher in (("one", [sys.executable]),
                             ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
@@ -287,7 +278,7 @@ def test_predict_under_torchrun_gathers_on_rank_0_alone(tiny_shapes, trained, tm
     from kdeval.models.checkpoint import load_checkpoint
 
     split = Split(tiny_shapes / "annotations" / "instances_val.json", tiny_shapes / "val", "val")
-    loaded = load_checkpoint(_confident(trained, tmp_path / "confident.pt"))
+    loaded = load_checkpoint(confident_checkpoint(trained, tmp_path / "confident.pt"))
     settings = PredictSettings(batch_size=2)
     alone = predict(loaded, split, settings, progress=False)
     assert {det["image_id"] for det in alone} == {image["id"] for image in json.loads(split.annotations.read_text())["images"]}

@@ -378,18 +378,12 @@ def test_torchrun_shards_robustness_and_matches_one_process(request, trained, tm
     import os
     import sys
 
-    import torch
-
-    from conftest import run_whole_group, shapes_args
+    from conftest import confident_checkpoint, run_whole_group, shapes_args
     from kdeval.engine.robustness import SCENARIOS_PER_RANK
 
     n_scenarios = 1 + len(corruptions.split(",")) * len(severities.split(","))
     assert (n_scenarios >= SCENARIOS_PER_RANK * 2) == (way == "scenarios")
-    payload = torch.load(trained, weights_only=True)  # lift the class prior: many boxes to compare
-    bias = next(k for k in payload["state_dict"] if k.endswith("classification_head.cls_logits.bias"))
-    payload["state_dict"][bias] = torch.zeros_like(payload["state_dict"][bias])
-    model = tmp_path / "confident.pt"
-    torch.save(payload, model)
+    model = confident_checkpoint(trained, tmp_path / "confident.pt")  # many boxes to compare
     models = [f"m={model}", f"m2={trained}"] if resumed else [f"m={model}"]
     common = [*shapes_args(request.getfixturevalue(data)), "--device", "cpu", "--no-progress", "--batch-size", "2", *limit]
     args = ["robustness", *models, "--corruptions", corruptions, "--severities", severities, *common]
