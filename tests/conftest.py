@@ -151,6 +151,48 @@ def scoring_run(root: Path, batch_size: int = 2, **settings):
     return model, CocoDetectionDataset(split, coco, labels), PredictSettings(batch_size=batch_size, workers=0, **settings), labels, coco
 
 
+def copy_into(static, fresh) -> None:
+    if isinstance(static, torch.Tensor):
+        static.copy_(fresh)
+    elif isinstance(static, dict):
+        for key in static:
+            copy_into(static[key], fresh[key])
+    else:
+        for s, f in zip(static, fresh):
+            copy_into(s, f)
+
+
+def static_memory_capture(function, example, shared):
+    """What a CUDA graph does to a replay's memory, without one: the replay reads a static input and
+    writes static outputs, the same tensors at every replay. (Real graphs of one network share a pool
+    and may also overwrite each other's static outputs; kdeval clones them at once either way.)"""
+    static_input = torch.empty_strided(example.shape, example.stride(), dtype=example.dtype)
+    static_input.copy_(example)
+    static_outputs = function(static_input)
+
+    def replay(batch):
+        static_input.copy_(batch)
+        copy_into(static_outputs, function(static_input))
+        return static_outputs
+
+    return replay
+
+
+@pytest.fixture
+def cpu_captures(monkeypatch):
+    """`--cuda-graphs` on the CPU through the stand-in capture; the shapes captured, in order."""
+    from kdeval.models import cuda_graphs
+
+    captured = []
+
+    def counting(function, example, shared):
+        captured.append(tuple(example.shape))
+        return static_memory_capture(function, example, shared)
+
+    monkeypatch.setitem(cuda_graphs.CAPTURES, "cpu", counting)
+    return captured
+
+
 def shapes_args(root: Path, split: str = "val") -> list[str]:
     return ["--images", str(root / split), "--annotations", str(root / "annotations" / f"instances_{split}.json")]
 

@@ -14,46 +14,6 @@ from kdeval.models.cuda_graphs import GraphedNetwork
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 
-def copy_into(static, fresh) -> None:
-    if isinstance(static, torch.Tensor):
-        static.copy_(fresh)
-    elif isinstance(static, dict):
-        for key in static:
-            copy_into(static[key], fresh[key])
-    else:
-        for s, f in zip(static, fresh):
-            copy_into(s, f)
-
-
-def static_memory_capture(function, example, shared):
-    """What a CUDA graph does to a replay's memory, without one: the replay reads a static input and
-    writes static outputs, the same tensors at every replay. (Real graphs of one network share a pool
-    and may also overwrite each other's static outputs; kdeval clones them at once either way.)"""
-    static_input = torch.empty_strided(example.shape, example.stride(), dtype=example.dtype)
-    static_input.copy_(example)
-    static_outputs = function(static_input)
-
-    def replay(batch):
-        static_input.copy_(batch)
-        copy_into(static_outputs, function(static_input))
-        return static_outputs
-
-    return replay
-
-
-@pytest.fixture
-def cpu_captures(monkeypatch):
-    """Counts the captures; on the CPU with the stand-in."""
-    captured = []
-
-    def counting(function, example, shared):
-        captured.append(tuple(example.shape))
-        return static_memory_capture(function, example, shared)
-
-    monkeypatch.setitem(cuda_graphs.CAPTURES, "cpu", counting)
-    return captured
-
-
 def doubled_and_summed(batch):
     return [batch * 2], {"sum": batch.sum(dim=(1, 2, 3))}
 

@@ -283,9 +283,11 @@ def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, tr
     assert all(p.read_bytes() == (tmp_path / "a" / "scenarios" / "m" / p.name).read_bytes() for p in scored_apart)
 
 
-def test_postprocessing_one_push_later_changes_no_file(tiny_shapes, trained, tmp_path, monkeypatch):
+def test_postprocessing_one_push_later_changes_no_file(tiny_shapes, trained, tmp_path, monkeypatch, cpu_captures):
     """Two models per batch, each postprocessed after the next one's network was launched (as on CUDA,
-    here forced on the CPU): the same detections, stats and image counts, every scenario finished."""
+    here forced on the CPU): the same detections, stats and image counts, every scenario finished;
+    and so again with each model's network replayed from its graphs (`--cuda-graphs`, the CPU's
+    stand-in capture), while the other model's outputs wait."""
     from kdeval.engine.predict import OverlappedPostprocessing
 
     common = [f"m={trained}", f"n={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, *SMALL_RUN, "--max-images", 6, "--workers", 0]
@@ -299,9 +301,14 @@ def test_postprocessing_one_push_later_changes_no_file(tiny_shapes, trained, tmp
     assert deferred.exit_code == 0, deferred.output
     assert pushed[0] == 0 and set(pushed[1:]) == {1} and len(pushed) == 7 * 2 * 2  # 7 scenarios × 2 batches × 2 models
     assert "14 scenario(s) run, 0 reused" in deferred.stdout and at_once.stdout.replace(str(tmp_path / "a"), str(tmp_path / "b")) == deferred.stdout
+    graphed = run("robustness", *common, "--cuda-graphs", "--out", tmp_path / "c")
+    assert graphed.exit_code == 0, graphed.output
+    assert sorted(cpu_captures) == [(2, 3, 64, 64)] * 2 + [(4, 3, 64, 64)] * 2  # each model's two batch shapes
     for model in ("m", "n"):
-        assert len(detections_of(tmp_path / "a", model)) == 7 and detections_of(tmp_path / "a", model) == detections_of(tmp_path / "b", model)
+        assert len(detections_of(tmp_path / "a", model)) == 7
+        assert detections_of(tmp_path / "a", model) == detections_of(tmp_path / "b", model) == detections_of(tmp_path / "c", model)
     assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "b" / "robustness.csv").read_bytes()
+    assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "c" / "robustness.csv").read_bytes()
 
 
 def test_a_kill_loses_at_most_the_scenario_in_flight(tiny_shapes, trained, tmp_path):
