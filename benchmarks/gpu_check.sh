@@ -28,10 +28,11 @@
 #        (328 s with 300 R50 images; give it about 7 min with the 900 of R50_COPIES=3)
 #   STEPS=study bash gpu_check.sh R; STEPS=torchrun bash gpu_check.sh R; STEPS=amp bash gpu_check.sh R   (430 s)
 # wrapped in `timeout`, their results tarred into $OUT (a call brings back at most 8 files).
-# What to run first next time (2026-11-28, after the overlap, CUDA graphs and batching by shape were
-# built without a GPU): the 3x question and the new code's CUDA tests in one call,
-#   STEPS=r50 bash gpu_check.sh R; STEPS=tests bash gpu_check.sh R; STEPS=mixed bash gpu_check.sh R   (about 7 min)
-# then, if the machine is still warm: STEPS='host postprocess' bash gpu_check.sh R, or the study.
+# What to run first next time (the overlap, CUDA graphs and batching by shape were built without a
+# GPU, 2026-11-28): the 3x question and the new code's CUDA tests in one call (steps run in this
+# file's order; about 7 min, each step under its own limit, so wrap it in `timeout 560`),
+#   STEPS='r50 mixed tests' bash benchmarks/gpu_check.sh R
+# then, if the machine is still warm: STEPS='host postprocess' bash benchmarks/gpu_check.sh R, or the study.
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: folder for the log and result files (default reports/gpu)
 #
