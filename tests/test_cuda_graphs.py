@@ -170,3 +170,17 @@ def test_cuda_predict_with_graphs_finds_the_same_detections(tiny_shapes, monkeyp
     for g, e in zip(graphed, eager):
         assert (g["image_id"], g["category_id"]) == (e["image_id"], e["category_id"])
         assert abs(g["score"] - e["score"]) < 1e-3 and max(abs(a - b) for a, b in zip(g["bbox"], e["bbox"])) < 0.05
+
+
+def test_the_graphed_function_returns_the_fpn_grids_not_the_maps():
+    """A graph's outputs are kept for good and copied after every replay: backbone_and_head returns
+    empty stand-ins with each FPN level's grid, not the maps (the anchors read only the sizes)."""
+    from kdeval.models.retinanet import fpn_features
+
+    model = build_retinanet(ModelSpec("r18", num_classes=3, fpn_channels=8, min_size=64, max_size=96)).eval()
+    batch = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        grids, head_outputs = model.backbone_and_head(batch)
+        maps = list(fpn_features(model, list(batch)).values())
+    assert [tuple(g.shape) for g in grids] == [(0, 0, *m.shape[-2:]) for m in maps] and all(g.numel() == 0 for g in grids)
+    assert head_outputs["cls_logits"].shape[1] == 9 * sum(m.shape[-2] * m.shape[-1] for m in maps)

@@ -67,9 +67,21 @@ def capture_cuda_graph(function: Callable[[Tensor], Any], example: Tensor, share
             function(static_input)
         current.wait_stream(warm_up)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=shared.pool, stream=shared.stream, capture_error_mode="thread_local"), \
-                torch.autocast("cuda", cache_enabled=False, **precision):
-            static_outputs = function(static_input)
+        failed_inside = None
+        try:
+            with torch.cuda.graph(graph, pool=shared.pool, stream=shared.stream, capture_error_mode="thread_local"), \
+                    torch.autocast("cuda", cache_enabled=False, **precision):
+                try:
+                    static_outputs = function(static_input)
+                except Exception as error:
+                    failed_inside = error
+                    raise
+        except Exception as error:
+            # torch.cuda.graph's exit ends the capture before it restores the stream; where an operation
+            # failed during capture, ending it fails too, with a generic error that would hide the
+            # operation's own, and the capture stream would stay current
+            torch.cuda.set_stream(current)
+            raise (failed_inside or error)
 
     def replay(batch: Tensor) -> Any:
         static_input.copy_(batch)
