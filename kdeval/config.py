@@ -8,7 +8,6 @@ type is a one-line error naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import typing
 from pathlib import Path
@@ -93,7 +92,3 @@ def settings_from_mapping(cls, raw: dict, source: str, base=None):
         return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except KdevalError as exc:
         raise KdevalError(f"{source}: {exc}") from None
-
-
-def settings_to_json(settings) -> str:
-    return json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True) + "\n"

@@ -136,10 +136,11 @@ def confident_checkpoint(checkpoint: Path, out: Path) -> Path:
 def scoring_run(root: Path, batch_size: int = 2, **settings):
     """An untrained R18 RetinaNet at 64 px whose class prior is lifted (so it keeps many boxes), and
     root's val split ready for run_model: (model, dataset, PredictSettings on the CPU, labels, coco)."""
-    from kdeval.data.coco import LabelSpace, load_coco_annotations
+    from kdeval.data.coco import load_coco_annotations
     from kdeval.data.dataset import CocoDetectionDataset
     from kdeval.data.source import Split
     from kdeval.engine.predict import PredictSettings
+    from kdeval.labels import LabelSpace
     from kdeval.models.retinanet import ModelSpec, build_retinanet
 
     split = Split(root / "annotations" / "instances_val.json", root / "val", "val")

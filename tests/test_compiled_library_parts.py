@@ -1,5 +1,6 @@
-"""kdeval.data.interpolation against scipy.ndimage's zoom and map_coordinates, kdeval.data.hsv against
-scikit-image's HSV conversions, and the corruptions that use them against the library's own call."""
+"""kdeval.data.corruption_kernels: interpolation against scipy.ndimage's zoom and map_coordinates, hsv
+against scikit-image's HSV conversions, the probes, and the corruptions that use them against the
+library's own call."""
 
 import random
 
@@ -10,8 +11,8 @@ from scipy.ndimage import zoom as scipy_zoom
 from skimage.color import hsv2rgb, rgb2hsv
 
 from kdeval.data.corrupted import corrupt_image, corruption_seed
-from kdeval.data.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
-from kdeval.data.interpolation import (
+from kdeval.data.corruption_kernels.hsv import hsv2rgb_like_skimage, rgb2hsv_like_skimage
+from kdeval.data.corruption_kernels.interpolation import (
     linear_map_coordinates,
     linear_zoom,
     map_coordinates_compatible,
@@ -206,7 +207,7 @@ def test_the_library_is_left_as_it_was():
 def test_the_compiled_code_is_what_runs_unless_the_library_code_is_asked_for(corruption, module, kernel, library_code, monkeypatch):
     import importlib
 
-    compiled = importlib.import_module(f"kdeval.data.{module}")
+    compiled = importlib.import_module(f"kdeval.data.corruption_kernels.{module}")
     calls = []
     original = getattr(compiled, kernel)
     monkeypatch.setattr(compiled, kernel, lambda *args: calls.append(1) or original(*args))
@@ -224,7 +225,7 @@ def test_the_compiled_code_is_what_runs_unless_the_library_code_is_asked_for(cor
 
 @pytest.fixture
 def fresh_probes():
-    from kdeval.data.corrupted import compiled_part_agrees
+    from kdeval.data.corruption_kernels.probe import compiled_part_agrees
 
     compiled_part_agrees.cache_clear()
     yield compiled_part_agrees
@@ -240,7 +241,7 @@ def test_a_part_that_disagrees_with_the_installed_library_is_not_used(fresh_prob
     the library's own code (the compiled kernel, off by one part in a thousand here, is not called)."""
     from imagecorruptions import corrupt
 
-    from kdeval.data import interpolation
+    from kdeval.data.corruption_kernels import interpolation
 
     original = interpolation._zoom_rows_and_columns
     calls = []

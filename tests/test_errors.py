@@ -199,7 +199,7 @@ def test_figure2_shows_a_loss_as_a_loss():
     def heights(ax, edge_is_loss):
         return [p.get_height() for p in ax.patches if (tuple(p.get_edgecolor()[:3]) == matplotlib.colors.to_rgb("#d62728")) == edge_is_loss and p.get_height() > 0]
     assert heights(better, True) == []  # no loss drawn for a gain
-    # `errors a=... --baseline a`: one panel of the baseline's own bars (was a crash on zero rows)
+    # `errors a=... --baseline a`: one panel of the baseline's own bars, with zero rows of gains
     assert len(size_gain_figure(ap[ap["model"] == "base"], "base", ["base"]).axes) == 1
     assert all(h == pytest.approx(0.2) for h in heights(worse, True)) and len(heights(worse, True)) == 3 * 6
 

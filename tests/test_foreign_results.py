@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from conftest import perfect_detections, write_json
 from reference_analyze import detection_problem
 from kdeval.cli import app
-from kdeval.data.coco import LabelSpace
 from kdeval.data.foreign_results import CategoryMap, diagnose
+from kdeval.labels import LabelSpace
 from kdeval.metrics.coco_ap import coco_stats, per_category_stats, run_cocoeval, ground_truth_coco
 from kdeval.vocab import TABLE_METRICS
 

@@ -3,8 +3,8 @@ import torch
 from torchvision.models import resnet18
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from kdeval.data.coco import LabelSpace
 from kdeval.errors import KdevalError
+from kdeval.labels import LabelSpace
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint
 from kdeval.models.retinanet import ModelSpec, build_retinanet, fpn_features, load_backbone_weights
 

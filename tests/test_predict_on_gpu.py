@@ -13,10 +13,11 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from conftest import CUDA, TINY_SHAPES
-from kdeval.data.coco import LabelSpace, load_coco_annotations
+from kdeval.data.coco import load_coco_annotations
 from kdeval.data.dataset import CocoDetectionDataset
 from kdeval.data.source import Split
 from kdeval.engine.predict import PredictSettings, run_model
+from kdeval.labels import LabelSpace
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 
 pytestmark = CUDA

@@ -6,9 +6,9 @@ seed) alone — not of the model, the batch, the worker process or the order ima
 corruptions only: impulse_noise (passed to scikit-image's random_noise as its rng) and glass_blur
 (seeds numba's generator inside its compiled pixel shuffle). The other 17 draw from numpy's legacy
 global generator (np.random.normal, .poisson, .uniform, .randint); for those the global generator
-is seeded right before the call and its previous state restored right after, so the caller's
-random streams are left as they were. Python's `random` is seeded the same way although the
-library does not use it today, so that a future release that does stays reproducible.
+is seeded right before the call and its state restored right after, so the caller's random
+streams are left as they were. Python's `random` is seeded the same way although the library does
+not use it, so that a release that does stays reproducible.
 
 Sizes: `imagecorruptions` refuses images under 32 pixels a side. Such an image is mirrored
 (np.pad 'symmetric') up to 32 pixels, corrupted, and cropped back. Every corruption runs on any size
@@ -19,25 +19,20 @@ to the image than on COCO-sized photographs. kdeval keeps that: it is what the b
 and the pixels equal those of a direct `imagecorruptions.corrupt` call.
 
 Speed: zoom_blur and snow run with the library's scipy zoom, elastic_transform with its scipy
-map_coordinates, replaced by kdeval.data.interpolation's compiled ones, brightness and saturate with
-scikit-image's HSV conversions replaced by kdeval.data.hsv's; all return the libraries' values bit
-for bit. zoom_blur then costs about a seventh of its time (it was
-half of a benchmark pass's corruption time on 640×480 images). The pixels do not change.
+map_coordinates, brightness and saturate with scikit-image's HSV conversions replaced by the
+compiled kernels of kdeval.data.corruption_kernels; all return the libraries' values bit for bit,
+so the pixels do not change, and each kernel is checked against the installed library before use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
-import os
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -45,6 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdeval.data.coco import image_path
+from kdeval.data.corruption_kernels import COMPILED_PART, compiled_library_parts
 from kdeval.data.dataset import read_rgb
 from kdeval.errors import KdevalError
 from kdeval.fileio import write_bytes_atomic
@@ -54,18 +50,10 @@ SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")  # the fork's corruptions t
 MIN_SIDE = 32  # imagecorruptions' own lower limit
 CACHE_VERSION = 1  # bump when the corrupted pixels of a (file, corruption, severity, seed) change
 # Corruptions whose output pixel depends on its input pixel alone, with no random numbers: on a large
-# image they run in bands of rows, which gives the same pixels with a fraction of the memory
-# (brightness on an 8000×6000 photo peaked at 19.6 GB in one piece: float64 HSV copies).
+# image they run in bands of rows, which gives the same pixels with a fraction of the memory (the
+# float64 HSV copies of a 48-megapixel photo in one piece take about 20 GB).
 PIXELWISE = ("brightness", "saturate")
 BAND_PIXELS = 4_000_000
-# Corruptions that zoom with scipy.ndimage.zoom (through the library's clipped_zoom), the one that
-# warps with scipy.ndimage.map_coordinates, and those that convert to HSV and back with
-# scikit-image: they run with kdeval.data.interpolation's and kdeval.data.hsv's compiled
-# equivalents, which give the same values bit for bit, several times faster.
-ZOOMING = ("zoom_blur", "snow")
-WARPING = ("elastic_transform",)
-HSV_CONVERTING = ("brightness", "saturate")
-COMPILED_PART = {**dict.fromkeys(ZOOMING, "zoom"), **dict.fromkeys(WARPING, "warp"), **dict.fromkeys(HSV_CONVERTING, "hsv")}
 COMPILED_ON_FIRST_USE = ("glass_blur", *COMPILED_PART)  # numba compiles these in each process
 
 
@@ -141,65 +129,6 @@ def corruption_seed(file_name: str, corruption: str, severity: int, seed: int) -
     model, process and run, different for every image and scenario."""
     key = json.dumps([str(file_name), corruption, int(severity), int(seed)]).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
-
-
-@functools.cache
-def compiled_part_agrees(part: str) -> bool:
-    """Whether the compiled `part` ("zoom", "warp", "hsv") gives the installed library's values,
-    probed once per process at first use. One that does not (a scipy or scikit-image other than the
-    pinned version, computing differently) is not used: its corruptions run on the library's own
-    code, with one warning."""
-    from kdeval.data import hsv, interpolation
-
-    probe = {"zoom": interpolation.zoom_agrees_with_installed_scipy,
-             "warp": interpolation.map_coordinates_agrees_with_installed_scipy,
-             "hsv": hsv.hsv_agrees_with_installed_skimage}[part]
-    agrees = probe()
-    if not agrees:
-        warnings.warn(f"kdeval: the installed scipy/scikit-image computes the corruptions' {part} step differently from "
-                      "kdeval's compiled copy; the library's own (slower) code runs instead", RuntimeWarning, stacklevel=2)
-    return agrees
-
-
-def _compiled_part(part: str) -> dict:
-    """The names in imagecorruptions.corruptions that a compiled `part` replaces, with their replacements."""
-    from kdeval.data import hsv, interpolation
-
-    if part == "zoom":
-        return {"scizoom": interpolation.zoom_like_scipy}
-    if part == "warp":
-        return {"map_coordinates": interpolation.map_coordinates_like_scipy}
-    # brightness and saturate use nothing of skimage (`sk`) but sk.color's pair
-    return {"sk": SimpleNamespace(color=SimpleNamespace(rgb2hsv=hsv.rgb2hsv_like_skimage, hsv2rgb=hsv.hsv2rgb_like_skimage))}
-
-
-def compiled_replacements(corruption: str) -> dict:
-    """The names in imagecorruptions.corruptions that `corruption` runs with compiled equivalents
-    (none where the environment sets KDEVAL_LIBRARY_CORRUPTIONS=1: the libraries' own code, to
-    compare with or to time against; none where the part disagrees with the installed library)."""
-    part = COMPILED_PART.get(corruption)
-    if part is None or os.environ.get("KDEVAL_LIBRARY_CORRUPTIONS") == "1" or not compiled_part_agrees(part):
-        return {}
-    return _compiled_part(part)
-
-
-@contextlib.contextmanager
-def compiled_library_parts(corruption: str):
-    """For the block, the library's scipy zoom (zoom_blur, snow) and map_coordinates
-    (elastic_transform), or its scikit-image HSV conversions (brightness, saturate), replaced by
-    compiled functions that return the same values; calls those cannot reproduce exactly still go
-    to scipy and scikit-image. Other corruptions run unchanged."""
-    from imagecorruptions import corruptions
-
-    replacements = compiled_replacements(corruption)
-    library_parts = {name: getattr(corruptions, name) for name in replacements}
-    for name, replacement in replacements.items():
-        setattr(corruptions, name, replacement)
-    try:
-        yield
-    finally:
-        for name, part in library_parts.items():
-            setattr(corruptions, name, part)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from kdeval.data.coco import LabelSpace, image_path
+from kdeval.data.coco import image_path
 from kdeval.data.source import Split
 from kdeval.errors import KdevalError
+from kdeval.labels import LabelSpace
 
 
 def read_rgb(path) -> Image.Image:
@@ -74,7 +75,7 @@ class CocoDetectionDataset(Dataset):
         path = self.path_of(position)
         if self.pixels == "jpeg-bytes" and path.suffix.lower() in JPEG_SUFFIXES:
             # not torchvision's read_file: its tensor maps the file, and such storage cannot be sent
-            # from a DataLoader worker (EBADF in DupFd, seen on the H200)
+            # from a DataLoader worker (EBADF in DupFd)
             image = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
         else:
             image = pil_to_tensor(read_rgb(path))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdeval.data.coco import LabelSpace
 from kdeval.errors import KdevalError
+from kdeval.labels import LabelSpace
 
 log = logging.getLogger("kdeval")
 
@@ -182,7 +182,7 @@ COVERED_SHARE = 0.5
 def coverage_note(detections: list[dict], gt: dict, path: Path | str) -> str | None:
     """Images without a single detection count as all missed. A detector's results leave few such
     images; most of them empty suggests results made on a subset, scored against the whole dataset
-    (e.g. --annotations forgotten, so the default dataset was used): say so, since AP drops silently."""
+    (e.g. --annotations forgotten, so the default dataset is scored): say so, as AP drops silently."""
     # over the images with objects: a dataset may hold many background-only ones a detector leaves empty
     images = {a["image_id"] for a in gt["annotations"] if not a.get("iscrowd")}
     covered = len(images & {d["image_id"] for d in detections})
@@ -203,14 +203,6 @@ def unused_map_note(detections: list[dict], category_map: CategoryMap) -> str | 
         return None
     return (f"{category_map.source}: the map's ids {_examples(unused)} occur in no detection, and the results' ids "
             f"{_examples(unmapped)} are not in the map (they stay as they are): are the results' ids already the dataset's?")
-
-
-def xyxy_to_xywh(detections: list[dict]) -> list[dict]:
-    out = []
-    for d in detections:
-        x1, y1, x2, y2 = d["bbox"]
-        out.append(dict(d, bbox=[x1, y1, x2 - x1, y2 - y1]))
-    return out
 
 
 def check_foreign_results(detections: list[dict], gt: dict, path: Path | str,

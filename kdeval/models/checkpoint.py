@@ -24,9 +24,9 @@ import torch
 from torchvision.models.detection import RetinaNet, RetinaNet_ResNet50_FPN_Weights
 
 from kdeval import __version__
-from kdeval.data.coco import LabelSpace
 from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic
+from kdeval.labels import LabelSpace
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 from kdeval.vocab import ROLES
 

@@ -2,15 +2,15 @@
 
 `imagecorruptions`' brightness (a benchmark corruption) and saturate (an extra one) convert the
 whole image to HSV and back with scikit-image, whose vectorised code makes a dozen full-size
-temporaries: about 100 ms of brightness's 110 on a 640×480 image, a fifth of a benchmark pass's
-corruption time once zoom_blur is compiled (kdeval.data.interpolation).
+temporaries: the conversions are most of brightness's time.
 
 The functions below do scikit-image's arithmetic pixel by pixel, in its order and float64:
 V = max, S = (max − min)/max (0 where max = min), H from the channel that holds the max — blue
 over green over red where they tie, as scikit-image's later assignments overwrite the earlier —,
 then (H/6) mod 1; back, hi = ⌊6H⌋ mod 6, f = 6H − ⌊6H⌋ and p, q, t as scikit-image computes them.
 Only finite, non-negative float64 images qualify (and, back to RGB, hues in [0, 1]): everything
-else goes to scikit-image. Tested against the installed scikit-image on random and tie-heavy images.
+else goes to scikit-image. Tested against the installed scikit-image on random and tie-heavy images,
+and probed at first use by .probe.
 """
 
 from __future__ import annotations
@@ -98,19 +98,3 @@ def hsv2rgb_like_skimage(hsv, **kwargs):
     out = np.empty_like(hsv, order="C")
     _hsv_to_rgb(np.ascontiguousarray(hsv), out)
     return out
-
-
-def hsv_agrees_with_installed_skimage() -> bool:
-    """Whether the compiled conversions give the installed scikit-image's values on a probe with
-    channel ties, greys and black, there and back after brightness's and saturate's edits."""
-    from skimage.color import hsv2rgb, rgb2hsv
-
-    rng = np.random.default_rng(0)
-    image = np.concatenate([(rng.integers(0, 4, (16, 16, 3)) * 85).astype(np.uint8) / 255.0, rng.random((16, 16, 3))])
-    hsv = rgb2hsv(image)
-    if not np.array_equal(rgb2hsv_like_skimage(image), hsv):
-        return False
-    edited = hsv.copy()
-    edited[..., 2] = np.clip(edited[..., 2] + 0.3, 0, 1)
-    edited[..., 1] = np.clip(edited[..., 1] * 5 + 0.1, 0, 1)
-    return all(np.array_equal(hsv2rgb_like_skimage(h), hsv2rgb(h)) for h in (hsv, edited))
