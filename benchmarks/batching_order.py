@@ -28,8 +28,9 @@ import torch
 
 from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import resolve_split
-from kdeval.engine import predict as predict_module
-from kdeval.engine.predict import PredictSettings, padded_input_shape, predict
+from kdeval.engine import detections as detections_module
+from kdeval.engine.detections import predict
+from kdeval.engine.predict import PredictSettings, padded_input_shape
 from kdeval.metrics.coco_ap import coco_stats
 from kdeval.models.checkpoint import load_checkpoint
 
@@ -76,7 +77,7 @@ def main() -> None:
     loaded.model.transform.max_size = args.max_input_size
     settings = PredictSettings(batch_size=args.batch_size, device=device, workers=args.workers)
     identity = lambda model, images: list(range(len(images)))  # noqa: E731
-    grouped_order = predict_module.batching_order
+    grouped_order = detections_module.batching_order
     with tempfile.TemporaryDirectory() as folder:
         split = subset_split(resolve_split(args.data, None, None), args.max_images, sizes, Path(folder))
         coco = load_coco_annotations(split.annotations)
@@ -87,13 +88,13 @@ def main() -> None:
         predict(loaded, split, settings, progress=False)  # warm-up
         for _ in range(args.repeats):
             for name, order in ways.items():
-                predict_module.batching_order = order
+                detections_module.batching_order = order
                 start = time.perf_counter()
                 found[name] = predict(loaded, split, settings, progress=False)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 seconds[name].append(time.perf_counter() - start)
-        predict_module.batching_order = grouped_order
+        detections_module.batching_order = grouped_order
         # the reference: every image alone (batch 1, padded only to the size divisor), as torchvision's
         # reference evaluation runs a detector
         start = time.perf_counter()

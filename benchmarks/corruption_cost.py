@@ -124,8 +124,8 @@ def first_images_split(images: int, folder: Path):
 def run_speed(
     checkpoint: Path, images: int, workers: list[int], corruptions: tuple, severities: tuple, batch_size: int, device: str, trials: int
 ) -> list[dict]:
-    from kdeval.engine.evaluate import ModelInput
-    from kdeval.engine.predict import PredictSettings, predict
+    from kdeval.engine.detections import ModelInput, predict
+    from kdeval.engine.predict import PredictSettings
     from kdeval.engine.robustness import RobustnessSettings, run_robustness
     from kdeval.models.checkpoint import load_checkpoint
 

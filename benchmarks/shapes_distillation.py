@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from kdeval.data.coco import LabelSpace, load_coco_annotations
+from kdeval.data.coco import load_coco_annotations
 from kdeval.data.dataset import CocoDetectionDataset
 from kdeval.data.source import shapes_split
 from kdeval.distill.losses import feature_distillation_loss
-from kdeval.engine.evaluate import ModelInput, evaluate_models
+from kdeval.engine.detections import ModelInput
+from kdeval.engine.evaluate import evaluate_models
 from kdeval.engine.train import TrainSettings, train
+from kdeval.labels import LabelSpace
 from kdeval.models.checkpoint import load_checkpoint
 from kdeval.models.retinanet import build_retinanet
 from kdeval.report.tables import to_text, write_tables
@@ -87,7 +89,7 @@ def main() -> None:
         train(settings, split, run_dir, device=args.device, resume=True)
         runs.append((name, run_dir / "model.pt"))
 
-    table, _ = evaluate_models([ModelInput(name, path) for name, path in runs], shapes_split("val"))
+    table = evaluate_models([ModelInput(name, path) for name, path in runs], shapes_split("val")).table
     write_tables(table, args.out, "table1_shapes", baseline="vanilla R18", caption="Feature losses compared on Shapes (RetinaNet R34 → R18)")
     print(to_text(table, "vanilla R18", title="Shapes val, COCO bbox AP (gains over vanilla R18)"))
 

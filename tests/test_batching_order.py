@@ -61,9 +61,10 @@ def test_without_sizes_or_a_torchvision_transform_the_datasets_order_stays():
 
 
 def test_predict_batches_images_of_one_shape_and_returns_the_datasets_order(mixed_shapes, monkeypatch):
-    from kdeval.data.coco import LabelSpace, load_coco_annotations
+    from kdeval.data.coco import load_coco_annotations
     from kdeval.data.source import Split
-    from kdeval.engine.predict import predict
+    from kdeval.engine.detections import predict
+    from kdeval.labels import LabelSpace
     from kdeval.models.checkpoint import LoadedModel
     from kdeval.models.postprocess import BatchedRetinaNet
 
@@ -106,7 +107,8 @@ def test_robustness_runs_on_mixed_sizes_made_before_are_refused_and_uniform_ones
     before cannot be continued (its key gains the batching); on images of one size nothing changed."""
     from kdeval.data.coco import load_coco_annotations
     from kdeval.data.source import Split
-    from kdeval.engine.robustness import RobustnessSettings, _change, _data_key
+    from kdeval.engine.robustness import RobustnessSettings
+    from kdeval.engine.robustness.store import _change, data_key as _data_key
 
     def key(root):
         split = Split(root / "annotations" / "instances_val.json", root / "val", "val")

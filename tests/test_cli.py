@@ -95,7 +95,7 @@ def test_data_names_the_built_in_datasets_the_study_quick_one_too(monkeypatch, t
 
 
 def test_models_without_names_are_named_by_file_or_by_the_training_folder():
-    from kdeval.engine.evaluate import ModelInput
+    from kdeval.engine.detections import ModelInput
 
     names = [ModelInput.parse(text).name for text in (
         "reports/baseline-r18/model.pt", "reports/distilled-ssim-r18/model.pt", "r50.bbox.json", "kd=reports/x/model.pt",
@@ -114,11 +114,11 @@ def test_evaluate_results_json_needs_no_images(tmp_path, tiny_coco):
 
 
 def test_predict_reuses_cached_detections(tiny_shapes, trained, tmp_path, monkeypatch):
-    import kdeval.engine.predict as predict_module
+    import kdeval.engine.detections as detections_module
 
     args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress"]
     assert run(*args, "-o", tmp_path / "a.json").exit_code == 0
-    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: pytest.fail("the model ran again"))
+    monkeypatch.setattr(detections_module, "predict", lambda *a, **k: pytest.fail("the model ran again"))
     assert run(*args, "-o", tmp_path / "b.json").exit_code == 0
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
@@ -189,8 +189,8 @@ def test_missing_and_malformed_files(tmp_path, tiny_coco, tiny_shapes, trained):
 
 
 def test_a_model_whose_ids_are_shifted_is_told_how_to_map_them():
-    from kdeval.data.coco import LabelSpace
     from kdeval.errors import KdevalError
+    from kdeval.labels import LabelSpace
 
     labels = LabelSpace((1, 2), ("circle", "ellipse"))
     with pytest.raises(KdevalError, match=r"trained on 1 circle, 2 ellipse; the model calls 'circle' id 1: .*--category-map"):
@@ -232,7 +232,7 @@ def test_recipe_names_and_settings_agree():
 def test_inference_runs_fp16_on_cuda_by_default_and_fp32_when_asked(tiny_shapes, trained, tmp_path, monkeypatch):
     """AMP (fp16) is the default on CUDA, --fp32 turns it off; the CPU runs fp32 either way, so its
     cached detections are keyed as before."""
-    import kdeval.engine.predict as predict_module
+    import kdeval.engine.detections as detections_module
     from kdeval.engine.predict import PredictSettings
 
     assert PredictSettings(device="cuda").uses_amp() and not PredictSettings(device="cuda", amp=False).uses_amp()
@@ -240,7 +240,7 @@ def test_inference_runs_fp16_on_cuda_by_default_and_fp32_when_asked(tiny_shapes,
     assert PredictSettings(device="cpu").cache_fields() == PredictSettings(device="cpu", amp=False).cache_fields() == {
         "device_type": "cpu", "amp": False}
     seen = []
-    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.amp) or [])
+    monkeypatch.setattr(detections_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.amp) or [])
     args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress", "--device", "cpu", "-o", tmp_path / "d.json"]
     assert run(*args).exit_code == 0 and run(*args, "--fp32").exit_code == 0
     assert seen == [True, False]
@@ -249,12 +249,12 @@ def test_inference_runs_fp16_on_cuda_by_default_and_fp32_when_asked(tiny_shapes,
 def test_cuda_graphs_are_asked_for_on_the_command_line_and_leave_the_cache_key(tiny_shapes, trained, tmp_path, monkeypatch):
     """--cuda-graphs reaches the inference settings (off by default); cached detections are keyed as
     without it, since graphs replay the same kernels."""
-    import kdeval.engine.predict as predict_module
+    import kdeval.engine.detections as detections_module
     from kdeval.engine.predict import PredictSettings
 
     assert PredictSettings(device="cuda", cuda_graphs=True).cache_fields() == PredictSettings(device="cuda").cache_fields()
     seen = []
-    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.cuda_graphs) or [])
+    monkeypatch.setattr(detections_module, "cached_predict", lambda checkpoint, split, settings, **k: seen.append(settings.cuda_graphs) or [])
     args = ["predict", trained, *shapes_args(tiny_shapes), "--no-progress", "--device", "cpu", "-o", tmp_path / "d.json"]
     assert run(*args).exit_code == 0 and run(*args, "--cuda-graphs").exit_code == 0
     assert seen == [False, True]

@@ -374,12 +374,12 @@ def test_an_unwritable_or_full_output_folder_is_refused_before_the_work(tmp_path
     result = _evaluate(tmp_path, tiny_coco, blocker / "out")
     assert result.exit_code == 2 and "not writable" in result.output
 
-    import kdeval.engine.evaluate as evaluate_module
+    import kdeval.analysis.evaluation as evaluation_module
     import kdeval.fileio as fileio
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
-    monkeypatch.setattr(evaluate_module, "coco_stats", lambda *a: pytest.fail("scored despite a full disk"))
+    monkeypatch.setattr(evaluation_module, "coco_stats", lambda *a: pytest.fail("scored despite a full disk"))
     result = _evaluate(tmp_path, tiny_coco, tmp_path / "full")
     assert result.exit_code == 2 and "MiB free" in result.output
 
@@ -415,7 +415,6 @@ def _unusual_images(folder):
 def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
     """Grayscale, RGBA, 16-bit, tiny, huge and EXIF-rotated files: decoded by PIL and converted to RGB,
     without EXIF rotation (torchvision's CocoDetection does the same), and scored without a crash."""
-    import numpy as np
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -465,10 +464,10 @@ def test_jpeg_bytes_decode_to_the_pixels_pil_gives(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from kdeval.data.coco import LabelSpace
     from kdeval.data.dataset import CocoDetectionDataset
     from kdeval.data.source import Split
     from kdeval.engine.predict import images_to_device
+    from kdeval.labels import LabelSpace
 
     folder = tmp_path / "images"
     files = {name: image for name, image in _unusual_images(folder).items() if name != "huge.jpg"}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import shapes_args, write_json
 from kdeval.cli import app
-from kdeval.engine.visualize import parse_selection
+from kdeval.analysis.gallery import parse_selection
 from kdeval.metrics.matching import match_detections
 from kdeval.metrics.selection import count_images, select_images
 

@@ -113,6 +113,20 @@ def leave() -> None:
         torch.distributed.destroy_process_group()
 
 
+class RankDone(Exception):
+    """Raised on a rank other than 0 once its share of a torchrun job is done and the job is left:
+    rank 0 alone goes on to score and write. The CLI ends such a rank with exit status 0."""
+
+
+def continue_on_main_rank() -> None:
+    """After a command's last collective: every rank leaves the job together (`leave`), rank 0 returns
+    to score and write alone, and the others raise RankDone, having nothing left to do."""
+    is_main = current().is_main
+    leave()
+    if not is_main:
+        raise RankDone
+
+
 # How long a failing rank waits for its gloo process group to be destroyed before it exits anyway
 ABANDON_WAIT = timedelta(seconds=10)
 

@@ -1,34 +1,27 @@
-"""Model → COCO results JSON: batched inference under torch.inference_mode, cached on disk.
+"""Running a model over images: batched inference under torch.inference_mode, images batched by
+shape, postprocessing overlapped with the next batch, outputs turned into COCO detections.
 
-The cache key is (checkpoint bytes, annotation bytes, images folder, inference settings), so every
-command that needs the same detections reads them instead of running the model again.
+Which images a process runs, the cache, and torchrun's gathering are engine/detections.py's.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch.profiler import record_function
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from tqdm import tqdm
 
-from kdeval.engine import distributed
-from kdeval.data.coco import LabelSpace, load_coco_annotations, read_json
-from kdeval.data.dataset import CocoDetectionDataset, collate
-from kdeval.data.source import Split
+from kdeval.labels import LabelSpace
+from kdeval.data.dataset import collate
 from kdeval.errors import KdevalError
-from kdeval.fileio import cache_root, file_sha256, write_json_atomic
-from kdeval.models.checkpoint import LoadedModel, load_checkpoint
 from kdeval.models.cuda_graphs import CAPTURES, GraphedNetwork
 from kdeval.models.postprocess import BatchedRetinaNet
 from kdeval.models.retinanet import fold_batch_norms
@@ -36,15 +29,10 @@ from kdeval.models.retinanet import fold_batch_norms
 if TYPE_CHECKING:
     from kdeval.data.foreign_results import CategoryMap
 
-CACHE_VERSION = 3  # 2: BatchNorms folded into convolutions (detections equal up to float rounding);
-# 3: images batched by padded shape (batching_order; other detections where a dataset mixes sizes)
-
-# Inference under AMP (the default on CUDA) runs in fp16, not bf16: on the study's three Shapes models
-# (CPU autocast, 300 val images) fp16 kept AP within 0.01 of fp32 where bf16 moved it by up to 0.12 —
-# bf16's 8-bit mantissa ties scores and shifts boxes. On an H100 fp16 moved AP by −0.053 to +0.026 on
-# those models and by 0.003 on an R50 at 800 px, where it ran 15 % faster than fp32 (benchmarks/
-# RESULTS.md). Inference needs no loss scaling, and tensor cores run both at the same rate. (Training
-# keeps bf16 for its range: engine/train.py.)
+# Inference under AMP (the default on CUDA) runs in fp16, not bf16: bf16's 8-bit mantissa ties scores
+# and shifts boxes, enough to move AP, where fp16 stays within rounding of fp32 (benchmarks/RESULTS.md).
+# Inference needs no loss scaling, and tensor cores run both at the same rate. (Training keeps bf16
+# for its range: engine/train.py.)
 AMP_DTYPE = torch.float16
 
 
@@ -136,8 +124,8 @@ def loader_workers(settings: PredictSettings, device: torch.device) -> int:
 
 
 def default_workers(device: torch.device) -> int:
-    """DataLoader processes when none are asked for: none on the CPU, where the model uses every core
-    (measured faster on 2 cores), up to 8 beside a GPU, so the main process only launches kernels;
+    """DataLoader processes when none are asked for: none on the CPU, where the model already uses every
+    core, up to 8 beside a GPU, so the main process only launches kernels;
     under torchrun the node's cores are shared among its ranks (LOCAL_WORLD_SIZE)."""
     if device.type != "cuda":
         return 0
@@ -261,8 +249,8 @@ class OverlappedPostprocessing:
     network has been launched, so that on CUDA the host's postprocessing of one batch — its
     synchronisations wait for the GPU — overlaps the GPU's network work on the next.
 
-    On the H100 an R50 batch of 8 took 51 ms while its kernels added up to 22 ms (benchmarks/
-    RESULTS.md): the GPU idled while the host postprocessed. Here the postprocessing runs on a side
+    Without it an R50's GPU idles while the host postprocesses, its batches being host-bound
+    (benchmarks/RESULTS.md). Here the postprocessing runs on a side
     stream that waits (by an event) for its own batch's network only, so its synchronisations do not
     wait for the next batch's; it ends with the outputs copied to the CPU and the side stream
     synchronised, so no tensor of a batch is freed while the GPU still reads it. Results come back in the
@@ -345,65 +333,3 @@ def batching_order(model, images: list[dict]) -> list[int]:
         return list(range(len(images)))
     shapes = [padded_input_shape(image["height"], image["width"], transform) for image in images]
     return sorted(range(len(images)), key=shapes.__getitem__)  # stable: the dataset's order within a shape
-
-
-def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
-    """Detections found in another order (ranks that took every world-th batch, images batched in
-    `batching_order`) → in the order of `image_ids`, each image's own in the order found."""
-    by_image: dict[int, list[dict]] = {}
-    for shard in shards:
-        for det in shard:
-            by_image.setdefault(det["image_id"], []).append(det)
-    return [det for image_id in image_ids for det in by_image.get(image_id, [])]
-
-
-def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict] | None:
-    """Detections of `loaded` on every image of `split` (at most detections_per_img per image), in the
-    dataset's order; the images are batched in `batching_order`.
-
-    Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
-    the order one process would have produced them; the other ranks get None (a COCO-sized set is
-    some 200 MB as Python objects, which they have no use for)."""
-    coco = load_coco_annotations(split.annotations)
-    labels = loaded.labels
-    if settings.category_map is not None:
-        labels = settings.category_map.map_labels(labels, coco["categories"])
-    labels.check_matches(coco["categories"], str(split.annotations))
-    dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
-    dataset.check_images_exist()
-    order = batching_order(loaded.model, dataset.images)
-    image_ids = [image["id"] for image in dataset.images]
-    dist_env = distributed.current()  # alone: every position, and gather_lists gives [mine]
-    mine = [order[p] for p in dist_env.shard(len(order), settings.batch_size)]
-    shards = distributed.gather_lists(run_model(loaded.model, Subset(dataset, mine), settings, labels, progress and dist_env.is_main), dst=0)
-    return None if shards is None else merge_shards(shards, image_ids)
-
-
-def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Path:
-    key = {
-        "version": CACHE_VERSION,
-        "checkpoint": file_sha256(checkpoint),
-        "annotations": file_sha256(split.annotations),
-        "images": str(Path(split.images).resolve()) if split.images else None,
-        **settings.cache_fields(),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_root() / "detections" / f"{digest}.json"
-
-
-def cached_predict(
-    checkpoint: Path, split: Split, settings: PredictSettings = PredictSettings(), use_cache: bool = True, progress: bool = True
-) -> list[dict] | None:
-    """Detections of a checkpoint on a split, from the cache when the same run was done before.
-    Under torchrun: on rank 0, None on the others (`predict`)."""
-    path = _cache_path(Path(checkpoint), split, settings)
-    # under torchrun the ranks must agree, or one would wait for the others' detections forever
-    hit = all(flags[0] for flags in distributed.all_gather_lists([use_cache and path.is_file()]))
-    if hit:
-        return read_json(path, "cached detections") if distributed.current().is_main else None
-    detections = predict(load_checkpoint(checkpoint), split, settings, progress=progress)
-    if distributed.current().is_main:
-        write_json_atomic(path, detections, indent=None)
-    distributed.barrier()
-    return detections
-

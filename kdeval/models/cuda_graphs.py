@@ -1,10 +1,10 @@
 """A network's inference forward as CUDA graphs, one per input shape, replayed instead of launched
-operation by operation (`--cuda-graphs`, off by default until measured on a GPU).
+operation by operation (`--cuda-graphs`, off by default).
 
-On the H100 kdeval's R50 inference was host-bound: a batch of 8 took 51 ms while its kernels added up
-to 22 ms, and one model call cost the host 38.7 ms in fp16 — 981 operations, some 480 of them the
-backbone, FPN and head, each a kernel launch through PyTorch's dispatcher (benchmarks/RESULTS.md). A
-CUDA graph records those launches once and replays them with one call. kdeval graphs only that pure,
+An R50's inference on a fast GPU is host-bound: its kernels take less time than the host needs to
+launch them, one call being near a thousand operations, about half of them the backbone, FPN and
+head, each a launch through PyTorch's dispatcher (benchmarks/RESULTS.md). A CUDA graph records those
+launches once and replays them with one call. kdeval graphs only that pure,
 synchronisation-free middle (`BatchedRetinaNet.backbone_and_head`); the transform before it and the
 postprocessing after it, which read counts back to the host, stay eager.
 

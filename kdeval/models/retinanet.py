@@ -118,8 +118,8 @@ def build_backbone(spec: ModelSpec) -> BackboneWithFPN:
 
 def build_head(spec: ModelSpec, num_anchors: int) -> RetinaNetHead:
     """RetinaNet's head; with head_norm 'gn' every tower conv is followed by GroupNorm (16 groups at 64
-    channels, 32 from 128 up), which lets a from-scratch head learn markedly faster (Shapes: +1.6 AP
-    after 375 iterations at the same cost; benchmarks/RESULTS.md)."""
+    channels, 32 from 128 up), which lets a from-scratch head learn markedly faster at the same cost
+    per step (benchmarks/RESULTS.md)."""
     norm_layer = None
     if spec.head_norm == "gn":
         wanted = max(1, min(32, spec.fpn_channels // 4))

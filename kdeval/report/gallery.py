@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from kdeval.fileio import write_bytes_atomic, write_text_atomic
+from kdeval.analysis.gallery import Gallery, GalleryRow, Visualization
+from kdeval.data.source import Split
+from kdeval.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from kdeval.report.html import content_security_policy, new_nonce, render, script_assignment
+from kdeval.versions import package_versions
 from kdeval.vocab import DETECTION_VERDICTS
 
 PAGE_FILE = "index.html"
@@ -28,26 +31,6 @@ GT_FIELDS = ("x", "y", "width", "height", "category_id", "iscrowd")
 DETECTION_FIELDS = ("x", "y", "width", "height", "score", "category_id", "verdict")
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
 _COPIED_NAME = re.compile(r"^-?\d+(\.[a-z0-9]{1,5})?$")
-
-
-@dataclass(frozen=True)
-class GalleryRow:
-    image: dict  # the dataset's image record: id, file_name, width, height
-    source: Path  # the image file
-    reason: str  # why the selection chose it
-    annotations: list[dict]  # its ground truth
-    detections: list[list[tuple[dict, str]]]  # per model: (COCO result, verdict), by decreasing score
-
-
-@dataclass(frozen=True)
-class Gallery:
-    models: list[str]
-    categories: dict[int, str]
-    rows: list[GalleryRow]
-    dataset: str  # a name for the page's heading
-    selection: str  # how the images were chosen, in words
-    score_threshold: float  # where the slider starts
-    min_score: float  # the slider's lower end: detections below it are not in the page
 
 
 def copied_image_name(image_id: int, source: Path) -> str:
@@ -146,4 +129,28 @@ def write_gallery_page(gallery: Gallery, out_dir: Path) -> list[Path]:
         csp=content_security_policy(nonce),
     )
     paths.append(write_text_atomic(out_dir / PAGE_FILE, page))
+    return paths
+
+
+def write_visualization(result: Visualization, out_dir: Path, split: Split, model_paths: dict[str, str]) -> list[Path]:
+    """The gallery page (index.html, detections.js, images/), selection.csv (the per-image counts
+    of every image, and which were shown) and visualize_settings.json (with `model_paths`, each
+    model's file by name), each written atomically."""
+    out_dir = Path(out_dir)
+    paths = write_gallery_page(result.gallery, out_dir)
+    table = result.counts.table()
+    shown = {row.image["id"]: (rank, row.reason) for rank, row in enumerate(result.gallery.rows, start=1)}
+    table.insert(0, "shown_rank", [shown.get(i, (None, ""))[0] for i in table.index])
+    table["reason"] = [shown.get(i, (None, ""))[1] for i in table.index]
+    table = table.astype({"shown_rank": "Int64"}).sort_values(["shown_rank", "image_id"], na_position="last", kind="mergesort")
+    paths.append(write_text_atomic(out_dir / "selection.csv", table.to_csv()))
+    paths.append(write_json_atomic(out_dir / "visualize_settings.json", {
+        "annotations": str(split.annotations),
+        "images": str(split.images),
+        "models": dict(model_paths),
+        **asdict(result.settings),
+        "shown_image_ids": [row.image["id"] for row in result.gallery.rows],
+        "notes": result.notes,
+        "versions": package_versions(),
+    }))
     return paths

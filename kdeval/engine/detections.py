@@ -1,0 +1,207 @@
+"""Every model argument becomes COCO detections here, and nowhere else.
+
+A model on the command line is a kdeval checkpoint, torchvision's COCO RetinaNet weights, or a COCO
+results JSON from any detector. A checkpoint is run once per (checkpoint bytes, annotation bytes,
+images folder, inference settings) and its detections are cached on disk. Under torchrun every rank
+runs its share of the images and rank 0 alone receives them: this module is where evaluate, errors,
+visualize and predict meet the ranks, so everything above it is a plain function of the ground
+truth and the detections by model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Subset
+
+from kdeval.data.coco import load_results, read_json
+from kdeval.data.dataset import CocoDetectionDataset
+from kdeval.data.source import Split
+from kdeval.engine import distributed
+from kdeval.engine.predict import PredictSettings, batching_order, run_model
+from kdeval.errors import KdevalError
+from kdeval.fileio import cache_root, file_sha256, write_json_atomic
+from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+TRAINED_MODEL_STEM = "model"  # kdeval train writes OUT/model.pt
+
+# the cache key's version: raised whenever the same checkpoint, data and settings would give other
+# detections, so that cached ones of the earlier kind are never read
+CACHE_VERSION = 3
+
+
+# ---------------------------------------------------------------- model arguments
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A model on the command line: `path` or `name=path`; a checkpoint or a COCO results JSON."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelInput":
+        """`name=path`, or `path` named by its file (`r50.bbox.json` → 'r50.bbox'); a file kdeval's
+        training wrote, `model.pt`, is named by its folder (`reports/baseline-r18/model.pt` →
+        'baseline-r18'), so that several need no names."""
+        name, sep, path = text.partition("=")
+        if not sep:
+            path, name = text, Path(text).stem
+            folder = Path(os.path.abspath(text)).parent.name  # as spelt: a link's own name, not its target's
+            if name == TRAINED_MODEL_STEM and folder:
+                name = folder
+        if not name or not path:
+            raise KdevalError(f"'{text}': expected PATH or NAME=PATH")
+        return cls(name, Path(path))
+
+    @property
+    def is_results_json(self) -> bool:
+        return self.path.suffix.lower() == ".json"
+
+
+def parse_models(texts: list[str]) -> list[ModelInput]:
+    models = [ModelInput.parse(text) for text in texts]
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise KdevalError(f"model names must differ, '{duplicates[0]}' appears twice (use NAME=PATH)")
+    for model in models:
+        if not model.path.is_file():
+            raise KdevalError(f"{model.path}: model file not found")
+        if not model.is_results_json and model.path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise KdevalError(f"{model.path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) or a COCO results .json")
+    return models
+
+
+def parse_named_models(texts: list[str], names: str | None) -> list[ModelInput]:
+    """MODEL arguments, with --names a,b,c replacing NAME= and the file stems one by one (so three
+    files all called model.pt need no NAME=, and a name may hold any character but a comma)."""
+    if names is None:
+        return parse_models(texts)
+    given = [n.strip() for n in names.split(",")]
+    if len(given) != len(texts) or not all(given):
+        raise KdevalError(f"--names {names}: expected {len(texts)} non-empty names, one per model, separated by commas")
+    if len(set(given)) != len(given):
+        raise KdevalError(f"--names {names}: the names must differ")
+    # the files checked under neutral names, then named as asked
+    checked = parse_models([f"{i}={ModelInput.parse(text).path}" for i, text in enumerate(texts)])
+    return [ModelInput(name, model.path) for name, model in zip(given, checked)]
+
+
+def model_paths(models: list[ModelInput]) -> dict[str, str]:
+    """Each model's file by name, as given: what a run records of its inputs."""
+    return {model.name: str(model.path) for model in models}
+
+
+def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | None:
+    names = [m.name for m in models]
+    if baseline is not None and baseline not in names:
+        raise KdevalError(f"--baseline '{baseline}' is not one of the models ({', '.join(names)})")
+    return baseline
+
+
+# ---------------------------------------------------------------- running a checkpoint
+
+
+def merge_shards(shards: list[list[dict]], image_ids: list[int]) -> list[dict]:
+    """Detections found in another order (ranks that took every world-th batch, images batched in
+    `batching_order`) → in the order of `image_ids`, each image's own in the order found."""
+    by_image: dict[int, list[dict]] = {}
+    for shard in shards:
+        for det in shard:
+            by_image.setdefault(det["image_id"], []).append(det)
+    return [det for image_id in image_ids for det in by_image.get(image_id, [])]
+
+
+def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = PredictSettings(), progress: bool = True) -> list[dict] | None:
+    """Detections of `loaded` on every image of `split` (at most detections_per_img per image), in the
+    dataset's order; the images are batched in `batching_order`.
+
+    Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
+    the order one process would have produced them; the other ranks get None (a COCO-sized set is
+    some 200 MB as Python objects, which they have no use for)."""
+    from kdeval.data.coco import load_coco_annotations
+
+    coco = load_coco_annotations(split.annotations)
+    labels = loaded.labels
+    if settings.category_map is not None:
+        labels = settings.category_map.map_labels(labels, coco["categories"])
+    labels.check_matches(coco["categories"], str(split.annotations))
+    dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
+    dataset.check_images_exist()
+    order = batching_order(loaded.model, dataset.images)
+    image_ids = [image["id"] for image in dataset.images]
+    dist_env = distributed.current()  # alone: every position, and gather_lists gives [mine]
+    mine = [order[p] for p in dist_env.shard(len(order), settings.batch_size)]
+    shards = distributed.gather_lists(run_model(loaded.model, Subset(dataset, mine), settings, labels, progress and dist_env.is_main), dst=0)
+    return None if shards is None else merge_shards(shards, image_ids)
+
+
+def _cache_path(checkpoint: Path, split: Split, settings: PredictSettings) -> Path:
+    key = {
+        "version": CACHE_VERSION,
+        "checkpoint": file_sha256(checkpoint),
+        "annotations": file_sha256(split.annotations),
+        "images": str(Path(split.images).resolve()) if split.images else None,
+        **settings.cache_fields(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "detections" / f"{digest}.json"
+
+
+def cached_predict(
+    checkpoint: Path, split: Split, settings: PredictSettings = PredictSettings(), use_cache: bool = True, progress: bool = True
+) -> list[dict] | None:
+    """Detections of a checkpoint on a split, from the cache when the same run was done before.
+    Under torchrun: on rank 0, None on the others (`predict`)."""
+    path = _cache_path(Path(checkpoint), split, settings)
+    # under torchrun the ranks must agree, or one would wait for the others' detections forever
+    hit = all(flags[0] for flags in distributed.all_gather_lists([use_cache and path.is_file()]))
+    if hit:
+        return read_json(path, "cached detections") if distributed.current().is_main else None
+    detections = predict(load_checkpoint(checkpoint), split, settings, progress=progress)
+    if distributed.current().is_main:
+        write_json_atomic(path, detections, indent=None)
+    distributed.barrier()
+    return detections
+
+
+# ---------------------------------------------------------------- every model of a command
+
+
+def _detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSettings, progress: bool,
+                   box_format: str) -> list[dict] | None:
+    """A results file read and checked against the dataset, or a checkpoint run (from the cache when
+    it ran before). settings.category_map applies to both. None on the ranks other than 0."""
+    if model.is_results_json:
+        return load_results(model.path, gt, settings.category_map, box_format) if distributed.current().is_main else None
+    split.require_images()
+    return cached_predict(model.path, split, settings, progress=progress)
+
+
+def detections_by_model(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings = PredictSettings(),
+                        progress: bool = True, box_format: str = "xywh") -> dict[str, list[dict]]:
+    """Every model's COCO detections by name, in the order given.
+
+    This is a command's last collective: under torchrun the ranks leave the job here, rank 0 goes on
+    to score and write alone, however long that takes, and the other ranks, their share done, end
+    (distributed.RankDone) instead of waiting for it under the collective timeout."""
+    found = {model.name: _detections_of(model, split, gt, settings, progress, box_format) for model in models}
+    distributed.continue_on_main_rank()
+    return found
+
+
+def detections_of_checkpoint(checkpoint: Path, split: Split, settings: PredictSettings = PredictSettings(),
+                             use_cache: bool = True, progress: bool = True) -> list[dict]:
+    """One checkpoint's detections (`kdeval predict`), on rank 0; the other ranks end here, as in
+    detections_by_model."""
+    split.require_images()
+    detections = cached_predict(checkpoint, split, settings, use_cache=use_cache, progress=progress)
+    distributed.continue_on_main_rank()
+    return detections

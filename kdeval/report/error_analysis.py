@@ -1,0 +1,122 @@
+"""`kdeval errors`' files: the COCO-analyze and TIDE tables (CSV, Markdown, LaTeX), the curves as a
+tidy CSV, the appendix's Figures 1 and 2, the TIDE bars and tidecv's own summary plots."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from kdeval.analysis.error_analysis import ErrorAnalysis
+from kdeval.data.source import Split
+from kdeval.fileio import remove_earlier_outputs, safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.metrics.analyze import curve_long_table
+from kdeval.metrics.tide import tide_context
+from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
+from kdeval.report.figures import save_figure
+from kdeval.report.tables import to_csv, to_latex, to_markdown
+from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    import cv2
+
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
+    """tidecv's own summary plot per model (pie + bars), kept as it draws it, at a lighter resolution."""
+    paths = []
+    with tempfile.TemporaryDirectory() as scratch, tide_context(scratch):
+        from tidecv.plotting import Plotter
+
+        analysis.tide.plotter = Plotter(quality=0.35)  # its scratch folder follows TIDE_PATH
+        runs = analysis.tide.runs
+        main_errors = analysis.tide.get_main_errors()
+        # its pie divides by the sum of the errors: a model without any has no plot to draw
+        renamed = {safe_file_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
+        if not renamed:
+            return paths
+        analysis.tide.runs = renamed  # file names come from run names
+        try:
+            with warnings.catch_warnings(), _quiet_opencv():  # its seaborn calls warn of seaborn 0.14, pinned away;
+                warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # OpenCV warns of its float image
+                analysis.tide.plot(scratch)
+        finally:
+            analysis.tide.runs = runs
+        for stem in renamed:
+            produced = Path(scratch) / f"{stem}_bbox_summary.png"
+            if produced.is_file():
+                paths.append(write_bytes_atomic(out_dir / "tide" / f"{stem}_tidecv_summary.png", produced.read_bytes()))
+    return paths
+
+
+def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str | None, split: Split,
+                         per_category: bool = False) -> list[Path]:
+    """Tables (CSV, Markdown, LaTeX), Figures 1 and 2 and the TIDE plots, each file written atomically."""
+    out_dir = Path(out_dir)
+    # an earlier run's per-category figures (other categories) and tidecv plots (other models) would
+    # mislead beside this run's: removed, and only the files kdeval writes there (--out may be a folder
+    # that holds other things called tide/, a clone of tidecv's repository, say)
+    remove_earlier_outputs(out_dir / "per_category", ("error_analysis_per_category.*", "*_*.png", "*_*.pdf"))
+    remove_earlier_outputs(out_dir / "tide", ("*_tidecv_summary.png",))
+    paths = []
+    relative = analysis.ap_with_change(baseline)
+    ap = relative.drop(columns="change_vs_baseline", errors="ignore")
+    paths.append(write_text_atomic(out_dir / "error_analysis.csv", relative.to_csv(index=False, float_format="%.6f")))
+    markdown, latex = [], []
+    for area in AREA_RANGES:
+        table = analysis.ap_by_area(area)
+        markdown += [f"### {area} objects\n", to_markdown(table, baseline, relative=True)]
+        latex.append(to_latex(table, baseline, caption=f"COCO-analyze AP ({area} objects) on {split.name}", relative=True))
+    paths.append(write_text_atomic(out_dir / "error_analysis.md", "\n".join(markdown)))
+    paths.append(write_text_atomic(out_dir / "error_analysis.tex", "\n".join(latex)))
+
+    tide = analysis.tide_table()
+    paths.append(write_text_atomic(out_dir / "tide.csv", to_csv(tide, baseline)))
+    paths.append(write_text_atomic(out_dir / "tide.md", to_markdown(tide, baseline)))
+    paths.append(write_text_atomic(out_dir / "tide.tex", to_latex(tide, baseline, caption=f"TIDE dAP on {split.name}")))
+
+    curves = curve_long_table(analysis.curves)
+    paths.append(write_text_atomic(out_dir / "error_curves.csv", curves.to_csv(index=False, float_format="%.6f")))
+    models = analysis.models
+    if baseline is not None:
+        models = [baseline] + [m for m in models if m != baseline]
+    paths += save_figure(error_curves_figure(curves, ap, models), out_dir, "figure1_error_curves")
+    paths += save_figure(size_gain_figure(ap, baseline, models), out_dir, "figure2_ap_by_size")
+    paths += save_figure(tide_figure(tide.loc[models]), out_dir, "tide_errors")
+    paths += _tidecv_summary_plots(analysis, out_dir)
+
+    if per_category:
+        per_cat = analysis.ap(per_category=True)
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.csv",
+                                       per_cat.to_csv(index=False, float_format="%.6f")))
+        markdown, latex = [], []
+        for model, curves in analysis.curves.items():
+            table = pd.DataFrame({f"{name} ({cid})": [curves.ap(s, "all", cid) for s in ANALYSIS_SETTINGS]
+                                  for cid, name in zip(curves.category_ids, curves.category_names)},
+                                 index=list(ANALYSIS_SETTINGS)).T
+            markdown += [f"### {model}: COCO-analyze AP per category, all objects\n", to_markdown(table, row_label="category")]
+            latex.append(to_latex(table, caption=f"{model}: COCO-analyze AP per category on {split.name}", row_label="Category"))
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.md", "\n".join(markdown)))
+        paths.append(write_text_atomic(out_dir / "per_category" / "error_analysis_per_category.tex", "\n".join(latex)))
+        first = next(iter(analysis.curves.values()))
+        for category_id, name in zip(first.category_ids, first.category_names):
+            curves_c = curve_long_table(analysis.curves, category_id)
+            ap_c = per_cat[per_cat["category_id"] == category_id]
+            figure = error_curves_figure(curves_c, ap_c, models, title=f"{name} (category {category_id})")
+            paths += save_figure(figure, out_dir / "per_category", f"{category_id}_{safe_file_stem(name)}")
+    paths.append(write_json_atomic(out_dir / "errors_settings.json", {
+        "annotations": str(split.annotations), "models": models, "baseline": baseline, "notes": analysis.notes,
+    }))
+    return paths
+
