@@ -27,8 +27,8 @@ import numpy as np
 import torch.distributed
 
 from kdeval.engine import distributed
-from kdeval.engine.predict import merge_shards
-from kdeval.engine.robustness import ScenarioOwners
+from kdeval.engine.detections import merge_shards
+from kdeval.engine.robustness.scheduling import ScenarioOwners
 
 
 def rank_detections(rank: int, world: int, detections: int, images: int, seed: int) -> list[dict]:

@@ -43,6 +43,8 @@ CLEAN = "clean"
 SEVERITIES = (1, 2, 3, 4, 5)
 # The paper's robustness table (appendix Table 3): clean AP, mean AP under corruption, their ratio.
 ROBUSTNESS_COLUMNS = ("AP", "mPC", "rPC")
+# A tidy robustness table: one row per (model, corruption, severity, metric), values 0–1.
+ROBUSTNESS_TIDY_COLUMNS = ("model", "corruption", "severity", "metric", "value")
 
 # Box formats a results file may use; COCO results are xywh.
 BOX_FORMATS = ("xywh", "xyxy")

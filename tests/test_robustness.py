@@ -195,7 +195,7 @@ def test_figures_take_a_table_and_touch_no_global_state():
 def test_tables_written_again_drop_the_figures_of_models_no_longer_shown(tmp_path):
     """A rerun of a folder with fewer models, or the clean images alone, leaves no figure or table of
     the earlier run beside its own (the report page would show them as this run's)."""
-    from kdeval.engine.robustness import write_robustness_tables
+    from kdeval.report.robustness_tables import write_robustness_tables
 
     rows = [(m, "clean", 0, "AP", 0.5) for m in ("a", "b")]
     rows += [(m, c, s, "AP", 0.5 - 0.05 * s) for m in ("a", "b") for c in ("fog", "snow") for s in (1, 2)]
@@ -263,11 +263,11 @@ def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, tr
     common = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "all", "--severities", "3"]
     assert run("robustness", *common, "--workers", 0, "--out", tmp_path / "a").exit_code == 0
     # scenarios scored in two spawned processes while the model runs on: the same files
-    from kdeval.engine import robustness
+    from kdeval.engine.robustness import scoring
 
     handed_over = []
-    monkeypatch.setattr(robustness.ScenarioScorers, "submit",
-                        lambda self, *args, _submit=robustness.ScenarioScorers.submit: handed_over.append(args[2]) or _submit(self, *args))
+    monkeypatch.setattr(scoring.ScenarioScorers, "submit",
+                        lambda self, *args, _submit=scoring.ScenarioScorers.submit: handed_over.append(args[2]) or _submit(self, *args))
     result = run("robustness", *common, "--workers", 2, "--scoring-processes", 2, "--cache", tmp_path / "cache", "--out", tmp_path / "b")
     assert result.exit_code == 0, result.output
     assert len(handed_over) == 20  # every scenario went to the scoring processes
@@ -386,7 +386,7 @@ def test_torchrun_shards_robustness_and_matches_one_process(request, trained, tm
     import sys
 
     from conftest import confident_checkpoint, run_whole_group, shapes_args
-    from kdeval.engine.robustness import SCENARIOS_PER_RANK
+    from kdeval.engine.robustness.scheduling import SCENARIOS_PER_RANK
 
     n_scenarios = 1 + len(corruptions.split(",")) * len(severities.split(","))
     assert (n_scenarios >= SCENARIOS_PER_RANK * 2) == (way == "scenarios")
@@ -646,7 +646,7 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
     """ScenarioScorers: COCOeval and the scenario files in spawned processes, at most two waiting per
     process; the stats and files equal those of the main process's own scoring."""
     from kdeval.data.corrupted import Scenario
-    from kdeval.engine.robustness import ScenarioScorers, _score_and_save
+    from kdeval.engine.robustness.scoring import ScenarioScorers, score_and_save
 
     gt = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
     scenarios = [Scenario("fog", s) for s in (1, 2, 3)] + [Scenario("clean", 0)]
@@ -665,7 +665,7 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
         scorers.stop()
     assert not any(process.is_alive() for process in processes)  # finished: stop ends them
     for scenario in scenarios:
-        expected = _score_and_save(gt, tmp_path / "main", "m", scenario, {"k": scenario.slug}, found[scenario])
+        expected = score_and_save(gt, tmp_path / "main", "m", scenario, {"k": scenario.slug}, found[scenario])
         assert stats[("m", scenario)] == expected
     for folder in ("scenarios", "detections"):
         ours = sorted((tmp_path / "scorers" / folder / "m").iterdir())
@@ -675,7 +675,7 @@ def test_scorer_processes_score_and_write_scenarios_as_the_main_process_would(ti
 
 def test_a_scenario_that_fails_to_score_fails_the_run_and_stop_does_not_wait(tiny_shapes, tmp_path):
     from kdeval.data.corrupted import Scenario
-    from kdeval.engine.robustness import ScenarioScorers
+    from kdeval.engine.robustness.scoring import ScenarioScorers
 
     gt = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
     blocked = tmp_path / "a file"  # the scenario files cannot be written under it
@@ -691,7 +691,7 @@ def test_a_scenario_that_fails_to_score_fails_the_run_and_stop_does_not_wait(tin
 
 
 def test_ranks_get_equal_work_and_split_the_remainder_by_images():
-    from kdeval.engine.robustness import SCENARIOS_PER_RANK, split_scenarios
+    from kdeval.engine.robustness.scheduling import SCENARIOS_PER_RANK, split_scenarios
 
     three_models = {index: ["a", "b", "c"] for index in range(76)}
     whole, by_images = split_scenarios(three_models, 8)  # the benchmark on 8 GPUs: 9 each, 4 left over
@@ -711,7 +711,7 @@ def test_ranks_take_turns_at_gathering_and_scoring_image_sharded_scenarios(monke
     """ScenarioOwners on rank 1 of 2: every other (model, scenario) is gathered here, merged into
     single-process order; the rest go to rank 0 and give None."""
     from kdeval.engine import distributed
-    from kdeval.engine.robustness import ScenarioOwners
+    from kdeval.engine.robustness.scheduling import ScenarioOwners
 
     calls = []
 
@@ -740,17 +740,17 @@ def test_scoring_processes_default_by_device():
 
 
 def test_a_run_made_in_another_precision_names_the_flag_that_continues_it(tmp_path):
-    """A CUDA run started in fp32 (the default before fp16) and resumed under fp16 is refused, as any
-    run made otherwise, and the message names --fp32 / --amp."""
-    from kdeval.engine.robustness import _open_run
+    """A CUDA run made in fp32 and resumed under fp16 is refused, as any run made otherwise, and the
+    message names --fp32 / --amp."""
+    from kdeval.engine.robustness.store import open_run
 
     made = {"device_type": "cuda", "amp": False, "seed": 0}
-    _open_run(tmp_path, made, {"m": "abc"})
+    open_run(tmp_path, made, {"m": "abc"})
     (tmp_path / "scenarios" / "m").mkdir(parents=True)
     (tmp_path / "scenarios" / "m" / "clean.json").write_text("{}")
     with pytest.raises(KdevalError, match=r"amp False there, True now.*--fp32 / --amp, to continue"):
-        _open_run(tmp_path, {**made, "amp": True, "amp_dtype": "float16"}, {"m": "abc"})
+        open_run(tmp_path, {**made, "amp": True, "amp_dtype": "float16"}, {"m": "abc"})
     with pytest.raises(KdevalError) as other:
-        _open_run(tmp_path, {**made, "seed": 1}, {"m": "abc"})
+        open_run(tmp_path, {**made, "seed": 1}, {"m": "abc"})
     assert "--fp32" not in str(other.value)
-    _open_run(tmp_path, made, {"m": "abc"})  # the same settings go on
+    open_run(tmp_path, made, {"m": "abc"})  # the same settings go on

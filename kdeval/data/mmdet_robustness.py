@@ -34,8 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdeval.errors import KdevalError
-from kdeval.metrics.robustness import TIDY_COLUMNS
-from kdeval.vocab import ALL_CORRUPTIONS, CLEAN, COCO_STAT_NAMES, SEVERITIES
+from kdeval.vocab import ALL_CORRUPTIONS, CLEAN, COCO_STAT_NAMES, ROBUSTNESS_TIDY_COLUMNS, SEVERITIES
 
 log = logging.getLogger("kdeval")
 
@@ -313,7 +312,7 @@ def tidy_from_mmdet(data, name: str, path: Path) -> ImportedRobustness:
     if skipped:
         notes.append(f"left out keys kdeval does not tabulate: {', '.join(sorted(skipped)[:8])}" + (" …" if len(skipped) > 8 else ""))
     rows.sort(key=_scenario_order)
-    table = pd.DataFrame(rows, columns=list(TIDY_COLUMNS)).astype({"severity": int, "value": float})
+    table = pd.DataFrame(rows, columns=list(ROBUSTNESS_TIDY_COLUMNS)).astype({"severity": int, "value": float})
     return ImportedRobustness(name, path, table, " and ".join(sorted(layouts)), tuple(notes))
 
 

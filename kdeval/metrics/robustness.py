@@ -18,22 +18,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, SEVERITIES
+from kdeval.vocab import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, ROBUSTNESS_TIDY_COLUMNS, SEVERITIES
 
-TIDY_COLUMNS = ("model", "corruption", "severity", "metric", "value")
 BENCHMARK_SCENARIOS = len(BENCHMARK_CORRUPTIONS) * len(SEVERITIES)
 
 
 def check_tidy(table: pd.DataFrame) -> None:
     """Raise ValueError for a table that is not tidy: a missing column, a severity outside 0–5,
     or two values for one (model, corruption, severity, metric)."""
-    missing = [c for c in TIDY_COLUMNS if c not in table.columns]
+    missing = [c for c in ROBUSTNESS_TIDY_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"tidy robustness table lacks column(s) {', '.join(missing)}")
     bad = sorted(set(table["severity"]) - {0, *SEVERITIES})
     if bad:
         raise ValueError(f"severities must be 0–5, got {bad}")
-    if table.duplicated(list(TIDY_COLUMNS[:4])).any():
+    if table.duplicated(list(ROBUSTNESS_TIDY_COLUMNS[:4])).any():
         raise ValueError("tidy robustness table has two values for one (model, corruption, severity, metric)")
 
 

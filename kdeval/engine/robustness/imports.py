@@ -21,11 +21,11 @@ import pandas as pd
 
 from kdeval.data.mmdet_robustness import ImportedRobustness
 from kdeval.data.coco import read_json
-from kdeval.engine.robustness import has_results, stored_results
+from kdeval.engine.robustness.store import has_results, stored_results
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, read_json_or_none, safe_file_stem, write_json_atomic, write_text_atomic
-from kdeval.metrics.robustness import TIDY_COLUMNS, check_tidy
-from kdeval.vocab import ALL_CORRUPTIONS, CLEAN
+from kdeval.metrics.robustness import check_tidy
+from kdeval.vocab import ALL_CORRUPTIONS, CLEAN, ROBUSTNESS_TIDY_COLUMNS
 
 IMPORTS_DIR = "imported"
 SOURCE_FORMAT = "kdeval-robustness-import"
@@ -119,7 +119,7 @@ def store_import(out_dir: Path, imported: ImportedRobustness) -> Path:
     out_dir = Path(out_dir)
     check_names(out_dir, [], imported)
     path = _table_path(out_dir, imported.name)
-    write_text_atomic(path, imported.table[list(TIDY_COLUMNS)].to_csv(index=False))
+    write_text_atomic(path, imported.table[list(ROBUSTNESS_TIDY_COLUMNS)].to_csv(index=False))
     write_json_atomic(_source_path(path), {
         "format": SOURCE_FORMAT,
         "name": imported.name,
@@ -165,7 +165,7 @@ def folder_results(out_dir: Path) -> tuple[pd.DataFrame, str, tuple[str, ...]]:
 def _joined(tables: list[pd.DataFrame]) -> pd.DataFrame:
     tables = [t for t in tables if len(t)]
     if not tables:
-        return pd.DataFrame(columns=list(TIDY_COLUMNS))
+        return pd.DataFrame(columns=list(ROBUSTNESS_TIDY_COLUMNS))
     return pd.concat(tables, ignore_index=True).astype({"severity": int, "value": float})
 
 
