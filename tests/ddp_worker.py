@@ -1,6 +1,7 @@
 """Run by tests under `torchrun --nproc-per-node 2`. `ddp_worker.py SHAPES OUT`: trains with gloo and
-saves each rank's weights; `ddp_worker.py SHAPES OUT pseudo-labels TEACHER`: saves each rank's
-pseudo-labelled training split (run without torchrun: the single process's, as "alone")."""
+saves each rank's weights and the losses it computed itself (losses_rankN.json, one dict a
+iteration); `ddp_worker.py SHAPES OUT pseudo-labels TEACHER`: saves each rank's pseudo-labelled
+training split (run without torchrun: the single process's, as "alone")."""
 
 import json
 import sys
@@ -25,7 +26,20 @@ if sys.argv[3:4] == ["pseudo-labels"]:
     if job.world == 1:
         sys.exit(0)
 else:
+    import kdeval.engine.train
+
+    computed = []  # this rank's own losses, on its share of each global batch
+
+    class RecordingStudent(kdeval.engine.train.DetectorWithFeatures):
+        def forward(self, images, targets):
+            losses, features, image_list = super().forward(images, targets)
+            computed.append({"loss": sum(losses.values()).item(), **{name: value.item() for name, value in losses.items()}})
+            return losses, features, image_list
+
+    kdeval.engine.train.DetectorWithFeatures = RecordingStudent
     settings = TrainSettings(arch="r18", epochs=1, batch_size=4, fpn_channels=16, min_size=64, max_size=64, warmup_iters=1)
     result = train(settings, split, out, progress=False)
-    torch.save(result.model.state_dict(), out / f"rank{torch.distributed.get_rank()}.pt")
+    rank = torch.distributed.get_rank()
+    torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
+    (out / f"losses_rank{rank}.json").write_text(json.dumps(computed))
 torch.distributed.destroy_process_group()

@@ -71,10 +71,10 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
         return original(split, coco, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "CocoDetectionDataset", spy)
-    import kdeval.engine.predict as predict_module
+    import kdeval.engine.detections as detections_module
 
-    teacher_amp, real_predict = [], predict_module.cached_predict
-    monkeypatch.setattr(predict_module, "cached_predict", lambda checkpoint, split, settings, **kw: teacher_amp.append(
+    teacher_amp, real_predict = [], detections_module.cached_predict
+    monkeypatch.setattr(detections_module, "cached_predict", lambda checkpoint, split, settings, **kw: teacher_amp.append(
         settings.amp) or real_predict(checkpoint, split, settings, **kw))
     # the 2-iteration model's scores sit about the threshold (it may find nothing above 0.05):
     # with its class prior lifted it reports boxes for sure
@@ -95,17 +95,40 @@ def test_hard_output_distillation_trains_on_teacher_detections(tiny_shapes, trai
     assert "lower --pseudo-threshold" in result.output and not (tmp_path / "none" / "model.pt").exists()
 
 
-@pytest.mark.slow
-def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(tiny_shapes, tmp_path):
+@pytest.fixture(scope="module")
+def two_gloo_ranks(tiny_shapes, tmp_path_factory) -> Path:
+    """The run folder of a training under torchrun with two gloo processes (ddp_worker.py)."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(Path(__file__).parent / "ddp_worker.py"), str(tiny_shapes), str(out)]
     completed = run_whole_group(command, env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_gloo_processes_ends_with_identical_weights(two_gloo_ranks):
+    tmp_path = two_gloo_ranks
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     saved = load_checkpoint(tmp_path / "model.pt").model.state_dict()
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
     assert len(_log(tmp_path)) == 2  # 8 images, global batch 4: rank 0 alone writes the log
+
+
+@pytest.mark.slow
+def test_torchrun_logs_the_losses_averaged_over_the_ranks(two_gloo_ranks):
+    """Each rank computes its losses on its own half of the global batch; the log (written by rank 0)
+    holds their mean over the ranks, not rank 0's own values."""
+    log = _log(two_gloo_ranks)
+    own = [json.loads((two_gloo_ranks / f"losses_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(own[0]) == len(own[1]) == len(log) == 2
+    for record, rank0, rank1 in zip(log, *own):
+        assert set(rank0) == {"loss", "classification", "bbox_regression"}
+        for name in rank0:
+            assert record[name] == pytest.approx((rank0[name] + rank1[name]) / 2, abs=2e-5)
+    # the ranks' own values differ, so a log of rank 0's alone would fail the comparison above
+    assert any(abs(record["loss"] - rank0["loss"]) > 1e-3 for record, rank0 in zip(log, own[0]))
 
 
 @pytest.mark.parametrize("command,compared,data", [
@@ -274,7 +297,8 @@ def test_predict_under_torchrun_gathers_on_rank_0_alone(tiny_shapes, trained, tm
     single-process order, the other ranks None (gather_lists to rank 0, not to all)."""
     from kdeval.data.source import Split
     from kdeval.engine import distributed
-    from kdeval.engine.predict import PredictSettings, predict
+    from kdeval.engine.detections import predict
+    from kdeval.engine.predict import PredictSettings
     from kdeval.models.checkpoint import load_checkpoint
 
     split = Split(tiny_shapes / "annotations" / "instances_val.json", tiny_shapes / "val", "val")
@@ -302,8 +326,10 @@ def test_predict_under_torchrun_gathers_on_rank_0_alone(tiny_shapes, trained, tm
 def test_ranks_leave_the_job_before_rank_0_scores(tiny_coco, tmp_path, monkeypatch):
     """evaluate: the ranks leave right after the detections are gathered, so rank 0's scoring and
     writing, however long, runs outside the collective timeout."""
+    from kdeval.analysis import evaluation
     from kdeval.data.source import Split
     from kdeval.engine import distributed, evaluate
+    from kdeval.engine.detections import ModelInput
 
     annotations, results = tmp_path / "annotations.json", tmp_path / "results.json"
     annotations.write_text(json.dumps(tiny_coco))
@@ -311,8 +337,8 @@ def test_ranks_leave_the_job_before_rank_0_scores(tiny_coco, tmp_path, monkeypat
                                    for ann in tiny_coco["annotations"]]))
     events = []
     monkeypatch.setattr(distributed, "leave", lambda: events.append("leave"))
-    real_stats = evaluate.coco_stats
-    monkeypatch.setattr(evaluate, "coco_stats", lambda gt, found: events.append("score") or real_stats(gt, found))
-    table, _ = evaluate.evaluate_models([evaluate.ModelInput("m", results)], Split(annotations, tmp_path, "tiny"))
+    real_stats = evaluation.coco_stats
+    monkeypatch.setattr(evaluation, "coco_stats", lambda gt, found: events.append("score") or real_stats(gt, found))
+    table = evaluate.evaluate_models([ModelInput("m", results)], Split(annotations, tmp_path, "tiny")).table
     assert events == ["leave", "score"]
     assert table.loc["m", "AP"] > 0.5

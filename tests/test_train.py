@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdeval.data.source import Split
-from kdeval.engine.train import EpochBatches, TrainSettings, lr_at, train
+from kdeval.engine.train import RECIPES, EpochBatches, TrainSettings, lr_at, train
 from kdeval.errors import KdevalError
 from kdeval.models.checkpoint import load_checkpoint
 
@@ -32,6 +32,16 @@ def test_lr_schedule_warms_up_then_decays_at_fractions():
     assert lr_at(short, 0, 1) == pytest.approx(0.01 * 0.001)
     one_step = TrainSettings(lr=0.01, warmup_iters=100, warmup_factor=1.0, decay_at=(8 / 12, 11 / 12))
     assert lr_at(one_step, 0, 1) == pytest.approx(0.01)
+
+
+def test_an_image_size_scales_the_long_side_cap_with_the_recipe():
+    """--image-size, in train and study alike: the short side, and the long side's cap in the recipe's
+    proportion (COCO's 800/1333), never below the short side."""
+    coco = RECIPES["coco-1x"].with_image_size(400)
+    assert (coco.min_size, coco.max_size) == (400, 666) and coco.arch == RECIPES["coco-1x"].arch
+    assert (RECIPES["shapes"].with_image_size(64).min_size, RECIPES["shapes"].with_image_size(64).max_size) == (64, 64)
+    assert TrainSettings(min_size=200, max_size=100).with_image_size(50).max_size == 50
+    assert RECIPES["shapes"].with_image_size(None) == RECIPES["shapes"]
 
 
 def test_batches_cover_each_epoch_once_and_resume_mid_epoch():

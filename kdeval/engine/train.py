@@ -1,4 +1,8 @@
-"""Plain detection training of a RetinaNet, resumable after a kill.
+"""Detection training of a RetinaNet, plain or distilled from a teacher, resumable after a kill.
+
+`train` reads as its steps, as torchvision's references/detection do: check the run folder, `setup`
+(data, model, teacher, optimiser), `resume_from` the last saved state, `train_one_epoch` until the
+schedule or `stop_after` ends, and save the model.
 
 The run folder holds:
     model.pt        the finished checkpoint (written once, at the end, atomically)
@@ -17,21 +21,23 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from kdeval.data.coco import LabelSpace, load_coco_annotations
+from kdeval.data.coco import load_coco_annotations
+from kdeval.labels import LabelSpace
 from kdeval.data.dataset import CocoDetectionDataset, collate
 from kdeval.data.source import Split
 from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from kdeval.distill.student import DetectorWithFeatures, FeatureTeacher
-from kdeval.engine.distributed import start_distributed
+from kdeval.engine.distributed import Distributed, start_distributed
 from kdeval.engine.predict import default_workers
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
@@ -49,7 +55,7 @@ class TrainSettings:
     role: str = "baseline"
     epochs: int = 8
     batch_size: int = 16
-    optimizer: str = "adamw"  # from scratch, AdamW learns Shapes far faster than SGD (METHOD.md)
+    optimizer: str = "adamw"  # from scratch, AdamW learns Shapes far faster than SGD
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -61,14 +67,14 @@ class TrainSettings:
     hflip: float = 0.5
     fpn_channels: int = 64
     norm: str = "bn"
-    head_norm: str = "gn"  # GroupNorm in the head: +1.6 AP on Shapes after 375 iterations at no extra cost
+    head_norm: str = "gn"  # GroupNorm in the head: a stronger Shapes model at no cost per step (benchmarks/RESULTS.md)
     min_size: int = 128
     max_size: int = 128
     anchor_size_per_stride: float = 2.0
     seed: int = 0
     amp: bool = True  # only takes effect on CUDA
     save_every: int = 25  # iterations between resumable states
-    # distillation (issue: feature losses between student and teacher FPN maps; hard output labels)
+    # distillation: feature losses between student and teacher FPN maps, or the teacher's detections as labels
     teacher: str | None = None  # checkpoint whose FPN maps the student imitates
     distill_loss: str | None = None  # ssim | ms-ssim | l1+ms-ssim | smooth-l1 | l2
     distill_weight: float = 3.0  # λ; 3 beat 1 on Shapes (benchmarks/RESULTS.md)
@@ -84,6 +90,13 @@ class TrainSettings:
         return FeatureLossSettings(
             loss=self.distill_loss, window=self.ssim_window, window_shape=self.ssim_window_shape, rescale=self.ssim_rescale
         )
+
+    def with_image_size(self, image_size: int | None) -> "TrainSettings":
+        """These settings with the short side resized to `image_size` and the long side's cap scaled in
+        the same proportion, never below the short side (unchanged for None)."""
+        if image_size is None:
+            return self
+        return replace(self, min_size=image_size, max_size=max(image_size, self.max_size * image_size // self.min_size))
 
     def model_spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec(
@@ -124,37 +137,19 @@ def settings_from_dict(raw: dict) -> TrainSettings:
     return TrainSettings(**values)
 
 
-def warmup_for(warmup_iters: int, total_iters: int) -> int:
-    """A short schedule must not spend itself warming up: warm-up is at most a fifth of it (one epoch
-    of 300 Shapes images is 18 iterations, against the recipes' 100 or 500)."""
-    return max(1, min(warmup_iters, total_iters // 5))
-
-
 def differing_settings(saved: TrainSettings, settings: TrainSettings, ignored: tuple[str, ...] = ()) -> list[str]:
     """The names of the fields in which `settings` differ from `saved`, in field order."""
     return [f.name for f in fields(TrainSettings)
             if f.name not in ignored and getattr(saved, f.name) != getattr(settings, f.name)]
 
 
-# what a finished run is compared on: not the checkpoints' paths (the same file may be spelt otherwise,
-# as a study resumed with another --out spelling does), nor how often it saved its state
-_NOT_COMPARED_WHEN_FINISHED = ("teacher", "pseudo_labels", "save_every")
+# ---------------------------------------------------------------- the schedule
 
 
-def _check_finished_settings(checkpoint_path: Path, settings: TrainSettings) -> None:
-    """--resume on a finished run: nothing to do when it was trained with these settings; with others
-    (more epochs, say: the schedule's warm-up and decays sit at fractions of it, so a finished run
-    cannot simply go on) say so rather than report it finished. The finished model's own record of
-    its settings is compared (settings.json is rewritten when a retraining starts)."""
-    stored = torch_load_safely(checkpoint_path).get("train_settings")
-    if not stored:  # written before checkpoints recorded their settings
-        return
-    saved = settings_from_dict(stored)
-    changed = [f"{name} {getattr(saved, name)} there, {getattr(settings, name)} now"
-               for name in differing_settings(saved, settings, _NOT_COMPARED_WHEN_FINISHED)]
-    if changed:
-        raise KdevalError(f"{checkpoint_path}: finished with other settings ({'; '.join(changed[:3])}); a finished "
-                          f"schedule cannot be extended: train again with --overwrite, or into another folder")
+def warmup_for(warmup_iters: int, total_iters: int) -> int:
+    """A short schedule must not spend itself warming up: warm-up is at most a fifth of it (one epoch
+    of 300 Shapes images is 18 iterations, against the recipes' 100 or 500)."""
+    return max(1, min(warmup_iters, total_iters // 5))
 
 
 def lr_at(settings: TrainSettings, iteration: int, total_iters: int) -> float:
@@ -193,20 +188,59 @@ class EpochBatches(Sampler):
             yield [(epoch, p) for p in positions]
 
 
-def _make_optimizer(settings: TrainSettings, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    raise KdevalError(f"unknown optimizer '{settings.optimizer}' (expected one of {', '.join(OPTIMIZERS)})")
+# ---------------------------------------------------------------- the run folder
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of a run (the module's docstring says what each holds)."""
+
+    root: Path
+    checkpoint: Path
+    state: Path
+    log: Path
+    settings: Path
+
+    @classmethod
+    def at(cls, root: Path) -> "RunFolder":
+        return cls(root, root / "model.pt", root / "train_state.pt", root / "log.jsonl", root / "settings.json")
+
+
+def _open_run_folder(folder: RunFolder, settings: TrainSettings, resume: bool, overwrite: bool) -> bool:
+    """Make the folder ready for training; True when it holds a finished run that --resume has nothing
+    to add to. A finished or interrupted run is never replaced unless --overwrite asks for it."""
+    if folder.checkpoint.exists() and not overwrite:
+        if resume:
+            _check_finished_settings(folder.checkpoint, settings)
+            return True
+        raise KdevalError(f"{folder.checkpoint}: a finished model is already there (--overwrite to train again)")
+    if folder.state.exists() and not resume and not overwrite:
+        raise KdevalError(f"{folder.state}: an interrupted run is there; pass --resume to continue it or --overwrite to start over")
+    folder.root.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # a retraining killed before it finishes must not leave the old model looking finished
+        folder.checkpoint.unlink(missing_ok=True)
+    return False
+
+
+# what a finished run is compared on: not the checkpoints' paths (the same file may be spelt otherwise,
+# as a study resumed with another --out spelling does), nor how often it saved its state
+_NOT_COMPARED_WHEN_FINISHED = ("teacher", "pseudo_labels", "save_every")
+
+
+def _check_finished_settings(checkpoint_path: Path, settings: TrainSettings) -> None:
+    """--resume on a finished run: nothing to do when it was trained with these settings; with others
+    (more epochs, say: the schedule's warm-up and decays sit at fractions of it, so a finished run
+    cannot simply go on) say so rather than report it finished. The finished model's own record of
+    its settings is compared (settings.json is rewritten when a retraining starts)."""
+    stored = torch_load_safely(checkpoint_path).get("train_settings")
+    if not stored:  # a checkpoint that records no settings: nothing to compare them with
+        return
+    saved = settings_from_dict(stored)
+    changed = [f"{name} {getattr(saved, name)} there, {getattr(settings, name)} now"
+               for name in differing_settings(saved, settings, _NOT_COMPARED_WHEN_FINISHED)]
+    if changed:
+        raise KdevalError(f"{checkpoint_path}: finished with other settings ({'; '.join(changed[:3])}); a finished "
+                          f"schedule cannot be extended: train again with --overwrite, or into another folder")
 
 
 def _truncate_log(log_path: Path, keep_below: int) -> None:
@@ -223,13 +257,7 @@ def _truncate_log(log_path: Path, keep_below: int) -> None:
     write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
-@dataclass
-class TrainResult:
-    checkpoint: Path
-    iterations: int
-    seconds: float
-    resumed_from: int
-    model: torch.nn.Module | None = None
+# ---------------------------------------------------------------- setup
 
 
 PSEUDO_LABEL_BATCH_SIZE = 16  # the teacher's inference batch for --pseudo-labels
@@ -242,7 +270,8 @@ def _pseudo_labelled(settings: TrainSettings, coco: dict, train_split: Split, de
     confident ones, as the labelled split."""
     from kdeval.distill.pseudo_labels import pseudo_label_coco
     from kdeval.engine import distributed
-    from kdeval.engine.predict import PredictSettings, cached_predict
+    from kdeval.engine.detections import cached_predict
+    from kdeval.engine.predict import PredictSettings
 
     # the teacher runs in the precision the run trains in: --fp32 (the way out of an fp16 overflow) covers both
     detections = cached_predict(Path(settings.pseudo_labels), train_split, PredictSettings(batch_size=PSEUDO_LABEL_BATCH_SIZE, device=device, amp=settings.amp),
@@ -276,39 +305,43 @@ def _feature_teacher(settings: TrainSettings, spec: ModelSpec, device: torch.dev
     return FeatureTeacher(teacher.model.to(device), settings.feature_loss_settings(), settings.distill_weight)
 
 
-def train(
-    settings: TrainSettings,
-    train_split: Split,
-    out_dir: Path,
-    device: str = "cpu",
-    resume: bool = False,
-    overwrite: bool = False,
-    workers: int | None = None,
-    backbone_weights: Path | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-    on_iteration: Callable[[int], None] | None = None,
-) -> TrainResult:
-    """Train to `out_dir/model.pt`. `stop_after` ends the run after that many iterations in total
-    (leaving a resumable state, as a kill would); tests use it."""
-    out_dir = Path(out_dir)
-    checkpoint_path, state_path, log_path = out_dir / "model.pt", out_dir / "train_state.pt", out_dir / "log.jsonl"
-    if checkpoint_path.exists() and not overwrite:
-        if resume:
-            _check_finished_settings(checkpoint_path, settings)
-            return TrainResult(checkpoint_path, 0, 0.0, -1)
-        raise KdevalError(f"{checkpoint_path}: a finished model is already there (--overwrite to train again)")
-    if state_path.exists() and not resume and not overwrite:
-        raise KdevalError(f"{state_path}: an interrupted run is there; pass --resume to continue it or --overwrite to start over")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:  # a retraining killed before it finishes must not leave the old model looking finished
-        checkpoint_path.unlink(missing_ok=True)
+def _make_optimizer(settings: TrainSettings, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise KdevalError(f"unknown optimizer '{settings.optimizer}' (expected one of {', '.join(OPTIMIZERS)})")
 
-    dist_env, device = start_distributed(device)
-    if settings.batch_size % dist_env.world:
-        raise KdevalError(f"--batch-size {settings.batch_size} (the global batch) must be divisible by the {dist_env.world} processes")
-    if settings.distill_loss is not None and settings.teacher is None:
-        raise KdevalError("--distill needs --teacher CHECKPOINT")
+
+@dataclass
+class Training:
+    """What `setup` builds for a run, and what its steps share."""
+
+    settings: TrainSettings
+    dist_env: Distributed
+    device: torch.device
+    categories: list[dict]  # the training split's, recorded in the checkpoint
+    dataset: CocoDetectionDataset
+    spec: ModelSpec
+    model: torch.nn.Module  # the RetinaNet whose weights are saved
+    student: torch.nn.Module  # the model giving losses and FPN maps; DistributedDataParallel under torchrun
+    teacher: FeatureTeacher | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.dataset) // self.settings.batch_size
+
+    @property
+    def total_iters(self) -> int:
+        return self.settings.epochs * self.per_epoch
+
+
+def _training_data(settings: TrainSettings, train_split: Split, device: str) -> tuple[dict, LabelSpace, CocoDetectionDataset]:
+    """The split's annotations, its label space, and the dataset trained on: the ground truth, or with
+    --pseudo-labels the teacher's confident detections."""
     coco = load_coco_annotations(train_split.annotations)
     labels = LabelSpace.from_categories(coco["categories"])
     dataset = CocoDetectionDataset(train_split, coco, labels, hflip=settings.hflip, seed=settings.seed)
@@ -317,6 +350,18 @@ def train(
     dataset.check_images_exist()
     if settings.pseudo_labels is not None:
         dataset = CocoDetectionDataset(train_split, _pseudo_labelled(settings, coco, train_split, device), labels, hflip=settings.hflip, seed=settings.seed)
+    return coco, labels, dataset
+
+
+def setup(settings: TrainSettings, train_split: Split, device: str, backbone_weights: Path | None = None) -> Training:
+    """Join the torchrun job if there is one, then load the data and build the model (seeded), the
+    teacher, the optimiser and the gradient scaler."""
+    dist_env, device = start_distributed(device)
+    if settings.batch_size % dist_env.world:
+        raise KdevalError(f"--batch-size {settings.batch_size} (the global batch) must be divisible by the {dist_env.world} processes")
+    if settings.distill_loss is not None and settings.teacher is None:
+        raise KdevalError("--distill needs --teacher CHECKPOINT")
+    coco, labels, dataset = _training_data(settings, train_split, device)
 
     torch.manual_seed(settings.seed)
     spec = settings.model_spec(labels.num_classes)
@@ -334,108 +379,197 @@ def train(
     optimizer = _make_optimizer(settings, model)
     use_scaler = torch_device.type == "cuda" and settings.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return Training(settings, dist_env, torch_device, coco["categories"], dataset, spec, model, student, teacher, optimizer, scaler)
 
-    per_epoch = len(dataset) // settings.batch_size
-    total_iters = settings.epochs * per_epoch
-    start = 0
-    if resume and state_path.exists():
-        state = torch_load_safely(state_path)
-        saved = settings_from_dict(state.get("settings", {}))
-        if saved != settings:
-            raise KdevalError(f"{state_path}: settings differ from the interrupted run ({', '.join(differing_settings(saved, settings))}); "
-                              f"use --overwrite to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["iteration"])
-    if dist_env.is_main:
-        _truncate_log(log_path, start)
-        write_json_atomic(out_dir / "settings.json", asdict(settings))
 
-    def save_state(iteration: int) -> None:
-        if not dist_env.is_main:
-            return
-        torch_save_atomic(
-            state_path,
-            {
-                "settings": asdict(settings),
-                "iteration": iteration,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
+# ---------------------------------------------------------------- resume and save
 
-    end = total_iters if stop_after is None else min(total_iters, stop_after)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=EpochBatches(len(dataset), settings.batch_size, settings.seed, start, end, dist_env.rank, dist_env.world),
-        num_workers=default_workers(torch_device) if workers is None else workers,  # samples are a function of their index: any count gives the same batches
+
+def resume_from(state_path: Path, run: Training) -> int:
+    """Load an interrupted run's weights, optimiser, scaler and RNG state into `run`; the iteration it
+    goes on from. The settings must be those it was started with."""
+    state = torch_load_safely(state_path)
+    saved = settings_from_dict(state.get("settings", {}))
+    if saved != run.settings:
+        raise KdevalError(f"{state_path}: settings differ from the interrupted run ({', '.join(differing_settings(saved, run.settings))}); "
+                          f"use --overwrite to start over")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["iteration"])
+
+
+def save_state(state_path: Path, run: Training, iteration: int) -> None:
+    """The resumable state after `iteration` iterations (rank 0 writes it; the ranks' weights are equal)."""
+    if not run.dist_env.is_main:
+        return
+    torch_save_atomic(
+        state_path,
+        {
+            "settings": asdict(run.settings),
+            "iteration": iteration,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+    )
+
+
+def save_model(checkpoint_path: Path, run: Training, train_split: Split) -> None:
+    """The finished checkpoint, with the settings and data that made it (rank 0 writes it)."""
+    if run.dist_env.is_main:
+        train_settings = {**asdict(run.settings), "iterations": run.total_iters, "train_annotations": str(train_split.annotations)}
+        save_checkpoint(checkpoint_path, run.model, run.spec, run.categories, run.settings.role, train_settings)
+    if run.dist_env.world > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _loader(run: Training, start: int, end: int, workers: int | None) -> DataLoader:
+    """The batches of iterations start..end-1, across epochs, in one loader: creating its iterator
+    draws from torch's RNG, so a loader per epoch would change the RNG state a resumed run restores."""
+    return DataLoader(
+        run.dataset,
+        batch_sampler=EpochBatches(len(run.dataset), run.settings.batch_size, run.settings.seed, start, end, run.dist_env.rank, run.dist_env.world),
+        num_workers=default_workers(run.device) if workers is None else workers,  # samples are a function of their index: any count gives the same batches
         collate_fn=collate,
-        pin_memory=torch_device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
         persistent_workers=False,
     )
-    model.train()
+
+
+def _step(run: Training, images: list[torch.Tensor], targets: list[dict], iteration: int) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch; the loss terms it took, and their sum as "loss"."""
+    images = [image.to(run.device, non_blocking=True) for image in images]
+    targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    with _autocast(run.device, run.settings.amp):
+        losses, features, image_list = run.student(images, targets)
+        if run.teacher is not None:
+            losses["distill"] = run.teacher.loss(features, image_list)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise KdevalError(f"training diverged at iteration {iteration} (loss {loss.item()}); lower --lr")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.settings.grad_clip_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return {"loss": loss, **losses}
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The values to log: under torchrun each rank's come from its own share of the batch, so the
+    log shows their mean over the ranks; a process alone logs its own, with no collective."""
+    if world == 1:
+        return {name: value.item() for name, value in values.items()}
+    stacked = torch.stack([value.detach().double() for value in values.values()])
+    torch.distributed.all_reduce(stacked)
+    return dict(zip(values, (stacked / world).tolist()))
+
+
+def train_one_epoch(run: Training, batches: Iterable, first: int, log_file: IO[str], bar: tqdm,
+                    after_step: Callable[[int], None]) -> int:
+    """The iterations of one epoch from iteration `first` (mid-epoch after a resume), each followed by
+    a log line and `after_step(iterations done)`; the iteration reached."""
+    iteration = first
+    tick = time.perf_counter()
+    for images, targets in batches:
+        lr = lr_at(run.settings, iteration, run.total_iters)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        losses = _step(run, images, targets, iteration)
+        now = time.perf_counter()
+        images_per_s = len(images) * run.dist_env.world / max(now - tick, 1e-9)
+        tick = now
+        record = {
+            "iter": iteration,
+            "epoch": iteration // run.per_epoch,
+            **{name: round(value, 5) for name, value in _mean_over_ranks(losses, run.dist_env.world).items()},
+            "lr": lr,
+            "images_per_s": round(images_per_s, 2),
+        }
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}")
+        bar.update(1)
+        iteration += 1
+        after_step(iteration)
+    return iteration
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    iterations: int
+    seconds: float
+    resumed_from: int
+    model: torch.nn.Module | None = None
+
+
+def train(
+    settings: TrainSettings,
+    train_split: Split,
+    out_dir: Path,
+    device: str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    backbone_weights: Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train to `out_dir/model.pt`. `stop_after` ends the run after that many iterations in total
+    (leaving a resumable state, as a kill would); tests use it."""
+    folder = RunFolder.at(Path(out_dir))
+    if _open_run_folder(folder, settings, resume, overwrite):
+        return TrainResult(folder.checkpoint, 0, 0.0, -1)
+    run = setup(settings, train_split, device, backbone_weights)
+    start = resume_from(folder.state, run) if resume and folder.state.exists() else 0
+    end = run.total_iters if stop_after is None else min(run.total_iters, stop_after)
+    if run.dist_env.is_main:
+        _truncate_log(folder.log, start)
+        write_json_atomic(folder.settings, asdict(settings))
+
+    def after_step(done: int) -> None:  # a resumable state every save_every iterations, after each epoch, and at the end
+        if done % settings.save_every == 0 or done % run.per_epoch == 0 or done == end:
+            save_state(folder.state, run, done)
+        if on_iteration is not None:
+            on_iteration(done)
+
+    loader = _loader(run, start, end, workers)
+    run.model.train()
     started = time.perf_counter()
-    bar = tqdm(total=total_iters, initial=start, desc=f"train {settings.role} {settings.arch}", disable=not (progress and dist_env.is_main), unit="it")
-    with open(log_path if dist_env.is_main else os.devnull, "a", encoding="utf-8") as log:
-        iteration = start
-        tick = time.perf_counter()
-        for images, targets in loader:
-            lr = lr_at(settings, iteration, total_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = [image.to(torch_device, non_blocking=True) for image in images]
-            targets = [{k: (v.to(torch_device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with _autocast(torch_device, settings.amp):
-                losses, features, image_list = student(images, targets)
-                if teacher is not None:
-                    losses["distill"] = teacher.loss(features, image_list)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise KdevalError(f"training diverged at iteration {iteration} (loss {loss.item()}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.grad_clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
-            now = time.perf_counter()
-            images_per_s = len(images) * dist_env.world / max(now - tick, 1e-9)
-            tick = now
-            record = {
-                "iter": iteration - 1,
-                "epoch": (iteration - 1) // per_epoch,
-                "loss": round(loss.item(), 5),
-                **{name: round(value.item(), 5) for name, value in losses.items()},
-                "lr": lr,
-                "images_per_s": round(images_per_s, 2),
-            }
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}")
-            bar.update(1)
-            if iteration % settings.save_every == 0 or iteration % per_epoch == 0 or iteration == end:
-                save_state(iteration)
-            if on_iteration is not None:
-                on_iteration(iteration)
+    iteration = start
+    bar = tqdm(total=run.total_iters, initial=start, desc=f"train {settings.role} {settings.arch}", disable=not (progress and run.dist_env.is_main), unit="it")
+    with open(folder.log if run.dist_env.is_main else os.devnull, "a", encoding="utf-8") as log_file:
+        batches = iter(loader)
+        while iteration < end:  # an epoch at a time, the first from where a resumed run stopped
+            epoch_end = min(end, (iteration // run.per_epoch + 1) * run.per_epoch)
+            iteration = train_one_epoch(run, islice(batches, epoch_end - iteration), iteration, log_file, bar, after_step)
     bar.close()
     seconds = time.perf_counter() - started
-    if dist_env.world > 1:
+    if run.dist_env.world > 1:
         # BatchNorm statistics are updated per process; the model that is kept is rank 0's
-        for buffer in model.buffers():
+        for buffer in run.model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    if iteration < total_iters:
-        return TrainResult(state_path, iteration - start, seconds, start, model)
-    if dist_env.is_main:
-        train_settings = {**asdict(settings), "iterations": total_iters, "train_annotations": str(train_split.annotations)}
-        save_checkpoint(checkpoint_path, model, spec, coco["categories"], settings.role, train_settings)
-    if dist_env.world > 1:
-        torch.distributed.barrier()
-    return TrainResult(checkpoint_path, iteration - start, seconds, start, model)
-
-
+    if iteration < run.total_iters:
+        return TrainResult(folder.state, iteration - start, seconds, start, run.model)
+    save_model(folder.checkpoint, run, train_split)
+    return TrainResult(folder.checkpoint, iteration - start, seconds, start, run.model)
