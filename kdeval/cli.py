@@ -60,8 +60,8 @@ BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
 ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default; within 0.1 AP of fp32 where measured); --fp32 for full precision. The CPU always runs fp32.")]
-CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA, replay the backbone, FPN and head as CUDA graphs (one per batch shape, captured when a shape recurs): fewer kernel launches for the host. Off by default until timed on a GPU; detections are the same up to float rounding.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default); --fp32 for full precision. The CPU always runs fp32.")]
+CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA, replay the backbone, FPN and head as CUDA graphs (one per batch shape, captured when a shape recurs): fewer kernel launches for the host; detections are the same up to float rounding.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
@@ -84,6 +84,15 @@ def _category_map(path: Path | None):
     from kdeval.data.foreign_results import CategoryMap
 
     return CategoryMap.load(path)
+
+
+def _inference(device: str, batch_size: int, workers: int | None, amp: bool, cuda_graphs: bool,
+               category_map: Path | None = None):
+    """The prediction options every command that runs models shares, as PredictSettings."""
+    from kdeval.engine.predict import PredictSettings
+
+    return PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs,
+                           category_map=_category_map(category_map))
 
 
 def _join_job(device: str):
@@ -128,8 +137,9 @@ def _notes_to_stderr() -> None:
 def user_errors(command):
     """Turn KdevalError into one-line messages and exit status 2, never a traceback. A command's
     --trust-checkpoint (when it has one) holds for exactly that command's run. Under torchrun, a
-    command that succeeds ends with every rank leaving the job together (distributed.leave); one that
-    fails, with this rank leaving alone (distributed.abandon)."""
+    command that succeeds ends with every rank leaving the job together (distributed.leave); a rank
+    whose share is done before rank 0 writes ends there with status 0 (distributed.RankDone); one
+    that fails leaves alone (distributed.abandon)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -145,6 +155,8 @@ def user_errors(command):
             return result
         except Exception as exc:
             distributed = sys.modules.get("kdeval.engine.distributed")
+            if distributed is not None and isinstance(exc, distributed.RankDone):
+                return None  # this rank's share is done and the job left: rank 0 writes alone
             if distributed is not None:
                 distributed.abandon()  # this rank alone: the others may never get here
             if not isinstance(exc, KdevalError):
@@ -193,7 +205,7 @@ def train(
     annotations: AnnotationsOpt = None,
     arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch("r18"),
     role: Annotated[Optional[Role], typer.Option(help="Recorded in the checkpoint (default: distilled with a teacher, else baseline).")] = None,
-    recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (CPU minutes) or 'coco-1x' (the paper's).")] = Recipe("shapes"),
+    recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (small enough for a CPU) or 'coco-1x' (the paper's).")] = Recipe("shapes"),
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per iteration (recipe default).")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (recipe default).")] = None,
@@ -238,7 +250,7 @@ def train(
     from kdeval.engine.train import RECIPES as RECIPE_SETTINGS, train as run_training
 
     split = resolve_split(data, images, annotations, split="train")
-    settings = RECIPE_SETTINGS[recipe.value]
+    settings = RECIPE_SETTINGS[recipe.value].with_image_size(image_size)
     if role is None:
         role = Role("distilled" if (distill is not None or pseudo_labels is not None) else "baseline")
     if teacher is not None and distill is None:
@@ -264,9 +276,6 @@ def train(
         "norm": norm.value if norm else None,
         "head_norm": head_norm.value if head_norm else None,
     }
-    if image_size is not None:
-        overrides["min_size"] = image_size
-        overrides["max_size"] = max(image_size, settings.max_size * image_size // settings.min_size)
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     run_name = "-".join(filter(None, [role.value, "pseudo" if pseudo_labels else None, distill.value if distill else None, arch.value]))
     out_dir = reports_dir(out, run_name)
@@ -313,18 +322,14 @@ def predict(
       kdeval predict model.pt --images coco/val2017 --annotations instances_val2017.json -o dets.json
     """
     from kdeval.data.source import resolve_split
-    from kdeval.engine.distributed import leave
-    from kdeval.engine.predict import PredictSettings, cached_predict
+    from kdeval.engine.detections import detections_of_checkpoint
     from kdeval.fileio import write_json_atomic
 
     split = resolve_split(data, images, annotations)
     split.require_images()
-    job, device = _join_job(device)
-    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs)
-    detections = cached_predict(checkpoint, split, settings, use_cache=cache, progress=progress)
-    leave()  # the ranks' shared work is done: rank 0 writes alone
-    if not job.is_main:
-        return
+    _, device = _join_job(device)
+    settings = _inference(device, batch_size, workers, amp, cuda_graphs)
+    detections = detections_of_checkpoint(checkpoint, split, settings, use_cache=cache, progress=progress)
     write_json_atomic(output, detections, indent=None)
     typer.echo(f"wrote {len(detections)} detections on {split.name} to {output}")
 
@@ -365,25 +370,21 @@ def evaluate(
       kdeval evaluate yolo=dets.json --annotations instances_val2017.json --category-map coco80_to_91.yaml
     """
     from kdeval.data.source import resolve_split
-    from kdeval.engine.evaluate import evaluate_models, parse_models, resolve_baseline, write_evaluation
-    from kdeval.engine.predict import PredictSettings
+    from kdeval.engine.detections import parse_models, resolve_baseline
+    from kdeval.engine.evaluate import evaluate_models
+    from kdeval.report.evaluation import write_evaluation
     from kdeval.report.tables import to_text
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
     split = resolve_split(data, images, annotations)
     job, device = _join_job(device)
-    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs,
-                               category_map=_category_map(category_map))
-    per_class_tables = {} if per_class else None
+    settings = _inference(device, batch_size, workers, amp, cuda_graphs, category_map)
     out_dir = reports_dir(out, "evaluate")
     with _writing(out_dir, "evaluate", job):
-        evaluated = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class_tables)
-        if not job.is_main:  # under torchrun: every rank predicted its share, rank 0 reports
-            return
-        table, stats = evaluated
-        write_evaluation(table, stats, out_dir, baseline, split, per_class_tables)
-    typer.echo(to_text(table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
+        evaluation = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class)
+        write_evaluation(evaluation, out_dir, baseline, split)
+    typer.echo(to_text(evaluation.table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
     typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}" + (" and per_class.{csv,md,tex}" if per_class else ""))
 
 
@@ -420,22 +421,19 @@ def errors(
       kdeval errors r50=r50.bbox.json r50kd=r50kd.bbox.json --annotations instances_val2017.json --per-category
     """
     from kdeval.data.source import resolve_split
-    from kdeval.engine.errors import analyze_models, write_error_analysis
-    from kdeval.engine.evaluate import parse_models, resolve_baseline
-    from kdeval.engine.predict import PredictSettings
+    from kdeval.engine.detections import parse_models, resolve_baseline
+    from kdeval.engine.errors import analyze_models
+    from kdeval.report.error_analysis import write_error_analysis
     from kdeval.report.tables import to_text
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
     split = resolve_split(data, images, annotations)
     job, device = _join_job(device)
-    settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs,
-                               category_map=_category_map(category_map))
+    settings = _inference(device, batch_size, workers, amp, cuda_graphs, category_map)
     out_dir = reports_dir(out, "errors")
     with _writing(out_dir, "errors", job):
         analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
-        if not job.is_main:
-            return
         write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
     for note in analysis.notes:
         typer.echo(f"note: {note}")
@@ -488,25 +486,17 @@ def study(
       kdeval study --teacher t.pt --baseline b.pt --distilled d.pt --images ... --val-images ...
       kdeval study --config study.yaml
     """
-    from kdeval.config import read_settings_file, settings_from_mapping
-    from kdeval.study import StudySettings, run_study, study_summary
+    from kdeval.study import run_study, study_settings, study_summary
 
-    base = StudySettings()
-    if config is not None:
-        base = settings_from_mapping(StudySettings, read_settings_file(config), str(config))
-    given = {
-        "data": data if data != "shapes" else None,
+    settings = study_settings(config, {
+        "data": data if data != "shapes" else None,  # a config file's data, unless the command line names other
         "images": images, "annotations": annotations, "val_images": val_images, "val_annotations": val_annotations,
         "teacher_arch": teacher_arch.value if teacher_arch else None, "student_arch": student_arch.value if student_arch else None,
         "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "losses": [v.strip() for v in losses.split(",") if v.strip()] if losses else None,
         "unlabeled": unlabeled, "teacher": teacher, "baseline": baseline, "distilled": distilled, "seed": seed, "quick": quick,
-        "amp": amp,
-    }
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
-    if device != "auto":  # the command line's --device over a config file's device
-        given["device"] = device
-    settings = settings_from_mapping(StudySettings, given, "command line", base=base)
+        "amp": amp, "device": device if device != "auto" else None,  # the command line's --device over a config file's
+    })
     with _writing(out, "study"):
         run_study(settings, out, device=_device(settings.device), progress=progress, echo=typer.echo)
         typer.echo(study_summary(out))
@@ -553,9 +543,11 @@ def visualize(
           --annotations instances_val2017.json --select large --num 10
       kdeval visualize base=b.json kd=kd.json --select 139,785,872 --score-threshold 0.5
     """
+    from kdeval.analysis.gallery import VisualizeSettings, parse_selection
     from kdeval.data.source import resolve_split
-    from kdeval.engine.predict import PredictSettings
-    from kdeval.engine.visualize import VisualizeSettings, build_visualization, parse_named_models, parse_selection, write_visualization
+    from kdeval.engine.detections import model_paths, parse_named_models
+    from kdeval.engine.visualize import visualize_models
+    from kdeval.report.gallery import write_visualization
 
     parsed = parse_named_models(models, names)
     strategy, image_ids = parse_selection(select, len(parsed))
@@ -563,13 +555,10 @@ def visualize(
                                  min_score=min_score, seed=seed)
     split = resolve_split(data, images, annotations)
     job, device = _join_job(device)
-    predict_settings = PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs)
     out_dir = reports_dir(out, "visualize")
     with _writing(out_dir, "visualize", job):
-        result = build_visualization(parsed, split, settings, predict_settings, progress=progress)
-        if not job.is_main:
-            return
-        write_visualization(result, out_dir, split)
+        result = visualize_models(parsed, split, settings, _inference(device, batch_size, workers, amp, cuda_graphs), progress=progress)
+        write_visualization(result, out_dir, split, model_paths(parsed))
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"{len(result.gallery.rows)} images {result.gallery.selection}")
@@ -622,7 +611,7 @@ def robustness(
     batch_size: BatchSizeOpt = 8,
     amp: AmpOpt = True,
     cuda_graphs: CudaGraphsOpt = False,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core: measured faster on 2 cores).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")] = None,
     scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score and write finished scenarios (a few seconds each on COCO) while the models run on (default: 1 on CUDA; 0, the main process, on the CPU).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -653,10 +642,9 @@ def robustness(
     from kdeval.data.corrupted import parse_corruptions, parse_severities
     from kdeval.data.mmdet_robustness import read_mmdet_robustness
     from kdeval.data.source import resolve_split
-    from kdeval.engine import robustness_import as imports
-    from kdeval.engine.evaluate import parse_models
-    from kdeval.engine.predict import PredictSettings
-    from kdeval.engine.robustness import RobustnessSettings, run_robustness, summary_text, write_robustness_report
+    from kdeval.engine.detections import parse_models
+    from kdeval.engine.robustness import RobustnessSettings, imports, run_robustness
+    from kdeval.report.robustness_tables import summary_text, write_robustness_report
 
     if (import_file is None) != (name is None):
         raise KdevalError("--import FILE and --name NAME go together: the file to import and the name to show it under")
@@ -677,7 +665,7 @@ def robustness(
         seed=seed,
         max_images=max_images,
         cache_dir=cache,
-        predict=PredictSettings(batch_size=batch_size, device=device, amp=amp, cuda_graphs=cuda_graphs, workers=workers),
+        predict=_inference(device, batch_size, workers, amp, cuda_graphs),
         scoring_processes=scoring_processes,
     )
     parsed = parse_models(models)
@@ -686,11 +674,7 @@ def robustness(
     imports.check_baseline(baseline, [model.name for model in parsed] + imports.imported_names(out_dir, imported))
     split = resolve_split(data, images, annotations)
     with _writing(out_dir, "robustness", job):
-        if imported is not None and job.is_main:
-            imports.store_import(out_dir, imported)
-        run = run_robustness(parsed, split, settings, out_dir, overwrite=overwrite, progress=progress)
-        if not job.is_main:
-            return
+        run = run_robustness(parsed, split, settings, out_dir, overwrite=overwrite, progress=progress, imported=imported)
         table, notes = imports.with_imports(run.table, out_dir)
         run = replace(run, table=table)
         write_robustness_report(run, settings, split, out_dir, baseline, notes)
@@ -704,8 +688,8 @@ def robustness(
 def _import_only(imported, out_dir: Path, baseline: str | None, run_only_flags: list[str]) -> None:
     """`kdeval robustness --import FILE --name NAME` without MODELs: store the import and rewrite
     the folder's tables and figures from everything it holds; nothing runs."""
-    from kdeval.engine import robustness_import as imports
-    from kdeval.engine.robustness import robustness_text, write_robustness_tables
+    from kdeval.engine.robustness import imports
+    from kdeval.report.robustness_tables import robustness_text, write_robustness_tables
 
     if run_only_flags:
         raise KdevalError(f"{', '.join(run_only_flags)}: for running MODEL checkpoints; an --import keeps the scenarios its file holds")

@@ -43,7 +43,7 @@ class StudySettings:
     teacher_arch: str = "r34"
     student_arch: str = "r18"
     teacher_epochs: int = 6
-    student_epochs: int = 3  # teacher 15.0, SSIM student 12.5, baseline 9.5 AP over 3 seeds (benchmarks/RESULTS.md)
+    student_epochs: int = 3  # the teacher > distilled > baseline ordering holds over seeds (benchmarks/RESULTS.md)
     losses: tuple[str, ...] = ("ssim",)
     distill_weights: tuple[float, ...] = ()  # one per loss; empty: DEFAULT_DISTILL_WEIGHTS
     unlabeled: bool = False
@@ -102,6 +102,18 @@ class StudySettings:
         if self.distill_weights:
             return self.distill_weights[self.losses.index(loss)]
         return DEFAULT_DISTILL_WEIGHTS[loss]
+
+
+def study_settings(config: Path | None, given: dict) -> StudySettings:
+    """The settings of a study: a --config file's (YAML or TOML), or the defaults, with the options
+    `given` on the command line over them (those not None; paths as strings)."""
+    from kdeval.config import read_settings_file, settings_from_mapping
+
+    base = StudySettings()
+    if config is not None:
+        base = settings_from_mapping(StudySettings, read_settings_file(config), str(config))
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    return settings_from_mapping(StudySettings, given, "command line", base=base)
 
 
 # --quick's ceilings. Its 5-epoch teacher scores few detections above the paper's 0.3 (the best near
@@ -210,12 +222,9 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     from kdeval.engine.train import RECIPES, train, warmup_for
 
     study = ctx.settings
-    base = RECIPES["shapes"] if not study.annotations else RECIPES["coco-1x"]
-    sizes = {}
-    if study.image_size is not None:
-        sizes = {"min_size": study.image_size, "max_size": max(study.image_size, base.max_size * study.image_size // base.min_size)}
-    settings = replace(base, seed=study.seed, **sizes, **{k: v for k, v in (("batch_size", study.batch_size),
-                                                                       ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
+    base = (RECIPES["shapes"] if not study.annotations else RECIPES["coco-1x"]).with_image_size(study.image_size)
+    settings = replace(base, seed=study.seed, **{k: v for k, v in (("batch_size", study.batch_size),
+                                                                   ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
     # the warm-up a short schedule gets (train's lr_at caps it too), recorded in the stage's settings
     n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
@@ -302,7 +311,7 @@ def stage_unlabeled(ctx: StudyContext, resume: bool) -> dict:
 
 
 def _model_inputs(ctx: StudyContext, names: list[str]):
-    from kdeval.engine.evaluate import ModelInput
+    from kdeval.engine.detections import ModelInput
 
     return [ModelInput(name, ctx.abs(ctx.models[name])) for name in names]
 
@@ -314,24 +323,24 @@ def _ordered(ctx: StudyContext, *prefixes: str) -> list[str]:
 
 
 def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
-    from kdeval.engine.evaluate import evaluate_models, write_evaluation
+    from kdeval.engine.evaluate import evaluate_models
+    from kdeval.report.evaluation import write_evaluation
+    from kdeval.report.tables import write_tables
 
     settings = _inference(ctx)
     out_dir = ctx.out / "evaluate"
-    table, stats = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
-    paths = write_evaluation(table, stats, out_dir, "baseline", ctx.val_split)
-    outputs = {"table1": [ctx.rel(p) for p in paths]}
+    table1 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
+    outputs = {"table1": [ctx.rel(p) for p in write_evaluation(table1, out_dir, "baseline", ctx.val_split)]}
     if any(n.startswith("unlabeled") for n in ctx.models):
-        table2, _ = evaluate_models(_model_inputs(ctx, _ordered(ctx, "unlabeled")), ctx.val_split, settings, progress=ctx.progress)
-        from kdeval.report.tables import write_tables
-
-        outputs["table2"] = [ctx.rel(p) for p in write_tables(table2, out_dir, "table2_unlabeled", "baseline",
+        table2 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "unlabeled")), ctx.val_split, settings, progress=ctx.progress)
+        outputs["table2"] = [ctx.rel(p) for p in write_tables(table2.table, out_dir, "table2_unlabeled", "baseline",
                                                                caption=f"Without annotations on {ctx.val_split.name}")]
     return outputs
 
 
 def stage_errors(ctx: StudyContext, resume: bool) -> dict:
-    from kdeval.engine.errors import analyze_models, write_error_analysis
+    from kdeval.engine.errors import analyze_models
+    from kdeval.report.error_analysis import write_error_analysis
 
     analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, _inference(ctx), progress=ctx.progress)
     paths = write_error_analysis(analysis, ctx.out / "errors", "baseline", ctx.val_split)
@@ -342,7 +351,8 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
     """Table 3: baseline, the first distilled student and the teacher under corruptions (its own
     folder resumes scenario by scenario)."""
     from kdeval.data.corrupted import parse_corruptions
-    from kdeval.engine.robustness import RobustnessSettings, run_robustness, write_robustness_report
+    from kdeval.engine.robustness import RobustnessSettings, run_robustness
+    from kdeval.report.robustness_tables import write_robustness_report
 
     settings = RobustnessSettings(
         corruptions=parse_corruptions(ctx.settings.corruptions), severities=tuple(ctx.settings.severities),
@@ -357,17 +367,20 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
 
 def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
     """Figures 3–6: the images where distillation gained most, baseline / distilled / teacher."""
-    from kdeval.engine.visualize import VisualizeSettings, build_visualization, write_visualization
+    from kdeval.analysis.gallery import VisualizeSettings
+    from kdeval.engine.detections import model_paths
+    from kdeval.engine.visualize import visualize_models
+    from kdeval.report.gallery import write_visualization
 
-    names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
+    models = _model_inputs(ctx, _ordered(ctx, f"distilled-{ctx.settings.losses[0]}"))
     for select in ("improved", "disagreement", "random"):  # weak models may improve on no image at all
         settings = VisualizeSettings(select=select, num=ctx.settings.visualize_images, seed=ctx.settings.seed)
-        result = build_visualization(_model_inputs(ctx, names), ctx.val_split, settings, _inference(ctx),
-                                     progress=ctx.progress)
+        result = visualize_models(models, ctx.val_split, settings, _inference(ctx), progress=ctx.progress)
         if result.gallery.rows:
             break
         ctx.echo(f"  visualize: no image qualifies for --select {select}; trying the next strategy")
-    return {"files": [ctx.rel(p) for p in write_visualization(result, ctx.out / "visualize", ctx.val_split)]}
+    paths = write_visualization(result, ctx.out / "visualize", ctx.val_split, model_paths(models))
+    return {"files": [ctx.rel(p) for p in paths]}
 
 
 def stage_report(ctx: StudyContext, resume: bool) -> dict:
