@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -86,13 +87,51 @@ def _category_map(path: Path | None):
     return CategoryMap.load(path)
 
 
-def _inference(device: str, batch_size: int, workers: int | None, amp: bool, cuda_graphs: bool,
-               category_map: Path | None = None):
-    """The prediction options every command that runs models shares, as PredictSettings."""
-    from kdeval.engine.predict import PredictSettings
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The options of every command that runs models, as given on its command line."""
 
-    return PredictSettings(batch_size=batch_size, device=device, workers=workers, amp=amp, cuda_graphs=cuda_graphs,
-                           category_map=_category_map(category_map))
+    batch_size: int
+    amp: bool
+    cuda_graphs: bool
+    workers: int | None
+    device: str
+
+    def join(self, category_map: Path | None = None):
+        """(this process's place in a torchrun job, the PredictSettings of its device)."""
+        from kdeval.engine.predict import PredictSettings
+
+        job, device = _join_job(self.device)
+        return job, PredictSettings(batch_size=self.batch_size, device=device, workers=self.workers, amp=self.amp,
+                                    cuda_graphs=self.cuda_graphs, category_map=_category_map(category_map))
+
+
+def inference_options(workers=WorkersOpt):
+    """A command's parameter `inference: InferenceOptions` becomes the options --batch-size, --amp/--fp32,
+    --cuda-graphs, --workers (with `workers`' help) and --device, defined here once for every command
+    that runs models, and handed to it gathered."""
+    group = {"batch_size": (BatchSizeOpt, 8), "amp": (AmpOpt, True), "cuda_graphs": (CudaGraphsOpt, False),
+             "workers": (workers, None), "device": (DeviceOpt, "auto")}
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        parameters = []
+        for parameter in signature.parameters.values():
+            if parameter.name == "inference":
+                parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+                               for name, (annotation, default) in group.items()]
+            else:
+                parameters.append(parameter)
+
+        @functools.wraps(command)
+        def with_options(*args, **kwargs):
+            options = InferenceOptions(**{name: kwargs.pop(name) for name in group})
+            return command(*args, inference=options, **kwargs)
+
+        with_options.__signature__ = signature.replace(parameters=parameters)
+        return with_options
+
+    return decorate
 
 
 def _join_job(device: str):
@@ -299,17 +338,14 @@ def train(
 
 @app.command(short_help="Run a model; write COCO results JSON.")
 @user_errors
+@inference_options()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint or torchvision's COCO RetinaNet weights.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="COCO results JSON to write.")],
     data: DataOpt = "shapes",
     images: ImagesOpt = None,
     annotations: AnnotationsOpt = None,
-    batch_size: BatchSizeOpt = 8,
-    amp: AmpOpt = True,
-    cuda_graphs: CudaGraphsOpt = False,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
+    inference: InferenceOptions = None,
     cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -327,8 +363,7 @@ def predict(
 
     split = resolve_split(data, images, annotations)
     split.require_images()
-    _, device = _join_job(device)
-    settings = _inference(device, batch_size, workers, amp, cuda_graphs)
+    _, settings = inference.join()
     detections = detections_of_checkpoint(checkpoint, split, settings, use_cache=cache, progress=progress)
     write_json_atomic(output, detections, indent=None)
     typer.echo(f"wrote {len(detections)} detections on {split.name} to {output}")
@@ -339,6 +374,7 @@ def predict(
 
 @app.command(short_help="COCO AP table of models, with gains over a baseline.")
 @user_errors
+@inference_options()
 def evaluate(
     models: ModelsArg,
     data: DataOpt = "shapes",
@@ -348,11 +384,7 @@ def evaluate(
     per_class: Annotated[bool, typer.Option("--per-class", help="Also AP, AP50, AP75, APs/m/l of every category.")] = False,
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
-    batch_size: BatchSizeOpt = 8,
-    amp: AmpOpt = True,
-    cuda_graphs: CudaGraphsOpt = False,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
+    inference: InferenceOptions = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -378,8 +410,7 @@ def evaluate(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
     split = resolve_split(data, images, annotations)
-    job, device = _join_job(device)
-    settings = _inference(device, batch_size, workers, amp, cuda_graphs, category_map)
+    job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "evaluate")
     with _writing(out_dir, "evaluate", job):
         evaluation = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class)
@@ -390,6 +421,7 @@ def evaluate(
 
 @app.command(short_help="Error analysis: COCO-analyze curves by object size and TIDE.")
 @user_errors
+@inference_options()
 def errors(
     models: ModelsArg,
     data: DataOpt = "shapes",
@@ -399,11 +431,7 @@ def errors(
     per_category: Annotated[bool, typer.Option("--per-category", help="Also curves and a table for each category.")] = False,
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
-    batch_size: BatchSizeOpt = 8,
-    amp: AmpOpt = True,
-    cuda_graphs: CudaGraphsOpt = False,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
+    inference: InferenceOptions = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -429,8 +457,7 @@ def errors(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
     split = resolve_split(data, images, annotations)
-    job, device = _join_job(device)
-    settings = _inference(device, batch_size, workers, amp, cuda_graphs, category_map)
+    job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "errors")
     with _writing(out_dir, "errors", job):
         analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
@@ -507,6 +534,7 @@ def study(
 
 @app.command(short_help="Qualitative gallery: every model's detections on chosen images, as an offline page.")
 @user_errors
+@inference_options()
 def visualize(
     models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH, one panel each, in order.")],
     data: DataOpt = "shapes",
@@ -518,11 +546,7 @@ def visualize(
     score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections the selection counts, and where the page's score slider starts.")] = 0.3,
     min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections below this are left out of the page: the slider's lower end.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of --select random.")] = 0,
-    batch_size: BatchSizeOpt = 8,
-    amp: AmpOpt = True,
-    cuda_graphs: CudaGraphsOpt = False,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
+    inference: InferenceOptions = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -554,10 +578,10 @@ def visualize(
     settings = VisualizeSettings(select=strategy, image_ids=image_ids, num=num, score_threshold=score_threshold,
                                  min_score=min_score, seed=seed)
     split = resolve_split(data, images, annotations)
-    job, device = _join_job(device)
+    job, predict_settings = inference.join()
     out_dir = reports_dir(out, "visualize")
     with _writing(out_dir, "visualize", job):
-        result = visualize_models(parsed, split, settings, _inference(device, batch_size, workers, amp, cuda_graphs), progress=progress)
+        result = visualize_models(parsed, split, settings, predict_settings, progress=progress)
         write_visualization(result, out_dir, split, model_paths(parsed))
     for note in result.notes:
         typer.echo(f"note: {note}")
@@ -595,6 +619,7 @@ def report(
 
 @app.command(short_help="Clean AP, mPC and rPC under the 15 benchmark corruptions × 5 severities.")
 @user_errors
+@inference_options(workers=Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")])
 def robustness(
     models: Annotated[Optional[list[str]], typer.Argument(help="Checkpoints, optionally NAME=PATH (none needed with --import).")] = None,
     data: DataOpt = "shapes",
@@ -608,12 +633,8 @@ def robustness(
     name: Annotated[Optional[str], typer.Option(help="The name an --import is shown under (importing a name again replaces it).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Folder of corrupted images (PNG) that later models and runs reuse.")] = None,
     seed: Annotated[int, typer.Option(help="Corruption seed; every model sees the same pixels for the same seed.")] = 0,
-    batch_size: BatchSizeOpt = 8,
-    amp: AmpOpt = True,
-    cuda_graphs: CudaGraphsOpt = False,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")] = None,
+    inference: InferenceOptions = None,
     scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score and write finished scenarios (a few seconds each on COCO) while the models run on (default: 1 on CUDA; 0, the main process, on the CPU).")] = None,
-    device: DeviceOpt = "auto",
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Discard kdeval's results already in --out and start over (imported ones stay).")] = False,
     progress: ProgressOpt = True,
@@ -658,14 +679,14 @@ def robustness(
         _import_only(imported, out_dir, baseline, [flag for flag, given in run_only.items() if given])
         return
 
-    job, device = _join_job(device)
+    job, predict_settings = inference.join()
     settings = RobustnessSettings(
         corruptions=parse_corruptions(corruptions),
         severities=parse_severities(severities),
         seed=seed,
         max_images=max_images,
         cache_dir=cache,
-        predict=_inference(device, batch_size, workers, amp, cuda_graphs),
+        predict=predict_settings,
         scoring_processes=scoring_processes,
     )
     parsed = parse_models(models)
