@@ -125,7 +125,7 @@ def check_output_folder(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return folder
 
 
-# _atomic_write's temporaries (".<name>.<8 random characters>.tmp"; mkstemp's, of earlier versions, alike)
+# _atomic_write's temporaries (".<name>.<8 random characters>.tmp"; mkstemp's names match too)
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 

@@ -233,7 +233,7 @@ def feature_distillation_loss(
 
     Always computed in fp32, autocast switched off: under bf16 autocast the window filters (conv2d)
     would run in bf16, where 9 × bf16(1/9) < 1 − 1e-4 empties every window mask, so SSIM read as 0 and
-    the loss as a constant 1 with no gradient (seen in a CUDA AMP study before this was fixed)."""
+    the loss as a constant 1 with no gradient."""
     device_type = next(iter(student.values())).device.type
     with torch.autocast(device_type, enabled=False):
         return _feature_distillation_loss_fp32(student, teacher, settings, image_sizes, padded_hw)

@@ -104,8 +104,7 @@ def leave() -> None:
     nothing). Commands call it right after their last collective, so that rank 0 then scores and
     writes alone, as long as it takes, and the CLI calls it again when a command succeeds. Without it
     a rank that exits first can abort at interpreter exit, its gloo threads still alive ("terminate
-    called without an active exception", seen on 2 gloo ranks in 2 of 6 `kdeval errors` runs), and
-    torchrun then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called
+    called without an active exception"), and torchrun then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called
     after an error: a rank waiting here for one that has failed would hang instead of exiting (the CLI
     calls `abandon` then)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -142,10 +141,9 @@ def abandon() -> None:
     """Leave a torchrun job after an error on this rank, without waiting for the others (they may be
     waiting for this one, or never come). Under gloo the process group is destroyed here, which needs
     no other rank: left to the interpreter's exit, its threads made the failing rank abort instead of
-    exiting with its error ("terminate called without an active exception", 4 of 20 two-rank runs;
-    0 of 24 with it destroyed). Destroying waits for a collective this rank had started, until the
-    others join it or exit (seen: an all_reduce in flight held it 40 s, until the other rank ended),
-    so it runs in a thread given ABANDON_WAIT, and the rank exits after that in any case. Under NCCL
+    exiting with its error ("terminate called without an active exception"). Destroying waits for a
+    collective this rank had started, until the others join it or exit (an all_reduce in flight holds
+    it until the other rank ends), so it runs in a thread given ABANDON_WAIT, and the rank exits after that in any case. Under NCCL
     nothing is done: tearing its communicators down while other ranks are inside a collective can
     hang, and torchrun ends the job when this rank exits."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \

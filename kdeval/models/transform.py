@@ -3,8 +3,9 @@ host-to-device copies.
 
 torchvision's `GeneralizedRCNNTransform` builds small tensors from Python numbers on the images'
 device for every image: the mean and std in `normalize` (two per image) and four size tensors in
-`postprocess`'s `resize_boxes`. On CUDA each such copy from pageable memory waits for the stream, so a
-batch of 8 synchronised 48 times in the transform alone, and its box rescaling took 128 operations.
+`postprocess`'s `resize_boxes`. On CUDA each such copy from pageable memory waits for the stream: a
+batch synchronises several times per image in the transform alone, and rescaling its boxes costs
+dozens of small operations.
 `SyncFreeTransform` keeps the mean and std on the device once per (dtype, device) and rescales
 boxes by Python floats that hold torchvision's float32 ratios exactly — the same arithmetic on the
 same float32 values, so images and boxes are bit-identical to torchvision's (tests) with no
