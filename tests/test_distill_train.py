@@ -131,6 +131,7 @@ def test_torchrun_logs_the_losses_averaged_over_the_ranks(two_gloo_ranks):
     assert any(abs(record["loss"] - rank0["loss"]) > 1e-3 for record, rank0 in zip(log, own[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,compared,data", [
     ("evaluate", ["coco_stats.json"], "tiny_shapes"),
     ("evaluate", ["coco_stats.json"], "mixed_shapes"),  # images of three shapes, batched by shape
@@ -159,6 +160,7 @@ def test_torchrun_shards_images_and_matches_one_process(request, trained, tmp_pa
     assert outputs["one"] == outputs["two"]
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_train_on_the_same_pseudo_labels_as_one_process(tiny_shapes, trained, tmp_path):
     """Hard distillation under torchrun: the ranks share the teacher's inference, and every rank gets
     the pseudo-labelled split one process makes (the worker runs the teacher in batches of 2, so each

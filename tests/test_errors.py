@@ -228,6 +228,7 @@ def test_relative_changes_are_left_out_where_the_baseline_shows_as_zero():
     assert csv["APs"].isna().all() and csv["APs_gain"].isna().all() and csv["AP_gain"].tolist() == [0.0, pytest.approx(0.2)]
 
 
+@pytest.mark.slow
 def test_errors_command_on_results_files(tmp_path, tiny_coco):
     ann = write_json(tmp_path / "gt.json", tiny_coco)
     perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))

@@ -203,6 +203,7 @@ def checkpoint_bytes(trained) -> bytes:
     return trained.read_bytes()
 
 
+@pytest.mark.slow
 @CHECKPOINT_CASES
 @given(st.data())
 def test_checkpoint_loader_survives_damaged_files(tmp_path_factory, checkpoint_bytes, data):
@@ -225,6 +226,7 @@ def test_checkpoint_loader_survives_damaged_files(tmp_path_factory, checkpoint_b
         _assert_named_error(exc, str(path))
 
 
+@pytest.mark.slow
 @CHECKPOINT_CASES
 @given(st.data())
 def test_checkpoint_loader_survives_wrong_fields(tmp_path_factory, trained, data):
@@ -438,6 +440,7 @@ def test_unusual_images_load_as_cocos_loader_reads_them(tmp_path, trained):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_corruptions_apply_to_unusual_images(tmp_path):
     """Every corruption at the harshest severity on each unusual file, as robustness reads it: an
     RGB array of the file's own size comes back. The 8000×6000 photo gets the three cheapest (all 19

@@ -258,6 +258,7 @@ def test_robustness_command_end_to_end(tiny_shapes, trained, tmp_path):
     assert fresh.exit_code == 0 and "7 scenario(s) run, 0 reused" in fresh.stdout
 
 
+@pytest.mark.slow
 def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, trained, tmp_path, monkeypatch):
     """Fairness: the corrupted pixels depend on neither the process nor the run, nor the cache."""
     common = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "all", "--severities", "3"]
@@ -283,6 +284,7 @@ def test_two_runs_and_any_worker_count_give_identical_detections(tiny_shapes, tr
     assert all(p.read_bytes() == (tmp_path / "a" / "scenarios" / "m" / p.name).read_bytes() for p in scored_apart)
 
 
+@pytest.mark.slow
 def test_postprocessing_one_push_later_changes_no_file(tiny_shapes, trained, tmp_path, monkeypatch, cpu_captures):
     """Two models per batch, each postprocessed after the next one's network was launched (as on CUDA,
     here forced on the CPU): the same detections, stats and image counts, every scenario finished;
@@ -311,6 +313,7 @@ def test_postprocessing_one_push_later_changes_no_file(tiny_shapes, trained, tmp
     assert (tmp_path / "a" / "robustness.csv").read_bytes() == (tmp_path / "c" / "robustness.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_kill_loses_at_most_the_scenario_in_flight(tiny_shapes, trained, tmp_path):
     args = [f"m={trained}", *shapes_args(tiny_shapes), *ROBUST_ARGS, "--corruptions", "gaussian_noise,fog,contrast", "--severities", "1-5", "--workers", "0"]
     reference = run("robustness", *args, "--out", tmp_path / "whole")
@@ -376,6 +379,7 @@ def test_help_shows_an_example():
     # the same, two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
     ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True, "tiny_shapes"),
 ])
+@pytest.mark.slow
 def test_torchrun_shards_robustness_and_matches_one_process(request, trained, tmp_path, corruptions, severities, way, limit,
                                                             scorers, resumed, data):
     """Two gloo ranks give the same files as one process, whether they split images (few scenarios:
@@ -447,6 +451,7 @@ def summary_row(stdout: str, model: str) -> list[str]:
     return next(line.split() for line in stdout.splitlines() if line.split()[:1] == [model])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GOLDEN.is_file(), reason="the shared golden data is not next to this checkout")
 def test_imported_mmdet_results_give_the_published_numbers(tmp_path):
     golden = pd.read_csv(GOLDEN)

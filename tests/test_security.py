@@ -81,6 +81,7 @@ def test_a_dataset_pointing_outside_its_folder_is_refused_before_anything_runs(t
     assert "outside the images folder" in result.output
 
 
+@pytest.mark.slow
 def test_model_names_cannot_steer_where_files_are_written(tmp_path, tiny_coco):
     from conftest import perfect_detections
 

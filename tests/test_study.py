@@ -27,6 +27,7 @@ def tiny(tiny_shapes, **changes) -> StudySettings:
     return settings_from_mapping(StudySettings, changes, "test", base=base)
 
 
+@pytest.mark.slow
 def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
     lines = []
     first = run_study(tiny(tiny_shapes), tmp_path, progress=False, echo=lines.append)
@@ -52,6 +53,7 @@ def test_a_study_runs_then_a_rerun_keeps_everything(tiny_shapes, tmp_path):
     assert fourth.ran == ["robustness", "report"]
 
 
+@pytest.mark.slow
 def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them(tiny_shapes, tmp_path, monkeypatch):
     """The distilled stage reruns as a whole when a loss is added; the students it already has (same
     settings, same teacher bytes) are kept. A retrained teacher (same path) retrains them."""
@@ -87,6 +89,7 @@ def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them
     assert replaced.ran == ["distilled"] and trained == ["distilled-ssim"]
 
 
+@pytest.mark.slow
 def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
     import kdeval.study as study
 
@@ -141,6 +144,7 @@ def test_bad_config_files_get_one_line(tmp_path, text, fragment):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_study_command_with_a_config_file(tiny_shapes, tmp_path):
     config = tmp_path / "study.yaml"
     config.write_text("\n".join(f"{k}: {v}" for k, v in {
@@ -225,6 +229,7 @@ def test_fp32_reruns_the_inference_stages_only_and_the_default_keeps_earlier_key
     assert seen == [False, True]
 
 
+@pytest.mark.slow
 def test_fp32_reaches_the_inference_of_every_evaluation_stage(tiny_shapes, trained, tmp_path, monkeypatch):
     from kdeval.engine.predict import PredictSettings
 
