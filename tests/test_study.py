@@ -187,7 +187,7 @@ def test_a_config_files_device_is_used_unless_the_command_line_names_one(tmp_pat
     import kdeval.study
 
     used = []
-    monkeypatch.setattr(kdeval.cli, "_device", lambda name: name)  # no CUDA needed to see which is asked for
+    monkeypatch.setattr(kdeval.cli.study, "resolve_device", lambda name: name)  # no CUDA needed to see which is asked for
     monkeypatch.setattr(kdeval.study, "run_study", lambda settings, out, device, **kwargs: used.append(device))
     monkeypatch.setattr(kdeval.study, "study_summary", lambda out: "")
     config = tmp_path / "study.yaml"
