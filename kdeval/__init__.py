@@ -13,7 +13,7 @@ The data flows through the packages in this order:
   analysis/  a command's result over every model: (ground truth, detections by model, settings) →
              tables and dataclasses
   report/    tables as CSV/Markdown/LaTeX, figures as PNG/PDF, HTML pages, written from results
-  study.py   the appendix's whole study as resumable stages; cli/ parses and delegates
+  study/     the appendix's whole study as resumable stages; cli/ parses and delegates
 """
 
 __version__ = "0.1.0"

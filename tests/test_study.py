@@ -93,7 +93,7 @@ def test_adding_a_loss_trains_that_student_alone_and_a_new_teacher_retrains_them
 def test_a_study_killed_inside_a_stage_resumes_there(tiny_shapes, tmp_path, monkeypatch):
     import kdeval.study as study
 
-    real = study.stage_baseline
+    real = study.STAGE_FUNCTIONS["baseline"]
     calls = []
 
     def dies_after_starting(ctx, resume):
@@ -217,7 +217,7 @@ def test_fp32_reruns_the_inference_stages_only_and_the_default_keeps_earlier_key
                       study.stage_key(name, fp32, {u: keys[u][1] for u in upstream}))
     assert [name for name, (a, b) in keys.items() if a != b] == ["evaluate", "errors", "robustness", "visualize", "report"]
     fields_read, upstream = study.STAGE_INPUTS["robustness"]
-    before = study._digest({"stage": "robustness", "settings": {f: getattr(default, f) for f in fields_read},
+    before = study.digest({"stage": "robustness", "settings": {f: getattr(default, f) for f in fields_read},
                             "upstream": [keys[u][0] for u in upstream]})
     assert keys["robustness"][0] == before  # the identity a study computed before `amp` existed
 
