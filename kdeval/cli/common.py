@@ -30,6 +30,7 @@ from kdeval.vocab import (
     SSIM_WINDOW_SHAPES,
 )
 
+
 app = typer.Typer(
     name="kdeval",
     help="Train, distil and evaluate RetinaNet detectors, and show what distillation bought, table by table.",
@@ -116,32 +117,57 @@ class InferenceOptions:
                                     cuda_graphs=self.cuda_graphs, category_map=category_map_from(category_map))
 
 
-def inference_options(workers=WorkersOpt):
-    """A command's parameter `inference: InferenceOptions` becomes the options --batch-size, --amp/--fp32,
-    --cuda-graphs, --workers (with `workers`' help) and --device, defined here once for every command
-    that runs models, and handed to it gathered."""
-    group = {"batch_size": (BatchSizeOpt, 8), "amp": (AmpOpt, True), "cuda_graphs": (CudaGraphsOpt, False),
-             "workers": (workers, None), "device": (DeviceOpt, "auto")}
+def _option_group(parameter: str, gather, options: dict[str, tuple]):
+    """A command's parameter `parameter` becomes the command-line options `options` (name →
+    (annotation, default)), declared here once for every command that shares them; the values given
+    reach the command gathered by `gather(**values)`."""
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
         parameters = []
-        for parameter in signature.parameters.values():
-            if parameter.name == "inference":
+        for declared in signature.parameters.values():
+            if declared.name == parameter:
                 parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
-                               for name, (annotation, default) in group.items()]
+                               for name, (annotation, default) in options.items()]
             else:
-                parameters.append(parameter)
+                parameters.append(declared)
 
         @functools.wraps(command)
-        def with_options(*args, **kwargs):
-            options = InferenceOptions(**{name: kwargs.pop(name) for name in group})
-            return command(*args, inference=options, **kwargs)
+        def with_group(*args, **kwargs):
+            gathered = gather(**{name: kwargs.pop(name) for name in options})
+            return command(*args, **{parameter: gathered}, **kwargs)
 
-        with_options.__signature__ = signature.replace(parameters=parameters)
-        return with_options
+        with_group.__signature__ = signature.replace(parameters=parameters)
+        return with_group
 
     return decorate
+
+
+def inference_options(workers=WorkersOpt):
+    """`inference: InferenceOptions` becomes --batch-size, --amp/--fp32, --cuda-graphs, --workers (with
+    `workers`' help) and --device: the options of every command that runs models."""
+    return _option_group("inference", InferenceOptions, {
+        "batch_size": (BatchSizeOpt, 8), "amp": (AmpOpt, True), "cuda_graphs": (CudaGraphsOpt, False),
+        "workers": (workers, None), "device": (DeviceOpt, "auto")})
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """--data, --images and --annotations as given: a built-in dataset, or a COCO-format one of one's own."""
+
+    data: str
+    images: Path | None
+    annotations: Path | None
+
+    def split(self, kind: str = "val"):
+        from kdeval.data.source import resolve_split
+
+        return resolve_split(self.data, self.images, self.annotations, kind)
+
+
+# `dataset: DatasetOptions` becomes --data, --images and --annotations
+dataset_options = _option_group("dataset", DatasetOptions, {
+    "data": (DataOpt, "shapes"), "images": (ImagesOpt, None), "annotations": (AnnotationsOpt, None)})
 
 
 def join_job(device: str):

@@ -8,36 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    AnnotationsOpt,
-    BoxFormat,
-    BoxFormatOpt,
-    CategoryMapOpt,
-    DataOpt,
-    ImagesOpt,
-    InferenceOptions,
-    ModelsArg,
-    OutOpt,
-    ProgressOpt,
-    TrustOpt,
-    app,
-    inference_options,
-    reports_dir,
-    user_errors,
-    writing_to,
+    BoxFormat, BoxFormatOpt, CategoryMapOpt, DatasetOptions, InferenceOptions, ModelsArg, OutOpt, ProgressOpt,
+    TrustOpt, app, dataset_options, inference_options, reports_dir, user_errors, writing_to,
 )
+
 
 # ---------------------------------------------------------------- predict
 
 
 @app.command(short_help="Run a model; write COCO results JSON.")
 @user_errors
+@dataset_options
 @inference_options()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint or torchvision's COCO RetinaNet weights.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="COCO results JSON to write.")],
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     inference: InferenceOptions = None,
     cache: Annotated[bool, typer.Option(help="Reuse detections cached for the same checkpoint and data.")] = True,
     progress: ProgressOpt = True,
@@ -50,11 +36,10 @@ def predict(
       kdeval predict reports/baseline-r18/model.pt -o dets.json
       kdeval predict model.pt --images coco/val2017 --annotations instances_val2017.json -o dets.json
     """
-    from kdeval.data.source import resolve_split
     from kdeval.engine.detections import detections_of_checkpoint
     from kdeval.fileio import write_json_atomic
 
-    split = resolve_split(data, images, annotations)
+    split = dataset.split()
     split.require_images()
     _, settings = inference.join()
     detections = detections_of_checkpoint(checkpoint, split, settings, use_cache=cache, progress=progress)
@@ -67,12 +52,11 @@ def predict(
 
 @app.command(short_help="COCO AP table of models, with gains over a baseline.")
 @user_errors
+@dataset_options
 @inference_options()
 def evaluate(
     models: ModelsArg,
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     baseline: Annotated[Optional[str], typer.Option(help="Model name to show gains against.")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also AP, AP50, AP75, APs/m/l of every category.")] = False,
     category_map: CategoryMapOpt = None,
@@ -94,7 +78,6 @@ def evaluate(
       kdeval evaluate mmdet=results.bbox.json --annotations coco/annotations/instances_val2017.json --per-class
       kdeval evaluate yolo=dets.json --annotations instances_val2017.json --category-map coco80_to_91.yaml
     """
-    from kdeval.data.source import resolve_split
     from kdeval.engine.detections import parse_models, resolve_baseline
     from kdeval.engine.evaluate import evaluate_models
     from kdeval.report.evaluation import write_evaluation
@@ -102,7 +85,7 @@ def evaluate(
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
-    split = resolve_split(data, images, annotations)
+    split = dataset.split()
     job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "evaluate")
     with writing_to(out_dir, "evaluate", job):
@@ -114,12 +97,11 @@ def evaluate(
 
 @app.command(short_help="Error analysis: COCO-analyze curves by object size and TIDE.")
 @user_errors
+@dataset_options
 @inference_options()
 def errors(
     models: ModelsArg,
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     baseline: Annotated[Optional[str], typer.Option(help="Model to compare against (default: the first).")] = None,
     per_category: Annotated[bool, typer.Option("--per-category", help="Also curves and a table for each category.")] = False,
     category_map: CategoryMapOpt = None,
@@ -141,7 +123,6 @@ def errors(
       kdeval errors baseline=reports/baseline-r18/model.pt distilled=reports/distilled-ssim-r18/model.pt
       kdeval errors r50=r50.bbox.json r50kd=r50kd.bbox.json --annotations instances_val2017.json --per-category
     """
-    from kdeval.data.source import resolve_split
     from kdeval.engine.detections import parse_models, resolve_baseline
     from kdeval.engine.errors import analyze_models
     from kdeval.report.error_analysis import write_error_analysis
@@ -149,7 +130,7 @@ def errors(
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
-    split = resolve_split(data, images, annotations)
+    split = dataset.split()
     job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "errors")
     with writing_to(out_dir, "errors", job):

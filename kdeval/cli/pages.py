@@ -8,33 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    AnnotationsOpt,
-    DataOpt,
-    ImagesOpt,
-    InferenceOptions,
-    OutOpt,
-    ProgressOpt,
-    TrustOpt,
-    app,
-    inference_options,
-    reports_dir,
-    user_errors,
-    writing_to,
+    DatasetOptions, InferenceOptions, OutOpt, ProgressOpt, TrustOpt, app, dataset_options, inference_options,
+    reports_dir, user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
 from kdeval.vocab import GALLERY_SELECTIONS
+
 
 # ---------------------------------------------------------------- visualize and report
 
 
 @app.command(short_help="Qualitative gallery: every model's detections on chosen images, as an offline page.")
 @user_errors
+@dataset_options
 @inference_options()
 def visualize(
     models: Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH, one panel each, in order.")],
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     names: Annotated[Optional[str], typer.Option(help="One name per model, comma-separated, e.g. baseline,distilled,teacher.")] = None,
     select: Annotated[Optional[str], typer.Option(help=f"Which images: {', '.join(GALLERY_SELECTIONS)}, or image ids such as 12,57 (default: improved with two models or more, else random).")] = None,
     num: Annotated[int, typer.Option(min=1, help="How many images to show.")] = 20,
@@ -63,7 +53,6 @@ def visualize(
       kdeval visualize base=b.json kd=kd.json --select 139,785,872 --score-threshold 0.5
     """
     from kdeval.analysis.gallery import VisualizeSettings, parse_selection
-    from kdeval.data.source import resolve_split
     from kdeval.engine.detections import model_paths, parse_named_models
     from kdeval.engine.visualize import visualize_models
     from kdeval.report.gallery import write_visualization
@@ -72,7 +61,7 @@ def visualize(
     strategy, image_ids = parse_selection(select, len(parsed))
     settings = VisualizeSettings(select=strategy, image_ids=image_ids, num=num, score_threshold=score_threshold,
                                  min_score=min_score, seed=seed)
-    split = resolve_split(data, images, annotations)
+    split = dataset.split()
     job, predict_settings = inference.join()
     out_dir = reports_dir(out, "visualize")
     with writing_to(out_dir, "visualize", job):

@@ -9,32 +9,22 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    AnnotationsOpt,
-    DataOpt,
-    ImagesOpt,
-    InferenceOptions,
-    OutOpt,
-    ProgressOpt,
-    TrustOpt,
-    app,
-    inference_options,
-    reports_dir,
-    user_errors,
-    writing_to,
+    DatasetOptions, InferenceOptions, OutOpt, ProgressOpt, TrustOpt, app, dataset_options, inference_options,
+    reports_dir, user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
+
 
 # ---------------------------------------------------------------- robustness
 
 
 @app.command(short_help="Clean AP, mPC and rPC under the 15 benchmark corruptions × 5 severities.")
 @user_errors
+@dataset_options
 @inference_options(workers=Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")])
 def robustness(
     models: Annotated[Optional[list[str]], typer.Argument(help="Checkpoints, optionally NAME=PATH (none needed with --import).")] = None,
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     corruptions: Annotated[str, typer.Option(help="'benchmark' (the 15 of mPC), 'all' (+ 4 extras), 'extra', or NAME,NAME,...")] = "benchmark",
     severities: Annotated[str, typer.Option(help="Severities to run, e.g. 1-5, 3 or 1,3,5 (clean, 0, always runs).")] = "1-5",
     max_images: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N images by id (a quick, partial look).")] = None,
@@ -72,7 +62,6 @@ def robustness(
     """
     from kdeval.data.corrupted import parse_corruptions, parse_severities
     from kdeval.data.mmdet_robustness import read_mmdet_robustness
-    from kdeval.data.source import resolve_split
     from kdeval.engine.detections import parse_models
     from kdeval.engine.robustness import RobustnessSettings, imports, run_robustness
     from kdeval.report.robustness_tables import summary_text, write_robustness_report
@@ -85,7 +74,7 @@ def robustness(
     out_dir = reports_dir(out, "robustness")
     if not models:
         run_only = {"--corruptions": corruptions != "benchmark", "--severities": severities != "1-5", "--max-images": max_images,
-                    "--cache": cache, "--images": images, "--annotations": annotations, "--overwrite": overwrite}
+                    "--cache": cache, "--images": dataset.images, "--annotations": dataset.annotations, "--overwrite": overwrite}
         _import_only(imported, out_dir, baseline, [flag for flag, given in run_only.items() if given])
         return
 
@@ -103,7 +92,7 @@ def robustness(
     # every rank checks names before any work, so a refusal never leaves a torchrun job waiting
     imports.check_names(out_dir, [model.name for model in parsed], imported)
     imports.check_baseline(baseline, [model.name for model in parsed] + imports.imported_names(out_dir, imported))
-    split = resolve_split(data, images, annotations)
+    split = dataset.split()
     with writing_to(out_dir, "robustness", job):
         run = run_robustness(parsed, split, settings, out_dir, overwrite=overwrite, progress=progress, imported=imported)
         table, notes = imports.with_imports(run.table, out_dir)

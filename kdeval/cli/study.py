@@ -8,28 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    AnnotationsOpt,
-    Arch,
-    DataOpt,
-    DeviceOpt,
-    ImagesOpt,
-    ProgressOpt,
-    TrustOpt,
-    app,
-    resolve_device,
-    user_errors,
+    Arch, DatasetOptions, DeviceOpt, ProgressOpt, TrustOpt, app, dataset_options, resolve_device, user_errors,
     writing_to,
 )
+
 
 # ---------------------------------------------------------------- study
 
 
 @app.command(short_help="The appendix's whole study in one resumable command.")
 @user_errors
+@dataset_options
 def study(
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     val_images: Annotated[Optional[Path], typer.Option("--val-images", help="Validation images (your own dataset).")] = None,
     val_annotations: Annotated[Optional[Path], typer.Option("--val-annotations", help="Validation annotations (your own dataset).")] = None,
     teacher_arch: Annotated[Optional[Arch], typer.Option(help="Teacher backbone (default r34).")] = None,
@@ -66,8 +57,8 @@ def study(
     from kdeval.study import run_study, study_settings, study_summary
 
     settings = study_settings(config, {
-        "data": data if data != "shapes" else None,  # a config file's data, unless the command line names other
-        "images": images, "annotations": annotations, "val_images": val_images, "val_annotations": val_annotations,
+        "data": dataset.data if dataset.data != "shapes" else None,  # a config file's data, unless the command line names other
+        "images": dataset.images, "annotations": dataset.annotations, "val_images": val_images, "val_annotations": val_annotations,
         "teacher_arch": teacher_arch.value if teacher_arch else None, "student_arch": student_arch.value if student_arch else None,
         "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "losses": [v.strip() for v in losses.split(",") if v.strip()] if losses else None,

@@ -9,30 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    AnnotationsOpt,
-    Arch,
-    DataOpt,
-    DeviceOpt,
-    DistillLoss,
-    HeadNorm,
-    ImagesOpt,
-    Norm,
-    Optimizer,
-    OutOpt,
-    ProgressOpt,
-    Recipe,
-    Rescale,
-    Role,
-    TrustOpt,
-    WindowShape,
-    app,
-    data_app,
-    reports_dir,
-    resolve_device,
-    user_errors,
-    writing_to,
+    Arch, DatasetOptions, DeviceOpt, DistillLoss, HeadNorm, Norm, Optimizer, OutOpt, ProgressOpt, Recipe,
+    Rescale, Role, TrustOpt, WindowShape, app, data_app, dataset_options, reports_dir, resolve_device,
+    user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
+
 
 # ---------------------------------------------------------------- data
 
@@ -65,10 +47,9 @@ def data_shapes(
 
 @app.command(short_help="Train a teacher, baseline or distilled student.")
 @user_errors
+@dataset_options
 def train(
-    data: DataOpt = "shapes",
-    images: ImagesOpt = None,
-    annotations: AnnotationsOpt = None,
+    dataset: DatasetOptions = None,
     arch: Annotated[Arch, typer.Option(help="Backbone: ResNet-18/34/50/101 + FPN.")] = Arch("r18"),
     role: Annotated[Optional[Role], typer.Option(help="Recorded in the checkpoint (default: distilled with a teacher, else baseline).")] = None,
     recipe: Annotated[Recipe, typer.Option(help="Default schedule: 'shapes' (small enough for a CPU) or 'coco-1x' (the paper's).")] = Recipe("shapes"),
@@ -112,11 +93,10 @@ def train(
       kdeval train --pseudo-labels reports/teacher-r34/model.pt --teacher reports/teacher-r34/model.pt --distill ssim
       torchrun --nproc-per-node 8 -m kdeval train --recipe coco-1x --arch r50 ...   # DistributedDataParallel
     """
-    from kdeval.data.source import resolve_split
     from kdeval.engine.train import RECIPES as RECIPE_SETTINGS
     from kdeval.engine.train import train as run_training
 
-    split = resolve_split(data, images, annotations, split="train")
+    split = dataset.split("train")
     settings = RECIPE_SETTINGS[recipe.value].with_image_size(image_size)
     if role is None:
         role = Role("distilled" if (distill is not None or pseudo_labels is not None) else "baseline")
