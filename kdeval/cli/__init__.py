@@ -6,7 +6,6 @@ registers on the app when imported.
 """
 
 import importlib
-import sys
 
 from kdeval.cli.common import app, user_errors
 
@@ -20,7 +19,3 @@ __all__ = ["app", "main", "user_errors"]
 
 def main() -> None:
     app(prog_name="kdeval")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

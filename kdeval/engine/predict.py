@@ -50,7 +50,7 @@ class PredictSettings:
     def cache_fields(self) -> dict:
         # batch size, workers and CUDA graphs do not change detections; device, precision and the category map may
         fields = {"device_type": torch.device(self.device).type, "amp": self.uses_amp()}
-        if fields["amp"]:  # AMP detections in bf16 (before AMP_DTYPE was fp16) do not count
+        if fields["amp"]:  # detections made under another AMP dtype are not reused
             fields["amp_dtype"] = str(AMP_DTYPE).removeprefix("torch.")
         if self.decodes_on_gpu():  # nvJPEG's pixels may differ from libjpeg's by a level here and there
             fields["decode"] = "gpu"
@@ -195,7 +195,7 @@ def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[
 def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.nn.Module:
     """The model as kdeval runs it for detections, a copy (the caller's model is left as it was): in
     eval mode on the device, its BatchNorms folded into their convolutions, in channels_last (on the
-    CPU too: oneDNN's convolutions ran 2-14 % faster so, R34 at 128 px to R50 at 512 px); with
+    CPU too, where oneDNN's convolutions run faster so: benchmarks/RESULTS.md); with
     settings.cuda_graphs, a RetinaNet on CUDA replays its backbone, FPN and head as CUDA graphs."""
     model = copy.deepcopy(model).eval()
     if settings.fold_batch_norms:

@@ -97,3 +97,9 @@ def severity_grid(table: pd.DataFrame, model: str, metric: str = "AP") -> pd.Dat
     grid[0] = clean.mean() if len(clean) else np.nan
     grid.columns.name = "severity"
     return grid
+
+
+def gains_over(summary: pd.DataFrame, baseline: str, columns) -> pd.DataFrame:
+    """`<column>_gain` for each of `columns`: each row's value less the baseline row's."""
+    return pd.DataFrame({f"{column}_gain": summary[column] - summary.loc[baseline, column] for column in columns},
+                        index=summary.index)

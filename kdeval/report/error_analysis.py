@@ -39,20 +39,21 @@ def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as scratch, tide_context(scratch):
         from tidecv.plotting import Plotter
 
-        analysis.tide.plotter = Plotter(quality=0.35)  # its scratch folder follows TIDE_PATH
-        runs = analysis.tide.runs
+        runs, plotter = analysis.tide.runs, analysis.tide.plotter
         main_errors = analysis.tide.get_main_errors()
         # its pie divides by the sum of the errors: a model without any has no plot to draw
         renamed = {safe_file_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
         if not renamed:
             return paths
-        analysis.tide.runs = renamed  # file names come from run names
+        # tidecv plots what its object holds: lent a lighter plotter (its scratch folder follows TIDE_PATH)
+        # and runs named as files, then given back as they were
+        analysis.tide.runs, analysis.tide.plotter = renamed, Plotter(quality=0.35)
         try:
             with warnings.catch_warnings(), _quiet_opencv():  # its seaborn calls warn of seaborn 0.14, pinned away;
                 warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # OpenCV warns of its float image
                 analysis.tide.plot(scratch)
         finally:
-            analysis.tide.runs = runs
+            analysis.tide.runs, analysis.tide.plotter = runs, plotter
         for stem in renamed:
             produced = Path(scratch) / f"{stem}_bbox_summary.png"
             if produced.is_file():

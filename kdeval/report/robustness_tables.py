@@ -11,7 +11,7 @@ import pandas as pd
 
 from kdeval.data.source import Split
 from kdeval.fileio import remove_earlier_outputs, safe_file_stem, write_json_atomic, write_text_atomic
-from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, corruption_means, robustness_summary
+from kdeval.metrics.robustness import BENCHMARK_SCENARIOS, corruption_means, gains_over, robustness_summary
 from kdeval.report.figures import save_figure
 from kdeval.report.robustness_figures import severity_curves, severity_heatmap
 from kdeval.report.tables import to_latex, to_markdown, to_text
@@ -71,8 +71,7 @@ def write_robustness_tables(
 
     summary_csv = shown.copy()
     if baseline is not None:
-        for column in ROBUSTNESS_COLUMNS:
-            summary_csv[f"{column}_gain"] = shown[column] - shown.loc[baseline, column]
+        summary_csv = summary_csv.join(gains_over(shown, baseline, ROBUSTNESS_COLUMNS))
     summary_csv["scenarios"] = summary["scenarios"]
     markdown = [f"**{title}**", "", to_markdown(shown, baseline)]
     for note in notes:

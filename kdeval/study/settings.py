@@ -98,8 +98,8 @@ def study_settings(config: Path | None, given: dict) -> StudySettings:
     return settings_from_mapping(StudySettings, given, "command line", base=base)
 
 
-# --quick's ceilings. Its 5-epoch teacher scores few detections above the paper's 0.3 (the best near
-# 0.29 on Shapes' quick set), so hard output distillation takes those above 0.1
+# --quick's ceilings. Its 5-epoch teacher scores few detections above the paper's 0.3 on Shapes' quick
+# set, so hard output distillation takes those above 0.1
 QUICK_CEILINGS = {"teacher_epochs": 5, "student_epochs": 3, "robustness_images": 6, "visualize_images": 3,
                   "pseudo_threshold": 0.1}
 

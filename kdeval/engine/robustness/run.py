@@ -98,7 +98,7 @@ def run_robustness(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     dist_env = distributed.current()
-    keeps_books = dist_env.rank == 0  # the folder's bookkeeping is one rank's, so no two write run.json
+    keeps_books = dist_env.is_main  # the folder's bookkeeping is one rank's, so no two write run.json
     if imported is not None and keeps_books:
         store_import(out_dir, imported)
     _check_model_names(models)

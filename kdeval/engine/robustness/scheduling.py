@@ -81,7 +81,7 @@ def run_sharded(
     kill of any rank resumes as alone. Returns when this rank's files are written: (images loaded,
     seconds with finished scenarios); the stats are read back from every rank's files once all are done."""
     whole, split_by_images = split_scenarios(pending, dist_env.world)
-    shows_progress = progress and dist_env.rank == 0  # one bar for the job
+    shows_progress = progress and dist_env.is_main  # one bar for the job
     processed, seconds = 0, 0.0
     if split_by_images:
         processed, seconds = run_pending(loaded, {index: pending[index] for index in split_by_images}, scenarios, gt, split,
