@@ -100,9 +100,8 @@ def _top_detections(detections: list[dict], verdicts: list[str], min_score: floa
 
 
 def check_visualize_settings(settings: VisualizeSettings, gt: dict, num_models: int) -> None:
-    """The settings checked against the dataset before any model runs (under torchrun every rank then
-    fails alike, not rank 0 alone after inference)."""
-    settings.check_scores()
+    """The selection checked against the dataset; engine/visualize.py calls it before any model runs
+    (under torchrun every rank then fails alike, not rank 0 alone after inference)."""
     check_selection(settings.select, settings.image_ids, [image["id"] for image in gt["images"]], num_models)
 
 
@@ -110,6 +109,7 @@ def build_visualization(gt: dict, detections: dict[str, list[dict]], images_dir:
                         dataset: str) -> Visualization:
     """The gallery's rows: the images chosen by `settings`, each with its ground truth and every model's
     detections (in the order of `detections`) with their verdicts; `dataset` names the data on the page."""
+    settings.check_scores()
     check_visualize_settings(settings, gt, len(detections))
     matches = {name: match_detections(gt, dets) for name, dets in detections.items()}
     counts = count_images(gt, detections, matches, settings.score_threshold)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-from kdeval.data.coco import load_results, read_json
+from kdeval.data.coco import load_coco_annotations, load_results, read_json
 from kdeval.data.dataset import CocoDetectionDataset
 from kdeval.data.source import Split
 from kdeval.engine import distributed
@@ -126,8 +126,6 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
     the order one process would have produced them; the other ranks get None (a COCO-sized set is
     some 200 MB as Python objects, which they have no use for)."""
-    from kdeval.data.coco import load_coco_annotations
-
     coco = load_coco_annotations(split.annotations)
     labels = loaded.labels
     if settings.category_map is not None:
