@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from kdeval.metrics.bootstrap import ResampledAP, masked_mean
 from kdeval.metrics.cocoeval import (
     FP,
     RECALL_THRESHOLDS,
@@ -48,6 +49,7 @@ MAX_DETS = 100
 # The five settings that match detections; BG and FN follow from Oth. IoU .75 and .50 are the
 # values of COCOeval's own iouThrs (linspace(.5, .95, 10)), so C75 and C50 equal its AP75 and AP50.
 _MATCHED_SETTINGS = (("C75", 0.75), ("C50", 0.5), ("Loc", 0.1), ("Sim", 0.1), ("Oth", 0.1))
+_MATCHED_NAMES = tuple(name for name, _ in _MATCHED_SETTINGS)
 _CONVERTED = {"Sim": "siblings", "Oth": "others"}  # whose ground truth becomes crowd regions of c
 
 
@@ -162,10 +164,14 @@ def _match_settings(arr: DetectionArrays, category_super: np.ndarray) -> np.ndar
 # ---------------------------------------------------------------- the curves
 
 
+def _matched(gt: dict, detections: list[dict]) -> tuple[DetectionArrays, np.ndarray]:
+    arr = detection_arrays(gt, detections, MAX_DETS)
+    return arr, _match_settings(arr, _supercategory_codes(gt, arr))
+
+
 def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
     """The seven COCO-analyze curves of `detections` (COCO results, xywh) against `gt` (a COCO dict)."""
-    arr = detection_arrays(gt, detections, MAX_DETS)
-    outcome = _match_settings(arr, _supercategory_codes(gt, arr))
+    arr, outcome = _matched(gt, detections)
     n_cat, n_areas = len(arr.category_ids), len(AREA_RANGES)
     n_matched = len(_MATCHED_SETTINGS)
     precision = np.full((len(ANALYSIS_SETTINGS), len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
@@ -187,6 +193,26 @@ def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
         category_ids=tuple(int(c) for c in arr.category_ids),
         category_names=tuple(str(names[int(c)]) for c in arr.category_ids),
     )
+
+
+# ---------------------------------------------------------------- on image resamples
+
+
+def resampled_error_curves(gt: dict, detections: list[dict]) -> ResampledAP:
+    """The detections matched once under the five matched settings, for resampled_error_aps."""
+    arr, outcome = _matched(gt, detections)
+    return ResampledAP.from_outcome(arr, outcome, (MAX_DETS,))
+
+
+def resampled_error_aps(resampled: ResampledAP, counts: np.ndarray) -> np.ndarray:
+    """ErrorCurves.ap of every setting (ANALYSIS_SETTINGS' order) and area, over all categories, on
+    each resample: (resamples, settings, areas); -1 without ground truth."""
+    ap, positive_share, _ = resampled.accumulate(counts)  # (R, 5, K, A)
+    oth = _MATCHED_NAMES.index("Oth")
+    by_setting = {name: ap[:, s] for s, name in enumerate(_MATCHED_NAMES)}
+    by_setting["BG"] = positive_share[:, oth]
+    by_setting["FN"] = np.where(ap[:, oth] > -1, 1.0, -1.0)
+    return np.stack([masked_mean(by_setting[name], (1,)) for name in ANALYSIS_SETTINGS], axis=1)
 
 
 # ---------------------------------------------------------------- tables

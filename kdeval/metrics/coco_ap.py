@@ -22,7 +22,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kdeval.metrics.cocoeval import cocoeval_arrays, summary_mean
+from kdeval.metrics.bootstrap import ResampledAP, masked_mean
+from kdeval.metrics.cocoeval import cocoeval_arrays, matched_arrays, summary_mean
 from kdeval.vocab import AREA_RANGES, COCO_STAT_NAMES
 
 # COCOeval Params' iouThrs and maxDets, computed as it computes them (0.6000000000000001 and all)
@@ -133,3 +134,30 @@ def per_category_stats(gt: dict, detections: list[dict]):
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "category_id"
     return table
+
+
+# ---------------------------------------------------------------- on image resamples
+
+
+def resampled_coco(gt: dict, detections: list[dict]) -> ResampledAP:
+    """The detections matched once, ready to be accumulated on any image resample."""
+    arr, outcome = matched_arrays(gt, detections, IOU_THRESHOLDS, MAX_DETS)
+    return ResampledAP.from_outcome(arr, outcome, MAX_DETS)
+
+
+def resampled_stats(resampled: ResampledAP, counts: np.ndarray, per_category: bool = False) -> np.ndarray:
+    """The 12 COCO stats on each resample: (resamples, 12), in COCO_STAT_NAMES' order; with
+    `per_category`, (resamples, categories, 6), TABLE_METRICS of each category alone. -1 as
+    COCOeval (no ground truth in the resample)."""
+    ap, _, recall = resampled.accumulate(counts)  # (R, T, K, A), (R, T, K, A, M)
+    t50, t75 = int(T50[0]), int(T75[0])
+    if per_category:
+        by_category = [ap[:, :, :, ALL], ap[:, t50, None, :, ALL], ap[:, t75, None, :, ALL],
+                       ap[:, :, :, SMALL], ap[:, :, :, MEDIUM], ap[:, :, :, LARGE]]
+        return np.stack([masked_mean(block, (1,)) for block in by_category], axis=-1)
+    last = len(MAX_DETS) - 1
+    blocks = [ap[:, :, :, ALL], ap[:, t50, None, :, ALL], ap[:, t75, None, :, ALL], ap[:, :, :, SMALL],
+              ap[:, :, :, MEDIUM], ap[:, :, :, LARGE], recall[:, :, :, ALL, 0], recall[:, :, :, ALL, 1],
+              recall[:, :, :, ALL, last], recall[:, :, :, SMALL, last], recall[:, :, :, MEDIUM, last],
+              recall[:, :, :, LARGE, last]]
+    return np.stack([masked_mean(block, (1, 2)) for block in blocks], axis=-1)

@@ -265,6 +265,12 @@ def precision_curve(tp: np.ndarray, fp: np.ndarray, n_positive: int) -> np.ndarr
     return out
 
 
+def matched_arrays(gt: dict, detections: list[dict], iou_thresholds, max_dets: tuple[int, ...]) -> tuple[DetectionArrays, np.ndarray]:
+    """The kept detections as arrays and their outcome (detections, thresholds, areas): COCOeval.evaluate."""
+    arr = detection_arrays(gt, detections, max(max_dets))
+    return arr, match(arr, [float(t) for t in iou_thresholds])
+
+
 def cocoeval_arrays(gt: dict, detections: list[dict], iou_thresholds: np.ndarray,
                     max_dets: tuple[int, ...] = (1, 10, 100)) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """COCOeval's bbox evaluate + accumulate in one pass over arrays: (precision, recall, category ids).
@@ -274,8 +280,7 @@ def cocoeval_arrays(gt: dict, detections: list[dict], iou_thresholds: np.ndarray
     as eval['recall']; -1 where a category has no ground truth in the area. As in COCOeval, matching
     is done once with the top max(max_dets) detections of each (image, category), and a smaller
     maxDets keeps the first ones of each, matched as they were."""
-    arr = detection_arrays(gt, detections, max(max_dets))
-    outcome = match(arr, [float(t) for t in iou_thresholds])
+    arr, outcome = matched_arrays(gt, detections, iou_thresholds, max_dets)
     n_t, n_cat, n_areas = len(iou_thresholds), len(arr.category_ids), len(AREA_RANGES)
     precision = np.full((n_t, len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
     recall = np.full((n_t, n_cat, n_areas, len(max_dets)), -1.0)
