@@ -1,23 +1,37 @@
 """`kdeval errors`' result: where each model loses AP, as COCO-analyze curves by object size and
-the TIDE breakdown."""
+the TIDE breakdown, with intervals and gains over the baseline (kdeval.metrics.intervals)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from kdeval.metrics.analyze import ErrorCurves, ap_long_table, error_curves, supercategories
+from kdeval.analysis.runs import as_runs, resamples_of
+from kdeval.metrics.analyze import (
+    ErrorCurves,
+    ap_long_table,
+    error_curves,
+    resampled_error_aps,
+    resampled_error_curves,
+    supercategories,
+)
+from kdeval.metrics.bootstrap import BootstrapSettings
+from kdeval.metrics.intervals import interval_table
 from kdeval.metrics.tide import run_tide, tide_context, tide_table
-from kdeval.vocab import ANALYSIS_SETTINGS
+from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
 
 
 @dataclass
 class ErrorAnalysis:
-    curves: dict[str, ErrorCurves]  # by model name, in the order given
-    tide: object  # tidecv.TIDE with one run per model
+    curves: dict[str, ErrorCurves]  # by model name, in the order given; precision averaged over runs
+    tide: object  # tidecv.TIDE with one run per model (a model's first run)
     notes: list[str]  # things the reader should know, e.g. categories without a supercategory
+    ap_intervals: pd.DataFrame | None = None  # interval_table keyed by area, setting
+    baseline: str | None = None
+    bootstrap: BootstrapSettings | None = None
 
     @property
     def models(self) -> list[str]:
@@ -48,14 +62,40 @@ class ErrorAnalysis:
         return relative
 
 
-def analyze_detections(gt: dict, detections: dict[str, list[dict]]) -> ErrorAnalysis:
-    """The error curves and TIDE of every model's detections."""
+AP_KEYS = pd.DataFrame([(area, setting) for area in AREA_RANGES for setting in ANALYSIS_SETTINGS], columns=["area", "setting"])
+
+
+def analyze_detections(gt: dict, detections: Mapping[str, list], baseline: str | None = None,
+                       bootstrap: BootstrapSettings | None = None) -> ErrorAnalysis:
+    """The error curves and TIDE of every model's detections (one list, or a list per run); with
+    `bootstrap`, the intervals of every COCO-analyze AP and of its gain over `baseline`."""
     _, lacking = supercategories(gt["categories"])
     notes = []
     if lacking:
         shown = ", ".join(lacking) if len(lacking) <= 6 else ", ".join(lacking[:5]) + f" and {len(lacking) - 5} more"
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
-    curves = {name: error_curves(gt, dets) for name, dets in detections.items()}
+    runs = as_runs(detections)
+    curves_by_run = {name: [error_curves(gt, run) for run in model_runs] for name, model_runs in runs.items()}
+    curves = {name: _mean_curves(by_run) for name, by_run in curves_by_run.items()}
+    point = {name: np.stack([c.ap_table().T.to_numpy().ravel() for c in by_run]) for name, by_run in curves_by_run.items()}
+    counts = resamples_of(gt, bootstrap)
+    resampled = None
+    if counts is not None:
+        # (resamples, settings, areas) per run → (resamples, runs, areas × settings), AP_KEYS' order
+        resampled = {name: np.stack([resampled_error_aps(resampled_error_curves(gt, run), counts).transpose(0, 2, 1).reshape(len(counts), -1)
+                                     for run in model_runs], axis=1) for name, model_runs in runs.items()}
+    intervals = interval_table(AP_KEYS, point, resampled, baseline, bootstrap.confidence if bootstrap else 0.95)
     with tide_context():
-        tide = run_tide(gt, detections)
-    return ErrorAnalysis(curves, tide, notes)
+        tide = run_tide(gt, {name: model_runs[0] for name, model_runs in runs.items()})
+    if any(len(model_runs) > 1 for model_runs in runs.values()):
+        notes.append("TIDE is computed on each model's first run")
+    return ErrorAnalysis(curves, tide, notes, intervals, baseline, bootstrap)
+
+
+def _mean_curves(by_run: list[ErrorCurves]) -> ErrorCurves:
+    """The precision averaged over runs, entry by entry (its AP is the mean of the runs' APs);
+    -1 (no ground truth) stays -1."""
+    if len(by_run) == 1:
+        return by_run[0]
+    stack = np.stack([c.precision for c in by_run])
+    return replace(by_run[0], precision=np.where((stack > -1).all(axis=0), stack.mean(axis=0), -1.0))

@@ -78,20 +78,3 @@ def _mean_keeping_missing(values: np.ndarray) -> np.ndarray:
     """Mean over runs (axis 0); -1 (COCOeval's 'no ground truth') stays -1."""
     values = np.asarray(values, dtype=float)
     return np.where((values > -1).all(axis=0), values.mean(axis=0), -1.0)
-
-
-def per_class_long(per_class: dict[str, pd.DataFrame], baseline: str | None) -> pd.DataFrame:
-    """Tidy: category_id, category, model, metric, value (0–1; empty where COCOeval gives -1, no ground
-    truth of the category in that size range), gain over the baseline."""
-    rows = []
-    for model, table in per_class.items():
-        for category_id, row in table.iterrows():
-            for metric in TABLE_METRICS:
-                value = float(row[metric])
-                gain = float("nan")
-                if baseline is not None and model != baseline:
-                    base = float(per_class[baseline].loc[category_id, metric])
-                    gain = value - base if value >= 0 and base >= 0 else float("nan")
-                rows.append({"category_id": category_id, "category": row["category"], "model": model,
-                             "metric": metric, "value": value if value >= 0 else float("nan"), "gain": gain})
-    return pd.DataFrame(rows)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from kdeval.metrics.cocoeval import (
@@ -78,84 +77,97 @@ def counts_of_indices(indices, n_images: int) -> np.ndarray:
 # ---------------------------------------------------------------- the compiled accumulation
 
 
-@numba.njit(cache=False, nogil=True, parallel=True)
-def _accumulate(counts, seg_start, seg_end, seg_positive, entry_image, entry_tp, entry_ignored, entry_rank, n_settings,
-                limits, recall_thresholds, out_ap, out_positive_share, out_recall):  # pragma: no cover - compiled; tested through ResampledAP
-    n_resamples = counts.shape[0]
-    n_segments = seg_start.shape[0]
-    n_limits = limits.shape[0]
-    n_thresholds = recall_thresholds.shape[0]
-    eps = np.spacing(1.0)
-    longest = 1
-    for g in range(n_segments):
-        longest = max(longest, seg_end[g] - seg_start[g])
-    for r in numba.prange(n_resamples):
-        weight = counts[r]
-        event_tp = np.empty((n_settings, longest), np.float64)
-        event_precision = np.empty((n_settings, longest), np.float64)
-        events = np.zeros(n_settings, np.int64)
-        tp = np.zeros(n_settings, np.float64)
-        fp_own = np.zeros(n_settings, np.float64)  # false positives under some settings only
-        tp_by_limit = np.zeros((n_settings, n_limits), np.float64)
+_COMPILED = {}
+
+
+def _kernel():
+    """The accumulation, compiled and parallel over resamples. numba is imported and the kernel
+    compiled on first use, so that importing this module (the CLI does) costs nothing."""
+    if "accumulate" in _COMPILED:
+        return _COMPILED["accumulate"]
+    import numba
+
+    @numba.njit(cache=False, nogil=True, parallel=True)
+    def accumulate(counts, seg_start, seg_end, seg_positive, entry_image, entry_tp, entry_ignored, entry_rank, n_settings,
+                    limits, recall_thresholds, out_ap, out_positive_share, out_recall):  # pragma: no cover - compiled; tested through ResampledAP
+        n_resamples = counts.shape[0]
+        n_segments = seg_start.shape[0]
+        n_limits = limits.shape[0]
+        n_thresholds = recall_thresholds.shape[0]
+        eps = np.spacing(1.0)
+        longest = 1
         for g in range(n_segments):
-            n_positive = seg_positive[r, g]
-            if n_positive <= 0:
-                for s in range(n_settings):
-                    out_ap[r, s, g] = -1.0
-                    out_positive_share[r, s, g] = -1.0
-                    for m in range(n_limits):
-                        out_recall[r, s, g, m] = -1.0
-                continue
-            fp_everywhere = 0.0  # false positives under every setting: most detections
-            for s in range(n_settings):
-                tp[s] = 0.0
-                fp_own[s] = 0.0
-                events[s] = 0
-                for m in range(n_limits):
-                    tp_by_limit[s, m] = 0.0
-            for j in range(seg_start[g], seg_end[g]):
-                w = weight[entry_image[j]]
-                if w == 0:
-                    continue
-                tp_bits = entry_tp[j]
-                ignored_bits = entry_ignored[j]
-                if tp_bits == 0 and ignored_bits == 0:
-                    fp_everywhere += w
-                    continue
-                for s in range(n_settings):
-                    bit = 1 << s
-                    if ignored_bits & bit:
-                        continue
-                    if tp_bits & bit:
-                        tp[s] += w
-                        e = events[s]
-                        event_tp[s, e] = tp[s]
-                        event_precision[s, e] = tp[s] / ((fp_everywhere + fp_own[s]) + tp[s] + eps)
-                        events[s] = e + 1
+            longest = max(longest, seg_end[g] - seg_start[g])
+        for r in numba.prange(n_resamples):
+            weight = counts[r]
+            event_tp = np.empty((n_settings, longest), np.float64)
+            event_precision = np.empty((n_settings, longest), np.float64)
+            events = np.zeros(n_settings, np.int64)
+            tp = np.zeros(n_settings, np.float64)
+            fp_own = np.zeros(n_settings, np.float64)  # false positives under some settings only
+            tp_by_limit = np.zeros((n_settings, n_limits), np.float64)
+            for g in range(n_segments):
+                n_positive = seg_positive[r, g]
+                if n_positive <= 0:
+                    for s in range(n_settings):
+                        out_ap[r, s, g] = -1.0
+                        out_positive_share[r, s, g] = -1.0
                         for m in range(n_limits):
-                            if entry_rank[j] < limits[m]:
-                                tp_by_limit[s, m] += w
-                    else:
-                        fp_own[s] += w
-            for s in range(n_settings):
-                for m in range(n_limits):
-                    out_recall[r, s, g, m] = tp_by_limit[s, m] / n_positive
-                n_events = events[s]
-                for i in range(n_events - 1, 0, -1):  # the interpolated envelope
-                    if event_precision[s, i] > event_precision[s, i - 1]:
-                        event_precision[s, i - 1] = event_precision[s, i]
-                total = 0.0
-                above_zero = 0
-                i = 0
-                for t in range(n_thresholds):
-                    while i < n_events and event_tp[s, i] / n_positive < recall_thresholds[t]:
-                        i += 1
-                    if i < n_events:
-                        total += event_precision[s, i]
-                        if event_precision[s, i] > 0:
-                            above_zero += 1
-                out_ap[r, s, g] = total / n_thresholds
-                out_positive_share[r, s, g] = above_zero / n_thresholds
+                            out_recall[r, s, g, m] = -1.0
+                    continue
+                fp_everywhere = 0.0  # false positives under every setting: most detections
+                for s in range(n_settings):
+                    tp[s] = 0.0
+                    fp_own[s] = 0.0
+                    events[s] = 0
+                    for m in range(n_limits):
+                        tp_by_limit[s, m] = 0.0
+                for j in range(seg_start[g], seg_end[g]):
+                    w = weight[entry_image[j]]
+                    if w == 0:
+                        continue
+                    tp_bits = entry_tp[j]
+                    ignored_bits = entry_ignored[j]
+                    if tp_bits == 0 and ignored_bits == 0:
+                        fp_everywhere += w
+                        continue
+                    for s in range(n_settings):
+                        bit = 1 << s
+                        if ignored_bits & bit:
+                            continue
+                        if tp_bits & bit:
+                            tp[s] += w
+                            e = events[s]
+                            event_tp[s, e] = tp[s]
+                            event_precision[s, e] = tp[s] / ((fp_everywhere + fp_own[s]) + tp[s] + eps)
+                            events[s] = e + 1
+                            for m in range(n_limits):
+                                if entry_rank[j] < limits[m]:
+                                    tp_by_limit[s, m] += w
+                        else:
+                            fp_own[s] += w
+                for s in range(n_settings):
+                    for m in range(n_limits):
+                        out_recall[r, s, g, m] = tp_by_limit[s, m] / n_positive
+                    n_events = events[s]
+                    for i in range(n_events - 1, 0, -1):  # the interpolated envelope
+                        if event_precision[s, i] > event_precision[s, i - 1]:
+                            event_precision[s, i - 1] = event_precision[s, i]
+                    total = 0.0
+                    above_zero = 0
+                    i = 0
+                    for t in range(n_thresholds):
+                        while i < n_events and event_tp[s, i] / n_positive < recall_thresholds[t]:
+                            i += 1
+                        if i < n_events:
+                            total += event_precision[s, i]
+                            if event_precision[s, i] > 0:
+                                above_zero += 1
+                    out_ap[r, s, g] = total / n_thresholds
+                    out_positive_share[r, s, g] = above_zero / n_thresholds
+
+    _COMPILED["accumulate"] = accumulate
+    return accumulate
 
 
 # ---------------------------------------------------------------- matched once, accumulated per resample
@@ -242,7 +254,7 @@ class ResampledAP:
         ap = np.empty((n_res, self.n_settings, len(self.seg_start)))
         share = np.empty_like(ap)
         recall = np.empty((n_res, self.n_settings, len(self.seg_start), len(self.limits)))
-        _accumulate(counts, self.seg_start, self.seg_end, np.ascontiguousarray(seg_positive), self.entry_image,
+        _kernel()(counts, self.seg_start, self.seg_end, np.ascontiguousarray(seg_positive), self.entry_image,
                     self.entry_tp, self.entry_ignored, self.entry_rank, self.n_settings, self.limits,
                     RECALL_THRESHOLDS, ap, share, recall)
         return ap.reshape(n_res, *shape), share.reshape(n_res, *shape), recall.reshape(n_res, *shape, len(self.limits))

@@ -17,7 +17,16 @@ from kdeval.metrics.analyze import curve_long_table
 from kdeval.metrics.tide import tide_context
 from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
 from kdeval.report.figures import save_figure
-from kdeval.report.tables import to_csv, to_latex, to_markdown
+from kdeval.report.interval_tables import (
+    interval_cells,
+    interval_latex,
+    interval_markdown,
+    interval_note,
+    interval_text,
+    intervals_csv,
+    is_plain,
+)
+from kdeval.report.tables import to_csv, to_latex, to_markdown, to_text
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
 
 
@@ -61,6 +70,25 @@ def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _plain(analysis: ErrorAnalysis) -> bool:
+    return is_plain(analysis.ap_intervals, analysis.bootstrap)
+
+
+def _area_intervals(analysis: ErrorAnalysis, area: str):
+    return analysis.ap_intervals[analysis.ap_intervals["area"] == area]
+
+
+def error_analysis_text(analysis: ErrorAnalysis, title: str, area: str = "all") -> str:
+    """The COCO-analyze APs of one area for the terminal: the change in per cent of the baseline's
+    AP, or, with intervals, the APs and gains with theirs."""
+    if _plain(analysis):
+        return to_text(analysis.ap_by_area(area), analysis.baseline, relative=True,
+                       title=f"{title} (change against {analysis.baseline or '–'})")
+    intervals = _area_intervals(analysis, area)
+    cells = interval_cells(intervals, "setting", analysis.baseline)
+    return interval_text(cells, title, interval_note(analysis.bootstrap, intervals, analysis.baseline))
+
+
 def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str | None, split: Split,
                          per_category: bool = False) -> list[Path]:
     """Tables (CSV, Markdown, LaTeX), Figures 1 and 2 and the TIDE plots, each file written atomically."""
@@ -76,9 +104,19 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     paths.append(write_text_atomic(out_dir / "error_analysis.csv", relative.to_csv(index=False, float_format="%.6f")))
     markdown, latex = [], []
     for area in AREA_RANGES:
-        table = analysis.ap_by_area(area)
-        markdown += [f"### {area} objects\n", to_markdown(table, baseline, relative=True)]
-        latex.append(to_latex(table, baseline, caption=f"COCO-analyze AP ({area} objects) on {split.name}", relative=True))
+        caption = f"COCO-analyze AP ({area} objects) on {split.name}"
+        if _plain(analysis):
+            table = analysis.ap_by_area(area)
+            markdown += [f"### {area} objects\n", to_markdown(table, baseline, relative=True)]
+            latex.append(to_latex(table, baseline, caption=caption, relative=True))
+            continue
+        intervals = _area_intervals(analysis, area)
+        cells = interval_cells(intervals, "setting", baseline)
+        note = interval_note(analysis.bootstrap, intervals, baseline)
+        markdown += [f"### {area} objects\n", interval_markdown(cells, note)]
+        latex.append(interval_latex(cells, caption, note, baseline))
+    if analysis.ap_intervals is not None:
+        paths.append(write_text_atomic(out_dir / "error_analysis_intervals.csv", intervals_csv(analysis.ap_intervals)))
     paths.append(write_text_atomic(out_dir / "error_analysis.md", "\n".join(markdown)))
     paths.append(write_text_atomic(out_dir / "error_analysis.tex", "\n".join(latex)))
 
@@ -93,7 +131,10 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     if baseline is not None:
         models = [baseline] + [m for m in models if m != baseline]
     paths += save_figure(error_curves_figure(curves, ap, models), out_dir, "figure1_error_curves")
-    paths += save_figure(size_gain_figure(ap, baseline, models), out_dir, "figure2_ap_by_size")
+    figure2_intervals = None if _plain(analysis) or not analysis.bootstrap else analysis.ap_intervals
+    paths += save_figure(size_gain_figure(ap, baseline, models, intervals=figure2_intervals,
+                                          confidence=analysis.bootstrap.confidence if analysis.bootstrap else None),
+                         out_dir, "figure2_ap_by_size")
     paths += save_figure(tide_figure(tide.loc[models]), out_dir, "tide_errors")
     paths += _tidecv_summary_plots(analysis, out_dir)
 
@@ -118,6 +159,7 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
             paths += save_figure(figure, out_dir / "per_category", f"{category_id}_{safe_file_stem(name)}")
     paths.append(write_json_atomic(out_dir / "errors_settings.json", {
         "annotations": str(split.annotations), "models": models, "baseline": baseline, "notes": analysis.notes,
+        "bootstrap": analysis.bootstrap.as_dict() if analysis.bootstrap else None,
     }))
     return paths
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
@@ -25,6 +26,7 @@ SIZE_COLORS = {"small": "#4c72b0", "medium": "#55a868", "large": "#c44e52"}
 AREA_TITLES = {"all": "all objects", "small": "small objects", "medium": "medium objects", "large": "large objects"}
 GAIN_EDGE = "black"
 LOSS_COLOR = "#d62728"
+ERROR_BAR_COLOR = "#222222"
 
 
 def ap_label(ap: float) -> str:
@@ -76,13 +78,23 @@ def error_curves_figure(curves: pd.DataFrame, ap: pd.DataFrame, models: list[str
     return figure
 
 
+def _interval_of(intervals: pd.DataFrame, model: str, area: str, setting: str, low: str, high: str) -> tuple[float, float]:
+    hit = intervals[(intervals["model"] == model) & (intervals["area"] == area) & (intervals["setting"] == setting)]
+    return (float(hit[low].iloc[0]), float(hit[high].iloc[0])) if len(hit) else (np.nan, np.nan)
+
+
 def size_gain_figure(ap: pd.DataFrame, baseline: str | None, models: list[str] | None = None,
                      settings: tuple[str, ...] = tuple(s for s in ANALYSIS_SETTINGS if s != "FN"),
-                     title: str | None = None) -> Figure:
+                     title: str | None = None, intervals: pd.DataFrame | None = None,
+                     confidence: float | None = None) -> Figure:
     """Appendix Figure 2: AP per object size for each setting. With a baseline, one panel per other
     model: the baseline's AP hatched, the gain solid on top, a loss as a red-edged empty band from
     the model's AP up to the baseline's. Without one, one panel of plain bars per model.
-    FN is left out: its AP is 1 by definition."""
+    FN is left out: its AP is 1 by definition.
+
+    With `intervals` (kdeval.metrics.intervals' table keyed by area and setting), each bar carries an
+    error bar: the gain's interval drawn from the baseline's AP (so a whisker that stays clear of
+    the hatched top is a gain whose interval excludes 0), or, without a baseline, the AP's interval."""
     models = list(dict.fromkeys(ap["model"])) if models is None else models
     compared = [m for m in models if m != baseline] if baseline is not None else models
     if not compared:  # the baseline alone: its own bars, nothing to compare with
@@ -99,6 +111,9 @@ def size_gain_figure(ap: pd.DataFrame, baseline: str | None, models: list[str] |
             color = SIZE_COLORS[size]
             if baseline is None:
                 ax.bar(pos, np.clip(value, 0, None), width, color=color, edgecolor="white", linewidth=0.5)
+                if intervals is not None:
+                    bounds = np.array([_interval_of(intervals, model, size, s, "ci_low", "ci_high") for s in settings])
+                    _error_bars(ax, pos, bounds[:, 0], bounds[:, 1])
                 continue
             base = np.array([_ap_of(ap, baseline, size, s) for s in settings])
             base, value = np.clip(base, 0, None), np.clip(value, 0, None)
@@ -107,6 +122,9 @@ def size_gain_figure(ap: pd.DataFrame, baseline: str | None, models: list[str] |
             ax.bar(pos, gain, width, bottom=base, color=color, edgecolor=GAIN_EDGE, linewidth=0.4)
             loss = np.clip(base - value, 0, None)
             ax.bar(pos, loss, width, bottom=value, facecolor="none", edgecolor=LOSS_COLOR, hatch="xx", linewidth=0.8)
+            if intervals is not None:
+                bounds = np.array([_interval_of(intervals, model, size, s, "gain_ci_low", "gain_ci_high") for s in settings])
+                _error_bars(ax, pos, base + bounds[:, 0], base + bounds[:, 1])
         ax.set_xticks(x, settings, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("AP", fontsize=8)
@@ -121,10 +139,24 @@ def size_gain_figure(ap: pd.DataFrame, baseline: str | None, models: list[str] |
             Patch(facecolor="grey", edgecolor=GAIN_EDGE, label="gain"),
             Patch(facecolor="none", edgecolor=LOSS_COLOR, hatch="xx", label="loss"),
         ]
+    if intervals is not None:
+        shown = f"{100 * confidence:g}% " if confidence else ""
+        what = "the gain" if baseline is not None else "the AP"
+        handles.append(Line2D([], [], color=ERROR_BAR_COLOR, marker="_", linestyle="-", linewidth=0.8,
+                              label=f"{shown}bootstrap interval of {what}"))
     figure.legend(handles=handles, fontsize=7, ncol=len(handles), loc="outside lower center", frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _error_bars(ax, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+    keep = np.isfinite(low) & np.isfinite(high)
+    if not keep.any():
+        return
+    middle = (low[keep] + high[keep]) / 2
+    ax.errorbar(x[keep], middle, yerr=[middle - low[keep], high[keep] - middle], fmt="none",
+                ecolor=ERROR_BAR_COLOR, elinewidth=0.8, capsize=2, capthick=0.8)
 
 
 def tide_figure(table: pd.DataFrame, title: str | None = None) -> Figure:

@@ -46,9 +46,9 @@ def display_cells(table: pd.DataFrame, baseline: str | None, relative: bool = Fa
     return pd.DataFrame.from_dict(cells, orient="index", columns=list(table.columns))
 
 
-def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None = None, relative: bool = False) -> str:
-    cells = display_cells(table, baseline, relative)
-    header = ["model", *cells.columns]
+def cells_to_text(cells: pd.DataFrame, title: str | None = None, row_label: str = "model") -> str:
+    """A table of strings as aligned plain text."""
+    header = [row_label, *map(str, cells.columns)]
     rows = [[str(model), *row] for model, row in cells.iterrows()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [title] if title else []
@@ -59,12 +59,11 @@ def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None 
     return "\n".join(lines)
 
 
-def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool = False, transpose: bool = False,
-                row_label: str = "model") -> str:
-    """With `transpose`, models become the columns (e.g. categories × models)."""
-    cells = display_cells(table, baseline, relative)
-    if transpose:
-        cells = cells.T
+def to_text(table: pd.DataFrame, baseline: str | None = None, title: str | None = None, relative: bool = False) -> str:
+    return cells_to_text(display_cells(table, baseline, relative), title)
+
+
+def cells_to_markdown(cells: pd.DataFrame, row_label: str = "model") -> str:
     lines = [f"| {row_label} | " + " | ".join(str(c).replace("|", "\\|") for c in cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
     for model, row in cells.iterrows():
         name = str(model).replace("|", "\\|")
@@ -72,7 +71,14 @@ def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+def to_markdown(table: pd.DataFrame, baseline: str | None = None, relative: bool = False, transpose: bool = False,
+                row_label: str = "model") -> str:
+    """With `transpose`, models become the columns (e.g. categories × models)."""
+    cells = display_cells(table, baseline, relative)
+    return cells_to_markdown(cells.T if transpose else cells, row_label)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "$-$", "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
@@ -88,29 +94,43 @@ def _latex_metric(name: str) -> str:
     return f"{name[:2]}$_{{{suffix.upper() if suffix.isalpha() else suffix}}}$"
 
 
-def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None, relative: bool = False,
-             transpose: bool = False, row_label: str = "Model") -> str:
-    cells = display_cells(table, baseline, relative)
-    if transpose:
-        cells = cells.T
+def cells_to_latex(cells: pd.DataFrame, caption: str | None = None, row_label: str = "Model",
+                   italic_row: str | None = None, bold_marked: bool = False) -> str:
+    """A table of strings as a booktabs table; with `bold_marked`, a cell ending in MARK is set in
+    bold without it."""
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\begin{tabular}{l" + "r" * len(cells.columns) + "}",
         r"\toprule",
-        latex_escape(row_label) + " & " + " & ".join(_latex_metric(c) for c in cells.columns) + r" \\",
+        latex_escape(row_label) + " & " + " & ".join(_latex_metric(str(c)) for c in cells.columns) + r" \\",
         r"\midrule",
     ]
     for model, row in cells.iterrows():
         name = latex_escape(model)
-        if model == baseline:
+        if model == italic_row:
             name = rf"\textit{{{name}}}"
-        lines.append(name + " & " + " & ".join(latex_escape(c).replace("–", "--") for c in row) + r" \\")
+        lines.append(name + " & " + " & ".join(_latex_cell(c, bold_marked) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:
         lines.append(rf"\caption{{{latex_escape(caption)}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+MARK = "*"  # after a gain whose interval excludes 0
+
+
+def _latex_cell(text: str, bold_marked: bool) -> str:
+    marked = bold_marked and text.endswith(MARK)
+    body = latex_escape(text[:-1] if marked else text).replace("–", "--")
+    return rf"\textbf{{{body}}}" if marked else body
+
+
+def to_latex(table: pd.DataFrame, baseline: str | None = None, caption: str | None = None, relative: bool = False,
+             transpose: bool = False, row_label: str = "Model") -> str:
+    cells = display_cells(table, baseline, relative)
+    return cells_to_latex(cells.T if transpose else cells, caption, row_label, italic_row=baseline)
 
 
 def to_csv(table: pd.DataFrame, baseline: str | None = None) -> str:
