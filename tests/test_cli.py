@@ -66,7 +66,9 @@ def test_train_predict_evaluate_end_to_end(tiny_shapes, trained, tmp_path):
         *shapes_args(tiny_shapes), "--baseline", "tiny", "--out", tmp_path / "report", "--no-progress",
     )
     assert result.exit_code == 0, result.output
-    assert re.search(r"^oracle\s+100\.0 \(\+", result.stdout, re.M), result.stdout  # perfect detections: AP 100
+    assert re.search(r"^oracle\s+100\.0 \[100\.0, 100\.0\]", result.stdout, re.M), result.stdout  # perfect detections: AP 100
+    # the gain over the baseline, its interval, and the mark of an interval that excludes 0
+    assert re.search(r"^oracle − tiny\s+\+100\.0 \[\+100\.0, \+100\.0\]\*", result.stdout, re.M), result.stdout
     csv = (tmp_path / "report" / "ap_table.csv").read_text().splitlines()
     assert csv[0].startswith("model,AP,AP50,AP75,APs,APm,APl,AP_gain")
     rows = {line.split(",")[0]: line.split(",") for line in csv[1:]}
@@ -109,7 +111,7 @@ def test_evaluate_results_json_needs_no_images(tmp_path, tiny_coco):
     empty = write_json(tmp_path / "empty.json", [])
     result = run("evaluate", f"good={dets}", f"none={empty}", "--annotations", gt, "--baseline", "none", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
-    assert re.search(r"^good\s+100\.0 \(\+100\.0\)", result.stdout, re.M), result.stdout
+    assert re.search(r"^good − none\s+\+100\.0 \[\+100\.0, \+100\.0\]\*", result.stdout, re.M), result.stdout
     assert re.search(r"^none\s+0\.0\s", result.stdout, re.M), result.stdout
 
 

@@ -57,8 +57,17 @@ def test_evaluate_per_class_writes_tables_with_gains(tmp_path, tiny_coco):
     assert dog_ap.loc["half", "value"] == 0.0 and dog_ap.loc["good", "value"] == pytest.approx(1.0)
     assert dog_ap.loc["good", "gain"] == pytest.approx(1.0)
     markdown = (tmp_path / "o" / "per_class.md").read_text()
+    # with the default bootstrap: intervals, a gain column, and the mark on a gain that excludes 0
+    assert "| category | half | good | good − half |" in markdown
+    assert "| dog (2) | 0.0 [0.0, 0.0] | 100.0 [100.0, 100.0] | +100.0 [+100.0, +100.0]* |" in markdown
+    assert "Category & half & good & good $-$ half" in (tmp_path / "o" / "per_class.tex").read_text()
+    assert dog_ap.loc["good", "gain_ci_low"] == pytest.approx(1.0) and dog_ap.loc["good", "p_gain_le_0"] == 0.0
+    # without it, the plain tables as before
+    assert run("evaluate", f"half={half}", f"good={good}", "--annotations", gt, "--baseline", "half", "--per-class",
+               "--bootstrap", "0", "--out", tmp_path / "p").exit_code == 0
+    markdown = (tmp_path / "p" / "per_class.md").read_text()
     assert "| category | half | good |" in markdown and "| dog (2) | 0.0 | 100.0 (+100.0) |" in markdown
-    assert "Category & half & good" in (tmp_path / "o" / "per_class.tex").read_text()
+    assert "Category & half & good" in (tmp_path / "p" / "per_class.tex").read_text()
     # the same folder again without --per-class: the tables of the earlier models do not stay behind
     assert run("evaluate", f"good={good}", "--annotations", gt, "--out", tmp_path / "o").exit_code == 0
     assert not list((tmp_path / "o").glob("per_class.*")) and (tmp_path / "o" / "ap_table.md").is_file()

@@ -70,11 +70,14 @@ Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
-ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH.")]
+ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH; NAME=PATH,PATH,... for several training runs of one recipe (a comma always separates runs).")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
 AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default; within 0.1 AP of fp32 where measured); --fp32 for full precision. The CPU always runs fp32.")]
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA, replay the backbone, FPN and head as CUDA graphs (one per batch shape, captured when a shape recurs): fewer kernel launches for the host; detections are the same up to float rounding.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
+BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Paired bootstrap resamples of the images for every interval and gain (0: off).")]
+ConfidenceOpt = Annotated[float, typer.Option("--confidence", help="Coverage of the bootstrap intervals.")]
+BootstrapSeedOpt = Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the resamples: the same seed, the same intervals.")]
 BoxFormatOpt = Annotated[BoxFormat, typer.Option("--box-format", help="Box format of results files: xywh (COCO) or xyxy.")]
 
 
@@ -168,6 +171,17 @@ class DatasetOptions:
 # `dataset: DatasetOptions` becomes --data, --images and --annotations
 dataset_options = _option_group("dataset", DatasetOptions, {
     "data": (DataOpt, "shapes"), "images": (ImagesOpt, None), "annotations": (AnnotationsOpt, None)})
+
+
+def _bootstrap_settings(bootstrap: int, confidence: float, bootstrap_seed: int):
+    from kdeval.metrics.bootstrap import BootstrapSettings
+
+    return BootstrapSettings(bootstrap, confidence, bootstrap_seed)  # checks the values: one line, exit 2
+
+
+# `bootstrap: BootstrapSettings` becomes --bootstrap, --confidence and --bootstrap-seed
+bootstrap_options = _option_group("bootstrap", _bootstrap_settings, {
+    "bootstrap": (BootstrapOpt, 1000), "confidence": (ConfidenceOpt, 0.95), "bootstrap_seed": (BootstrapSeedOpt, 0)})
 
 
 def join_job(device: str):

@@ -9,8 +9,9 @@ import typer
 
 from kdeval.cli.common import (
     BoxFormat, BoxFormatOpt, CategoryMapOpt, DatasetOptions, InferenceOptions, ModelsArg, OutOpt, ProgressOpt,
-    TrustOpt, app, dataset_options, inference_options, reports_dir, user_errors, writing_to,
+    TrustOpt, app, bootstrap_options, dataset_options, inference_options, reports_dir, user_errors, writing_to,
 )
+from kdeval.metrics.bootstrap import BootstrapSettings
 
 
 # ---------------------------------------------------------------- predict
@@ -54,6 +55,7 @@ def predict(
 @user_errors
 @dataset_options
 @inference_options()
+@bootstrap_options
 def evaluate(
     models: ModelsArg,
     dataset: DatasetOptions = None,
@@ -62,6 +64,7 @@ def evaluate(
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
     inference: InferenceOptions = None,
+    bootstrap: BootstrapSettings = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -80,8 +83,7 @@ def evaluate(
     """
     from kdeval.engine.detections import parse_models, resolve_baseline
     from kdeval.engine.evaluate import evaluate_models
-    from kdeval.report.evaluation import write_evaluation
-    from kdeval.report.tables import to_text
+    from kdeval.report.evaluation import evaluation_text, write_evaluation
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
@@ -89,9 +91,10 @@ def evaluate(
     job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "evaluate")
     with writing_to(out_dir, "evaluate", job):
-        evaluation = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value, per_class=per_class)
+        evaluation = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value,
+                                     per_class=per_class, baseline=baseline, bootstrap=bootstrap)
         write_evaluation(evaluation, out_dir, baseline, split)
-    typer.echo(to_text(evaluation.table, baseline, title=f"COCO bbox AP on {split.name} ({split.annotations})"))
+    typer.echo(evaluation_text(evaluation, f"COCO bbox AP on {split.name} ({split.annotations})"))
     typer.echo(f"tables written to {out_dir}/ap_table.{{csv,md,tex}}" + (" and per_class.{csv,md,tex}" if per_class else ""))
 
 
@@ -99,6 +102,7 @@ def evaluate(
 @user_errors
 @dataset_options
 @inference_options()
+@bootstrap_options
 def errors(
     models: ModelsArg,
     dataset: DatasetOptions = None,
@@ -107,6 +111,7 @@ def errors(
     category_map: CategoryMapOpt = None,
     box_format: BoxFormatOpt = BoxFormat.xywh,
     inference: InferenceOptions = None,
+    bootstrap: BootstrapSettings = None,
     out: OutOpt = None,
     progress: ProgressOpt = True,
     trust_checkpoint: TrustOpt = False,
@@ -125,7 +130,7 @@ def errors(
     """
     from kdeval.engine.detections import parse_models, resolve_baseline
     from kdeval.engine.errors import analyze_models
-    from kdeval.report.error_analysis import write_error_analysis
+    from kdeval.report.error_analysis import error_analysis_text, write_error_analysis
     from kdeval.report.tables import to_text
 
     parsed = parse_models(models)
@@ -134,12 +139,12 @@ def errors(
     job, settings = inference.join(category_map)
     out_dir = reports_dir(out, "errors")
     with writing_to(out_dir, "errors", job):
-        analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value)
+        analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value,
+                                  baseline=baseline, bootstrap=bootstrap)
         write_error_analysis(analysis, out_dir, baseline, split, per_category=per_category)
     for note in analysis.notes:
         typer.echo(f"note: {note}")
-    typer.echo(to_text(analysis.ap_by_area("all"), baseline, relative=True,
-                       title=f"COCO-analyze AP, all objects, on {split.name} (change against {baseline or '–'})"))
+    typer.echo(error_analysis_text(analysis, f"COCO-analyze AP, all objects, on {split.name}"))
     typer.echo("")
     typer.echo(to_text(analysis.tide_table(), baseline, title="TIDE: AP50 and the dAP each error type costs"))
     typer.echo(f"tables and figures written to {out_dir}/")

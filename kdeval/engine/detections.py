@@ -1,11 +1,12 @@
 """Every model argument becomes COCO detections here, and nowhere else.
 
 A model on the command line is a kdeval checkpoint, torchvision's COCO RetinaNet weights, or a COCO
-results JSON from any detector. A checkpoint is run once per (checkpoint bytes, annotation bytes,
-images folder, inference settings) and its detections are cached on disk. Under torchrun every rank
-runs its share of the images and rank 0 alone receives them: this module is where evaluate, errors,
-visualize and predict meet the ranks, so everything above it is a plain function of the ground
-truth and the detections by model.
+results JSON from any detector; one name may stand for several runs of one recipe (training seeds),
+NAME=PATH,PATH,..., each scored on its own. A checkpoint is run once per (checkpoint bytes,
+annotation bytes, images folder, inference settings) and its detections are cached on disk. Under
+torchrun every rank runs its share of the images and rank 0 alone receives them: this module is
+where evaluate, errors, visualize and predict meet the ranks, so everything above it is a plain
+function of the ground truth and the detections by model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from kdeval.engine import distributed
 from kdeval.engine.predict import PredictSettings, batching_order, run_model
 from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
-from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+from kdeval.labels import LabelSpace
+from kdeval.models.checkpoint import LoadedModel, checkpoint_labels, load_checkpoint
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 TRAINED_MODEL_STEM = "model"  # kdeval train writes OUT/model.pt
@@ -40,48 +42,98 @@ CACHE_VERSION = 3
 
 @dataclass(frozen=True)
 class ModelInput:
-    """A model on the command line: `path` or `name=path`; a checkpoint or a COCO results JSON."""
+    """A model on the command line: `path` or `name=path`, a checkpoint or a COCO results JSON; or
+    several runs of one recipe (training seeds) under one name: `name=path,path,...`.
+
+    `paths` also takes one path, so ModelInput(name, path) stands for a single run."""
 
     name: str
-    path: Path
+    paths: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        paths = (self.paths,) if isinstance(self.paths, (str, os.PathLike)) else self.paths
+        object.__setattr__(self, "paths", tuple(Path(p) for p in paths))
+        if not self.paths:
+            raise KdevalError(f"model '{self.name}': no checkpoint or results file given")
 
     @classmethod
     def parse(cls, text: str) -> "ModelInput":
-        """`name=path`, or `path` named by its file (`r50.bbox.json` → 'r50.bbox'); a file kdeval's
-        training wrote, `model.pt`, is named by its folder (`reports/baseline-r18/model.pt` →
-        'baseline-r18'), so that several need no names."""
-        name, sep, path = text.partition("=")
-        if not sep:
-            path, name = text, Path(text).stem
-            folder = Path(os.path.abspath(text)).parent.name  # as spelt: a link's own name, not its target's
+        """`name=path[,path...]`, or `path` named by its file (`r50.bbox.json` → 'r50.bbox'); a file
+        kdeval's training wrote, `model.pt`, is named by its folder (`reports/baseline-r18/model.pt` →
+        'baseline-r18'), so that several need no names. Several runs need a name."""
+        name, paths = _name_and_paths(text)
+        if name is None:
+            if len(paths) > 1:
+                raise KdevalError(f"'{text}': several runs of one model need a name: NAME={text}")
+            name = paths[0].stem
+            folder = Path(os.path.abspath(paths[0])).parent.name  # as spelt: a link's own name, not its target's
             if name == TRAINED_MODEL_STEM and folder:
                 name = folder
-        if not name or not path:
-            raise KdevalError(f"'{text}': expected PATH or NAME=PATH")
-        return cls(name, Path(path))
+        return cls(name, paths)
+
+    @property
+    def runs(self) -> int:
+        return len(self.paths)
+
+    @property
+    def path(self) -> Path:
+        """The model's one file, for the commands that take a single run per model."""
+        if self.runs > 1:
+            raise KdevalError(f"model '{self.name}' has {self.runs} runs ({_shown_paths(self.paths)}); "
+                              f"this command takes one checkpoint or results file per model")
+        return self.paths[0]
 
     @property
     def is_results_json(self) -> bool:
-        return self.path.suffix.lower() == ".json"
+        return _is_results_json(self.path)
 
 
-def parse_models(texts: list[str]) -> list[ModelInput]:
-    models = [ModelInput.parse(text) for text in texts]
+def _name_and_paths(text: str) -> tuple[str | None, tuple[Path, ...]]:
+    """`NAME=PATH[,PATH...]` or `PATH[,PATH...]` → (NAME or None, the paths): a comma separates runs."""
+    name, sep, paths_text = text.partition("=")
+    if not sep:
+        name, paths_text = None, text
+    pieces = paths_text.split(",")
+    if name == "" or not all(pieces):
+        raise KdevalError(f"'{text}': expected PATH, NAME=PATH, or NAME=PATH,PATH,... (one path per run)")
+    return name, tuple(Path(piece) for piece in pieces)
+
+
+def _shown_paths(paths: tuple[Path, ...]) -> str:
+    return ", ".join(map(str, paths[:3])) + (f", … ({len(paths)} in all)" if len(paths) > 3 else "")
+
+
+def _is_results_json(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".json"
+
+
+def _check_models(models: list[ModelInput]) -> list[ModelInput]:
+    """Names that differ, and every run's file there and of a kind kdeval reads, each once per model."""
     names = [m.name for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise KdevalError(f"model names must differ, '{duplicates[0]}' appears twice (use NAME=PATH)")
     for model in models:
-        if not model.path.is_file():
-            raise KdevalError(f"{model.path}: model file not found")
-        if not model.is_results_json and model.path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise KdevalError(f"{model.path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) or a COCO results .json")
+        seen = {}
+        for path in model.paths:
+            if not path.is_file():
+                raise KdevalError(f"{path}: model file not found")
+            if not _is_results_json(path) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                raise KdevalError(f"{path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) or a COCO results .json")
+            same = seen.setdefault(path.resolve(), path)
+            if same is not path:  # one run counted twice would shrink the spread over runs
+                raise KdevalError(f"model '{model.name}': {same} and {path} are the same file; give each run once")
     return models
+
+
+def parse_models(texts: list[str]) -> list[ModelInput]:
+    return _check_models([ModelInput.parse(text) for text in texts])
 
 
 def parse_named_models(texts: list[str], names: str | None) -> list[ModelInput]:
     """MODEL arguments, with --names a,b,c replacing NAME= and the file stems one by one (so three
-    files all called model.pt need no NAME=, and a name may hold any character but a comma)."""
+    files all called model.pt need no NAME=, and a name may hold any character but a comma); a
+    MODEL may list several runs, PATH,PATH,..."""
     if names is None:
         return parse_models(texts)
     given = [n.strip() for n in names.split(",")]
@@ -89,14 +141,13 @@ def parse_named_models(texts: list[str], names: str | None) -> list[ModelInput]:
         raise KdevalError(f"--names {names}: expected {len(texts)} non-empty names, one per model, separated by commas")
     if len(set(given)) != len(given):
         raise KdevalError(f"--names {names}: the names must differ")
-    # the files checked under neutral names, then named as asked
-    checked = parse_models([f"{i}={ModelInput.parse(text).path}" for i, text in enumerate(texts)])
-    return [ModelInput(name, model.path) for name, model in zip(given, checked)]
+    return _check_models([ModelInput(name, _name_and_paths(text)[1]) for name, text in zip(given, texts)])
 
 
-def model_paths(models: list[ModelInput]) -> dict[str, str]:
-    """Each model's file by name, as given: what a run records of its inputs."""
-    return {model.name: str(model.path) for model in models}
+def model_paths(models: list[ModelInput]) -> dict[str, str | list[str]]:
+    """Each model's file by name, as given (a list of them for a model of several runs): what a run
+    records of its inputs."""
+    return {model.name: str(model.paths[0]) if model.runs == 1 else [str(p) for p in model.paths] for model in models}
 
 
 def resolve_baseline(models: list[ModelInput], baseline: str | None) -> str | None:
@@ -173,26 +224,61 @@ def cached_predict(
 # ---------------------------------------------------------------- every model of a command
 
 
-def _detections_of(model: ModelInput, split: Split, gt: dict, settings: PredictSettings, progress: bool,
+def _detections_of(path: Path, split: Split, gt: dict, settings: PredictSettings, progress: bool,
                    box_format: str) -> list[dict] | None:
     """A results file read and checked against the dataset, or a checkpoint run (from the cache when
     it ran before). settings.category_map applies to both. None on the ranks other than 0."""
-    if model.is_results_json:
-        return load_results(model.path, gt, settings.category_map, box_format) if distributed.current().is_main else None
+    if _is_results_json(path):
+        return load_results(path, gt, settings.category_map, box_format) if distributed.current().is_main else None
     split.require_images()
-    return cached_predict(model.path, split, settings, progress=progress)
+    return cached_predict(path, split, settings, progress=progress)
 
 
-def detections_by_model(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings = PredictSettings(),
-                        progress: bool = True, box_format: str = "xywh") -> dict[str, list[dict]]:
-    """Every model's COCO detections by name, in the order given.
+def _known_categories(labels: LabelSpace) -> frozenset[tuple[int, str]]:
+    return frozenset((cid, name) for cid, name in zip(labels.category_ids, labels.names) if cid >= 0)
+
+
+def check_runs_share_categories(model: ModelInput) -> None:
+    """The checkpoints among a model's runs must know the same categories (id and name): runs of one
+    recipe. Results files are not compared: the categories a run happens to detect may differ, and
+    each is checked against the dataset when read."""
+    checkpoints = [path for path in model.paths if not _is_results_json(path)]
+    if len(checkpoints) < 2:
+        return
+    first = _known_categories(checkpoint_labels(checkpoints[0]))
+    for path in checkpoints[1:]:
+        other = _known_categories(checkpoint_labels(path))
+        if other != first:
+            differing = sorted(first ^ other)
+            shown = ", ".join(f"{cid} '{name}'" for cid, name in differing[:4]) + (", …" if len(differing) > 4 else "")
+            raise KdevalError(f"model '{model.name}': {path} and {checkpoints[0]} know different categories ({shown} in only "
+                              f"one); the runs of one model must share one label space")
+
+
+def detection_runs_by_model(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings = PredictSettings(),
+                            progress: bool = True, box_format: str = "xywh") -> dict[str, list[list[dict]]]:
+    """Every model's COCO detections by name, in the order given: one list per run, in the order of
+    its paths (a model of one file has one run).
 
     This is a command's last collective: under torchrun the ranks leave the job here, rank 0 goes on
     to score and write alone, however long that takes, and the other ranks, their share done, end
     (distributed.RankDone) instead of waiting for it under the collective timeout."""
-    found = {model.name: _detections_of(model, split, gt, settings, progress, box_format) for model in models}
+    for model in models:  # before any model runs
+        check_runs_share_categories(model)
+    found = {model.name: [_detections_of(path, split, gt, settings, progress, box_format) for path in model.paths]
+             for model in models}
     distributed.continue_on_main_rank()
     return found
+
+
+def detections_by_model(models: list[ModelInput], split: Split, gt: dict, settings: PredictSettings = PredictSettings(),
+                        progress: bool = True, box_format: str = "xywh", command: str = "this command") -> dict[str, list[dict]]:
+    """Every model's COCO detections by name, for a command that takes one run per model (`command`
+    names it in the refusal of a model of several runs); else as detection_runs_by_model."""
+    for model in models:
+        if model.runs > 1:
+            raise KdevalError(f"model '{model.name}' has {model.runs} runs; {command} takes one checkpoint or results file per model")
+    return {name: runs[0] for name, runs in detection_runs_by_model(models, split, gt, settings, progress, box_format).items()}
 
 
 def detections_of_checkpoint(checkpoint: Path, split: Split, settings: PredictSettings = PredictSettings(),

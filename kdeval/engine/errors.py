@@ -5,12 +5,15 @@ from __future__ import annotations
 from kdeval.analysis.error_analysis import ErrorAnalysis, analyze_detections
 from kdeval.data.coco import load_coco_annotations
 from kdeval.data.source import Split
-from kdeval.engine.detections import ModelInput, detections_by_model
+from kdeval.engine.detections import ModelInput, detection_runs_by_model
 from kdeval.engine.predict import PredictSettings
+from kdeval.metrics.bootstrap import BootstrapSettings
 
 
 def analyze_models(models: list[ModelInput], split: Split, settings: PredictSettings = PredictSettings(),
-                   progress: bool = True, box_format: str = "xywh") -> ErrorAnalysis:
-    """The error curves and TIDE of every model (see detections_by_model for what happens under torchrun)."""
+                   progress: bool = True, box_format: str = "xywh", baseline: str | None = None,
+                   bootstrap: BootstrapSettings | None = None) -> ErrorAnalysis:
+    """The error curves and TIDE of every model (see detection_runs_by_model for what happens under torchrun)."""
     gt = load_coco_annotations(split.annotations)
-    return analyze_detections(gt, detections_by_model(models, split, gt, settings, progress, box_format))
+    detections = detection_runs_by_model(models, split, gt, settings, progress, box_format)
+    return analyze_detections(gt, detections, baseline, bootstrap)

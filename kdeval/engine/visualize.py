@@ -16,5 +16,5 @@ def visualize_models(models: list[ModelInput], split: Split, settings: Visualize
     images_dir = split.require_images()
     gt = load_coco_annotations(split.annotations)
     check_visualize_settings(settings, gt, len(models))  # before any model runs
-    detections = detections_by_model(models, split, gt, predict_settings, progress)
+    detections = detections_by_model(models, split, gt, predict_settings, progress, command="visualize")
     return build_visualization(gt, detections, images_dir, settings, split.name)

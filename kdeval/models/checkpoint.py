@@ -155,7 +155,8 @@ def _load_weights(model: RetinaNet, state_dict: Any, spec: ModelSpec, path: Path
         ) from None
 
 
-def _kdeval_checkpoint(payload: dict, path: Path) -> LoadedModel:
+def _kdeval_header(payload: dict, path: Path) -> tuple[ModelSpec, LabelSpace]:
+    """A kdeval checkpoint's model settings and label space, checked, without its weights."""
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise KdevalError(f"{path}: kdeval checkpoint format version {version!r}, this kdeval reads version {FORMAT_VERSION}")
@@ -170,11 +171,15 @@ def _kdeval_checkpoint(payload: dict, path: Path) -> LoadedModel:
     if not isinstance(label_ids, list) or len(label_ids) != spec.num_classes:
         raise KdevalError(f"{path}: field 'label_category_ids' must list {spec.num_classes} category ids")
     names = {c["id"]: str(c["name"]) for c in categories}
-    labels = LabelSpace(tuple(int(i) for i in label_ids), tuple(names.get(i, "") for i in label_ids))
+    return spec, LabelSpace(tuple(int(i) for i in label_ids), tuple(names.get(i, "") for i in label_ids))
+
+
+def _kdeval_checkpoint(payload: dict, path: Path) -> LoadedModel:
+    spec, labels = _kdeval_header(payload, path)
     model = build_retinanet(spec)
     _load_weights(model, payload["state_dict"], spec, path)
     return LoadedModel(
-        model, spec, labels, list(categories), str(payload["role"]), dict(payload.get("train_settings") or {}), "kdeval"
+        model, spec, labels, list(payload["categories"]), str(payload["role"]), dict(payload.get("train_settings") or {}), "kdeval"
     )
 
 
@@ -182,7 +187,7 @@ def _looks_like_torchvision_retinanet(payload: dict) -> bool:
     return "backbone.body.conv1.weight" in payload and "head.classification_head.cls_logits.weight" in payload
 
 
-def _torchvision_retinanet(state_dict: dict, path: Path) -> LoadedModel:
+def _torchvision_header(state_dict: dict, path: Path) -> tuple[ModelSpec, LabelSpace, list[dict]]:
     """torchvision's RetinaNet R50 state_dict; with 91 labels, label i is COCO category id i."""
     if "backbone.body.layer1.0.conv3.weight" not in state_dict or "backbone.body.layer3.5.conv1.weight" not in state_dict:
         raise KdevalError(f"{path}: a torchvision RetinaNet state_dict, but not ResNet-50 (the only arch torchvision ships)")
@@ -190,29 +195,45 @@ def _torchvision_retinanet(state_dict: dict, path: Path) -> LoadedModel:
     num_anchors = 9
     num_classes = state_dict["head.classification_head.cls_logits.weight"].shape[0] // num_anchors
     spec = ModelSpec(arch=arch, num_classes=num_classes, fpn_channels=256, norm="frozen-bn")
-    if num_classes == 91:
-        names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
-        label_ids = tuple(i if name not in ("__background__", "N/A") else -1 for i, name in enumerate(names))
-        labels = LabelSpace(label_ids, tuple(names))
-        categories = [{"id": i, "name": n} for i, n in zip(label_ids, names) if i >= 0]
-    else:
+    if num_classes != 91:
         raise KdevalError(
             f"{path}: a torchvision RetinaNet with {num_classes} classes; kdeval can map only the 91-label COCO model"
         )
+    names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    label_ids = tuple(i if name not in ("__background__", "N/A") else -1 for i, name in enumerate(names))
+    categories = [{"id": i, "name": n} for i, n in zip(label_ids, names) if i >= 0]
+    return spec, LabelSpace(label_ids, tuple(names)), categories
+
+
+def _torchvision_retinanet(state_dict: dict, path: Path) -> LoadedModel:
+    spec, labels, categories = _torchvision_header(state_dict, path)
     model = build_retinanet(spec)
     _load_weights(model, state_dict, spec, path)
     return LoadedModel(model, spec, labels, categories, "teacher", {}, "torchvision")
 
 
-def load_checkpoint(path: Path) -> LoadedModel:
-    """Rebuild a model from a kdeval checkpoint or torchvision's COCO RetinaNet weights (on the CPU)."""
-    path = Path(path)
+def _payload(path: Path) -> tuple[Any, str]:
+    """The file's contents and their kind, 'kdeval' or 'torchvision'; refused when neither."""
     payload = torch_load_safely(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return _kdeval_checkpoint(payload, path)
+        return payload, "kdeval"
     if isinstance(payload, dict) and _looks_like_torchvision_retinanet(payload):
-        return _torchvision_retinanet(payload, path)
+        return payload, "torchvision"
     raise KdevalError(
         f"{path}: not a model kdeval can read (expected a kdeval checkpoint, format '{FORMAT}' "
         f"version {FORMAT_VERSION}, or torchvision's RetinaNet COCO state_dict)"
     )
+
+
+def load_checkpoint(path: Path) -> LoadedModel:
+    """Rebuild a model from a kdeval checkpoint or torchvision's COCO RetinaNet weights (on the CPU)."""
+    path = Path(path)
+    payload, kind = _payload(path)
+    return _kdeval_checkpoint(payload, path) if kind == "kdeval" else _torchvision_retinanet(payload, path)
+
+
+def checkpoint_labels(path: Path) -> LabelSpace:
+    """The label space load_checkpoint(path).labels would give, without building the model."""
+    path = Path(path)
+    payload, kind = _payload(path)
+    return _kdeval_header(payload, path)[1] if kind == "kdeval" else _torchvision_header(payload, path)[1]
