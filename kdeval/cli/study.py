@@ -11,6 +11,7 @@ from kdeval.cli.common import (
     Arch, DatasetOptions, DeviceOpt, ProgressOpt, TrustOpt, app, dataset_options, resolve_device, user_errors,
     writing_to,
 )
+from kdeval.errors import KdevalError
 
 
 # ---------------------------------------------------------------- study
@@ -33,6 +34,10 @@ def study(
     baseline: Annotated[Optional[Path], typer.Option(help="Use this baseline checkpoint instead of training one.")] = None,
     distilled: Annotated[Optional[Path], typer.Option(help="Use this distilled checkpoint (one loss) instead of training one.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Train every model once per seed, comma-separated (e.g. 0,1,2): evaluate and errors show the mean over seeds ± their std; robustness and visualize use the first seed's models.")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help="Image resamples for the intervals of evaluate and errors (default 1000; 0: none).")] = None,
+    confidence: Annotated[Optional[float], typer.Option(help="Confidence level of the intervals (default 0.95).")] = None,
+    bootstrap_seed: Annotated[Optional[int], typer.Option(help="Seed of the image resamples (default 0).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML or TOML file holding any of these settings.")] = None,
     quick: Annotated[Optional[bool], typer.Option("--quick/--full", help="A small Shapes set and short schedules (minutes).")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--fp32", help="fp16 inference on CUDA for evaluate, errors, robustness and visualize (the default), or fp32; training stays bf16 mixed precision. The CPU always runs fp32.")] = None,
@@ -51,6 +56,7 @@ def study(
     Examples:
       kdeval study                                   # everything on Shapes, reports/study/
       kdeval study --quick --out reports/quick
+      kdeval study --seeds 0,1,2                     # every model three times: mean ± std, intervals
       kdeval study --teacher t.pt --baseline b.pt --distilled d.pt --images ... --val-images ...
       kdeval study --config study.yaml
     """
@@ -63,8 +69,20 @@ def study(
         "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
         "losses": [v.strip() for v in losses.split(",") if v.strip()] if losses else None,
         "unlabeled": unlabeled, "teacher": teacher, "baseline": baseline, "distilled": distilled, "seed": seed, "quick": quick,
+        "seeds": _seeds(seeds), "bootstrap": bootstrap, "confidence": confidence, "bootstrap_seed": bootstrap_seed,
         "amp": amp, "device": device if device != "auto" else None,  # the command line's --device over a config file's
     })
     with writing_to(out, "study"):
         run_study(settings, out, device=resolve_device(settings.device), progress=progress, echo=typer.echo)
         typer.echo(study_summary(out))
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """--seeds 0,1,2 → [0, 1, 2]."""
+    if text is None:
+        return None
+    pieces = [piece.strip() for piece in text.split(",")]
+    try:
+        return [int(piece) for piece in pieces]
+    except ValueError:
+        raise KdevalError(f"--seeds {text}: expected whole numbers separated by commas, e.g. 0,1,2") from None

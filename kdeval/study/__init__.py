@@ -8,6 +8,10 @@ reads from. The manifest (run folder/manifest.json, written atomically) records,
 identity it finished with. A rerun skips a stage whose identity is unchanged and whose outputs are
 still there; a stage killed part-way resumes (training continues from its last saved state); a
 changed setting reruns that stage and everything downstream of it, nothing else.
+
+With several training seeds (--seeds) every model is trained once per seed, the students of a seed
+distilled from that seed's teacher; evaluate and errors show each model as the mean over its runs,
+with bootstrap intervals over the images, and robustness and visualize show the first seed's models.
 """
 
 from __future__ import annotations

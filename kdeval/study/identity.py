@@ -56,14 +56,17 @@ def _paths(outputs) -> list[str]:
 
 # what each stage reads: settings fields, and the stages whose outputs it uses
 _TRAINING = ("seed", "image_size", "batch_size", "fpn_channels")
+# the intervals evaluate and errors report: counted always, so that a study made before they existed
+# reruns those two stages (from cached detections) and shows them
+_INTERVALS = ("bootstrap", "confidence", "bootstrap_seed")
 STAGE_INPUTS = {
     "data": (("data", "images", "annotations", "val_images", "val_annotations", "quick"), ()),
     "teacher": (("teacher", "teacher_arch", "teacher_epochs", *_TRAINING), ("data",)),
     "baseline": (("baseline", "student_arch", "student_epochs", *_TRAINING), ("data",)),
     "distilled": (("distilled", "student_arch", "student_epochs", "losses", "distill_weights", *_TRAINING), ("data", "teacher")),
     "unlabeled": (("unlabeled", "student_arch", "student_epochs", "pseudo_threshold", *_TRAINING), ("data", "teacher")),
-    "evaluate": ((), ("data", "teacher", "baseline", "distilled", "unlabeled")),
-    "errors": ((), ("data", "teacher", "baseline", "distilled")),
+    "evaluate": (_INTERVALS, ("data", "teacher", "baseline", "distilled", "unlabeled")),
+    "errors": (_INTERVALS, ("data", "teacher", "baseline", "distilled")),
     "robustness": (("robustness_images", "corruptions", "severities", "seed"), ("data", "teacher", "baseline", "distilled")),
     "visualize": (("visualize_images", "seed"), ("data", "teacher", "baseline", "distilled")),
     "report": ((), ("evaluate", "errors", "robustness", "visualize")),
@@ -76,7 +79,8 @@ def checkpoint_identity(path: str | None) -> str | None:
 
 # settings added after studies existed: a stage that reads one counts it only when it differs from its
 # default, so that a study made before keeps its stages' identities
-LATER_SETTINGS = {"amp": ("evaluate", "errors", "robustness", "visualize")}
+LATER_SETTINGS = {"amp": ("evaluate", "errors", "robustness", "visualize"),
+                  "seeds": ("teacher", "baseline", "distilled", "unlabeled")}
 
 
 def stage_key(name: str, settings: StudySettings, keys: dict[str, str]) -> str:

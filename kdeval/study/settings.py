@@ -34,6 +34,10 @@ class StudySettings:
     baseline: str | None = None
     distilled: str | None = None
     seed: int = 0
+    # training seeds: every model trained once per seed, the students of a seed distilled from that
+    # seed's teacher; evaluate and errors show the mean over them (robustness and visualize, the first
+    # seed's models); empty: the one `seed`
+    seeds: tuple[int, ...] = ()
     image_size: int | None = None  # training and inference size (default: the recipe's, 128 on Shapes)
     batch_size: int | None = None
     fpn_channels: int | None = None
@@ -44,6 +48,9 @@ class StudySettings:
     quick: bool = False
     device: str = "auto"
     amp: bool = True  # fp16 inference on CUDA (evaluate, errors, robustness, visualize); False (--fp32): fp32
+    bootstrap: int = 1000  # image resamples for the intervals of evaluate and errors; 0: none
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -55,6 +62,9 @@ class StudySettings:
             raise KdevalError(f"losses: {twice!r} is given twice")
         if self.distill_weights and len(self.distill_weights) != len(self.losses):
             raise KdevalError(f"distill_weights: {len(self.distill_weights)} weights for {len(self.losses)} losses")
+        if len(set(self.seeds)) != len(self.seeds):
+            twice = next(seed for seed in self.seeds if self.seeds.count(seed) > 1)
+            raise KdevalError(f"seeds: {twice} is given twice")
         if self.distilled is not None and len(self.losses) != 1:
             raise KdevalError("--distilled takes the checkpoint of one distilled student: give exactly one loss with it")
 
@@ -78,7 +88,21 @@ class StudySettings:
             raise KdevalError(f"distill_weights: {list(self.distill_weights)} (expected finite weights ≥ 0)")
         if not self.losses:
             raise KdevalError("losses: give at least one feature loss")
+        if self.bootstrap < 0:
+            raise KdevalError(f"bootstrap: {self.bootstrap} (expected 0, no intervals, or a number of image resamples)")
+        if not (0.0 < self.confidence < 1.0):  # NaN fails too
+            raise KdevalError(f"confidence: {self.confidence} (expected a level strictly between 0 and 1, e.g. 0.95)")
         parse_corruptions(self.corruptions)
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seeds every model is trained with, the first one's models in robustness and visualize."""
+        return self.seeds or (self.seed,)
+
+    def bootstrap_settings(self):
+        from kdeval.metrics.bootstrap import BootstrapSettings
+
+        return BootstrapSettings(self.bootstrap, self.confidence, self.bootstrap_seed)
 
     def weight_of(self, loss: str) -> float:
         if self.distill_weights:
