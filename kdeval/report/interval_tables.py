@@ -1,6 +1,6 @@
 """Tables of values with their uncertainty, from kdeval.metrics.intervals' tidy table.
 
-A value reads `12.3 [11.4, 13.2]` (×100; the bootstrap interval in brackets), `12.3 ± 0.4 [11.4, 13.2]`
+A value reads `12.3 [11.4, 13.2]` (×100; its bootstrap interval in brackets, see kdeval.metrics.intervals), `12.3 ± 0.4 [11.4, 13.2]`
 when a model has several runs (± their sample std), and a gain over the baseline `+3.5 [+2.6, +4.4]`,
 followed by MARK when its interval excludes 0 (bold in LaTeX). Gains have rows of their own,
 `ssim − baseline`, below the models. The note under each table says what the brackets are.
@@ -93,8 +93,9 @@ def interval_note(bootstrap: BootstrapSettings | None, intervals: pd.DataFrame, 
     """One sentence on what the numbers mean: the brackets, the ±, the mark."""
     parts = []
     if bootstrap is not None and bootstrap.enabled:
-        parts.append(f"[brackets]: {100 * bootstrap.confidence:g}% percentile interval over {bootstrap.resamples} paired "
-                     f"bootstrap resamples of the images (seed {bootstrap.seed})")
+        parts.append(f"[brackets]: {100 * bootstrap.confidence:g}% intervals from {bootstrap.resamples} paired bootstrap "
+                     f"resamples of the images (seed {bootstrap.seed}), basic for a value (AP on finite data runs high, "
+                     "so its interval may lie below it), percentile for a gain")
         if baseline is not None:
             parts.append(f"{MARK} after a gain: its interval excludes 0")
     if (intervals["runs"] > 1).any():
