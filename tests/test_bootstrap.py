@@ -199,6 +199,27 @@ def test_resampled_stats_equal_pycocotools_on_the_duplicated_dataset(awkward):
             np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12, err_msg=f"resample {sorted(map(int, indices))}")
 
 
+def test_tied_scores_within_an_image_follow_pycocotools_copy_by_copy():
+    """Scores rounded to one decimal and integer boxes: many detections of one image and category
+    share a score, and pycocotools takes each copy's tied detections together (d1 d2 d1 d2)."""
+    gt, detections = detection_problem(40, 3, 2, 40, seed=5, integer_boxes=True)
+    for ann in gt["annotations"]:
+        ann["id"] += 1  # pycocotools reads annotation id 0 as 'unmatched'
+    detections = [{**d, "score": round(d["score"], 1)} for d in detections]
+    pairs = pd.Series([(d["image_id"], d["category_id"], d["score"]) for d in detections])
+    assert pairs.duplicated().sum() > 100  # ties within an image, not just across images
+    n = len(gt["images"])
+    matched, curves = resampled_coco(gt, detections), resampled_error_curves(gt, detections)
+    rng = np.random.default_rng(0)
+    for indices in [rng.integers(0, n, n) for _ in range(3)] + [np.full(n, 7)]:
+        counts = counts_of_indices(indices, n)
+        reference_gt, reference_dets = duplicated(gt, detections, indices)
+        reference = np.array(list(pycocotools_stats(reference_gt, reference_dets).values()))
+        np.testing.assert_allclose(resampled_stats(matched, counts)[0], reference, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(resampled_error_aps(curves, counts)[0],
+                                   error_curves(reference_gt, reference_dets).ap_table().to_numpy(), rtol=0, atol=1e-12)
+
+
 def test_a_resample_without_any_ground_truth_gives_minus_one_everywhere(awkward):
     gt, detections = awkward[0]
     indices = resamples(gt, detections, seed=0, random=0)[-1]

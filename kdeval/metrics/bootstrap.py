@@ -12,11 +12,14 @@ w is a run of w equal outcomes. Precision rises along a run of true positives an
 run of false positives, so the interpolated envelope (precision at recall ≥ r) is decided at the
 end of each true-positive run, and the first position whose recall reaches r lies in the first
 true-positive run whose final recall does. Per (resample, IoU threshold or setting, category,
-area) one pass over the detections gives pycocotools' 101 precision values. The numbers equal
-pycocotools' on a dataset built from the duplicated images (tested to 1e-12), with one
-qualification: two detections of one image and category with exactly the same score are, in
-pycocotools, interleaved copy by copy (d1 d2 d1 d2); here a detection's copies stay together (d1 d1
-d2 d2). Weight 1 everywhere reproduces pycocotools exactly, ties included.
+area) one pass over the detections gives pycocotools' 101 precision values.
+
+Ties. Detections of one image and category with the same score are, in COCOeval's order, taken
+copy by copy (d1 d2 d1 d2): such a block is replayed once per copy, each detection a run of one.
+So the numbers equal pycocotools' on a dataset built from the duplicated images (new ids in the
+resample's sorted order) to 1e-12, ties included (tested with scores rounded to one decimal);
+with weight 1 everywhere, each (setting, category, area)'s AP equals COCOeval's bit for bit, and
+the summary means differ from its by summation order only (≤ 1e-15).
 """
 
 from __future__ import annotations
@@ -87,9 +90,34 @@ def _kernel():
         return _COMPILED["accumulate"]
     import numba
 
+    @numba.njit(cache=False, nogil=True, inline="always")
+    def step(j, w, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own, tp_by_limit,
+             events, event_tp, event_precision):  # pragma: no cover - compiled
+        """Entry j, counted w times in a row: state[0] holds the false positives under every setting."""
+        tp_bits = entry_tp[j]
+        ignored_bits = entry_ignored[j]
+        if tp_bits == 0 and ignored_bits == 0:  # most detections: one addition
+            state[0] += w
+            return
+        for s in range(n_settings):
+            bit = 1 << s
+            if ignored_bits & bit:
+                continue
+            if tp_bits & bit:
+                tp[s] += w
+                e = events[s]
+                event_tp[s, e] = tp[s]
+                event_precision[s, e] = tp[s] / ((state[0] + fp_own[s]) + tp[s] + eps)
+                events[s] = e + 1
+                for m in range(limits.shape[0]):
+                    if entry_rank[j] < limits[m]:
+                        tp_by_limit[s, m] += w
+            else:
+                fp_own[s] += w
+
     @numba.njit(cache=False, nogil=True, parallel=True)
-    def accumulate(counts, seg_start, seg_end, seg_positive, entry_image, entry_tp, entry_ignored, entry_rank, n_settings,
-                    limits, recall_thresholds, out_ap, out_positive_share, out_recall):  # pragma: no cover - compiled; tested through ResampledAP
+    def accumulate(counts, seg_start, seg_end, seg_positive, entry_image, entry_tp, entry_ignored, entry_rank, entry_tied,
+                   n_settings, limits, recall_thresholds, out_ap, out_positive_share, out_recall):  # pragma: no cover - compiled; tested through ResampledAP
         n_resamples = counts.shape[0]
         n_segments = seg_start.shape[0]
         n_limits = limits.shape[0]
@@ -100,11 +128,13 @@ def _kernel():
             longest = max(longest, seg_end[g] - seg_start[g])
         for r in numba.prange(n_resamples):
             weight = counts[r]
-            event_tp = np.empty((n_settings, longest), np.float64)
-            event_precision = np.empty((n_settings, longest), np.float64)
+            capacity = longest
+            event_tp = np.empty((n_settings, capacity), np.float64)
+            event_precision = np.empty((n_settings, capacity), np.float64)
             events = np.zeros(n_settings, np.int64)
             tp = np.zeros(n_settings, np.float64)
             fp_own = np.zeros(n_settings, np.float64)  # false positives under some settings only
+            state = np.zeros(1, np.float64)
             tp_by_limit = np.zeros((n_settings, n_limits), np.float64)
             for g in range(n_segments):
                 n_positive = seg_positive[r, g]
@@ -115,37 +145,36 @@ def _kernel():
                         for m in range(n_limits):
                             out_recall[r, s, g, m] = -1.0
                     continue
-                fp_everywhere = 0.0  # false positives under every setting: most detections
+                state[0] = 0.0
                 for s in range(n_settings):
                     tp[s] = 0.0
                     fp_own[s] = 0.0
                     events[s] = 0
                     for m in range(n_limits):
                         tp_by_limit[s, m] = 0.0
-                for j in range(seg_start[g], seg_end[g]):
+                j = seg_start[g]
+                end = seg_end[g]
+                while j < end:
+                    block_end = j + 1  # detections of one image with one score: COCOeval keeps each copy's together
+                    while block_end < end and entry_tied[block_end]:
+                        block_end += 1
                     w = weight[entry_image[j]]
-                    if w == 0:
-                        continue
-                    tp_bits = entry_tp[j]
-                    ignored_bits = entry_ignored[j]
-                    if tp_bits == 0 and ignored_bits == 0:
-                        fp_everywhere += w
-                        continue
-                    for s in range(n_settings):
-                        bit = 1 << s
-                        if ignored_bits & bit:
-                            continue
-                        if tp_bits & bit:
-                            tp[s] += w
-                            e = events[s]
-                            event_tp[s, e] = tp[s]
-                            event_precision[s, e] = tp[s] / ((fp_everywhere + fp_own[s]) + tp[s] + eps)
-                            events[s] = e + 1
-                            for m in range(n_limits):
-                                if entry_rank[j] < limits[m]:
-                                    tp_by_limit[s, m] += w
-                        else:
-                            fp_own[s] += w
+                    if w > 0 and block_end - j == 1:
+                        step(j, w, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own,
+                             tp_by_limit, events, event_tp, event_precision)
+                    elif w > 0:
+                        if events.max() + w * (block_end - j) > capacity:  # each copy of a tie is an event of its own
+                            capacity = 2 * (capacity + w * (block_end - j))
+                            grown_tp = np.empty((n_settings, capacity), np.float64)
+                            grown_precision = np.empty((n_settings, capacity), np.float64)
+                            grown_tp[:, :event_tp.shape[1]] = event_tp
+                            grown_precision[:, :event_precision.shape[1]] = event_precision
+                            event_tp, event_precision = grown_tp, grown_precision
+                        for _ in range(w):
+                            for k in range(j, block_end):
+                                step(k, 1, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own,
+                                     tp_by_limit, events, event_tp, event_precision)
+                    j = block_end
                 for s in range(n_settings):
                     for m in range(n_limits):
                         out_recall[r, s, g, m] = tp_by_limit[s, m] / n_positive
@@ -195,6 +224,7 @@ class ResampledAP:
     entry_tp: np.ndarray  # bit s: a true positive under setting s
     entry_ignored: np.ndarray  # bit s: ignored under setting s
     entry_rank: np.ndarray  # rank within its (image, category)
+    entry_tied: np.ndarray  # same image and score as the entry before: copies of the image repeat them together
 
     @classmethod
     def from_outcome(cls, arr: DetectionArrays, outcome: np.ndarray, limits=(100,)) -> "ResampledAP":
@@ -204,7 +234,7 @@ class ResampledAP:
             raise ValueError("at most 16 settings")
         ordered = accumulation_order(arr)
         bit = (1 << np.arange(n_settings)).astype(np.int64)
-        images, tps, ignoreds, ranks = [], [], [], []
+        images, tps, ignoreds, ranks, tied = [], [], [], [], []
         starts = np.zeros((n_cat, n_areas), np.int64)
         ends = np.zeros((n_cat, n_areas), np.int64)
         offset = 0
@@ -221,6 +251,9 @@ class ResampledAP:
                 tps.append(tp_bits[kept].astype(np.uint16))
                 ignoreds.append(ignored_bits[kept].astype(np.uint16))
                 ranks.append(arr.det_rank[chosen].astype(np.int32))
+                same = np.zeros(len(chosen), bool)
+                same[1:] = (arr.det_image[chosen][1:] == arr.det_image[chosen][:-1]) & (arr.det_score[chosen][1:] == arr.det_score[chosen][:-1])
+                tied.append(same)
         ranges = np.array(list(AREA_RANGES.values()))
         real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
         positives_by_image = np.zeros((len(arr.image_ids), n_cat * n_areas), np.float64)
@@ -235,7 +268,7 @@ class ResampledAP:
             limits=np.asarray(sorted(limits), dtype=np.int64), positives_by_image=positives_by_image,
             seg_start=starts.ravel(), seg_end=ends.ravel(),
             entry_image=joined(images, np.int32), entry_tp=joined(tps, np.uint16),
-            entry_ignored=joined(ignoreds, np.uint16), entry_rank=joined(ranks, np.int32),
+            entry_ignored=joined(ignoreds, np.uint16), entry_rank=joined(ranks, np.int32), entry_tied=joined(tied, bool),
         )
 
     @property
@@ -255,7 +288,7 @@ class ResampledAP:
         share = np.empty_like(ap)
         recall = np.empty((n_res, self.n_settings, len(self.seg_start), len(self.limits)))
         _kernel()(counts, self.seg_start, self.seg_end, np.ascontiguousarray(seg_positive), self.entry_image,
-                    self.entry_tp, self.entry_ignored, self.entry_rank, self.n_settings, self.limits,
+                    self.entry_tp, self.entry_ignored, self.entry_rank, self.entry_tied, self.n_settings, self.limits,
                     RECALL_THRESHOLDS, ap, share, recall)
         return ap.reshape(n_res, *shape), share.reshape(n_res, *shape), recall.reshape(n_res, *shape, len(self.limits))
 
