@@ -10,6 +10,7 @@ import traceback
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -187,7 +188,6 @@ def test_figure1_legends_carry_the_areas_under_the_curves():
 
 
 def test_figure2_shows_a_loss_as_a_loss():
-    import pandas as pd
 
     ap = pd.DataFrame(
         [{"model": m, "area": a, "setting": s, "AP": v}
@@ -208,7 +208,6 @@ def test_figure2_shows_a_loss_as_a_loss():
 
 
 def test_relative_changes_are_left_out_where_the_baseline_shows_as_zero():
-    import pandas as pd
 
     from kdeval.report.tables import display_cells
 
@@ -237,19 +236,28 @@ def test_errors_command_on_results_files(tmp_path, tiny_coco):
     result = runner.invoke(app, ["errors", f"base={sloppy}", f"good={perfect}", "--annotations", str(ann), "--out", str(out), "--no-progress", "--per-category"])
     assert result.exit_code == 0, result.output
     assert "C75" in result.output and "Miss" in result.output
-    for name in ("error_analysis.csv", "error_analysis.md", "error_analysis.tex", "tide.csv", "tide.md", "tide.tex",
-                 "error_curves.csv", "figure1_error_curves.png", "figure1_error_curves.pdf", "figure2_ap_by_size.png",
-                 "figure2_ap_by_size.pdf", "tide_errors.png", "tide/base_tidecv_summary.png", "per_category/1_cat.png",
+    for name in ("error_analysis.csv", "error_analysis.md", "error_analysis.tex", "error_analysis_intervals.csv", "tide.csv",
+                 "tide.md", "tide.tex", "error_curves.csv", "figure1_error_curves.png", "figure1_error_curves.pdf",
+                 "figure2_ap_by_size.png", "figure2_ap_by_size.pdf", "tide_errors.png", "per_category/1_cat.png",
                  "per_category/error_analysis_per_category.md", "per_category/error_analysis_per_category.tex"):
         assert (out / name).is_file(), name
     table = (out / "error_analysis.md").read_text()
-    assert "%)" in table  # relative change against the baseline, as the paper writes it
+    assert "| good − base |" in table and "[brackets]" in table  # gains with their intervals (default bootstrap)
+    tide = pd.read_csv(out / "tide.csv")
+    assert set(tide["averaging"]) == {"coco", "tidecv"} and {"ci_low", "gain_ci_high", "p_gain_le_0"} <= set(tide.columns)
     settings = json.loads((out / "errors_settings.json").read_text())
-    assert settings["baseline"] == "base"
-    # the same folder again with one model: tidecv's plot of the other does not stay behind
+    assert settings["baseline"] == "base" and settings["bootstrap"] == {"resamples": 1000, "confidence": 0.95, "seed": 0}
+    # without the bootstrap: the relative change against the baseline, as the paper writes it
+    result = runner.invoke(app, ["errors", f"base={sloppy}", f"good={perfect}", "--annotations", str(ann), "--out", str(out),
+                                 "--no-progress", "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert "%)" in (out / "error_analysis.md").read_text()
+    # the same folder again with one model: the earlier run's per-category files and tidecv plots go
+    (out / "tide").mkdir(exist_ok=True)
+    (out / "tide" / "base_tidecv_summary.png").write_bytes(b"")  # as earlier versions wrote them
     result = runner.invoke(app, ["errors", f"good={sloppy}", "--annotations", str(ann), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (out / "tide").iterdir()] == ["good_tidecv_summary.png"]
+    assert not list((out / "tide").iterdir())
     assert not list((out / "per_category").iterdir())  # the earlier run's per-category files
     # only kdeval's own files go: --out may hold other things under those names
     (out / "tide" / "README.md").write_text("a clone of tidecv")

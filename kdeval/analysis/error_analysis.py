@@ -20,14 +20,14 @@ from kdeval.metrics.analyze import (
 )
 from kdeval.metrics.bootstrap import BootstrapSettings
 from kdeval.metrics.intervals import interval_table
-from kdeval.metrics.tide import run_tide, tide_context, tide_table
+from kdeval.metrics.tide_errors import BREAKDOWN_KEYS, resampled_tide, resampled_tide_breakdown
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
 
 
 @dataclass
 class ErrorAnalysis:
     curves: dict[str, ErrorCurves]  # by model name, in the order given; precision averaged over runs
-    tide: object  # tidecv.TIDE with one run per model (a model's first run)
+    tide_intervals: pd.DataFrame  # interval_table keyed by averaging ('coco', 'tidecv') and metric (BREAKDOWN_KEYS)
     notes: list[str]  # things the reader should know, e.g. categories without a supercategory
     ap_intervals: pd.DataFrame | None = None  # interval_table keyed by area, setting
     baseline: str | None = None
@@ -45,8 +45,14 @@ class ErrorAnalysis:
         return pd.DataFrame({m: [c.ap(s, area) for s in ANALYSIS_SETTINGS] for m, c in self.curves.items()},
                             index=list(ANALYSIS_SETTINGS)).T
 
-    def tide_table(self) -> pd.DataFrame:
-        return tide_table(self.tide)
+    def tide_table(self, averaging: str = "coco") -> pd.DataFrame:
+        """Models (rows) × AP50 and the dAP of each TIDE error (columns), fractions; the mean over runs."""
+        rows = self.tide_intervals[self.tide_intervals["averaging"] == averaging]
+        return rows.pivot(index="model", columns="metric", values="value").loc[self.models, list(BREAKDOWN_KEYS)]
+
+    def coco_tide_intervals(self) -> pd.DataFrame:
+        """The TIDE rows averaged as pycocotools averages (over the classes with ground truth)."""
+        return self.tide_intervals[self.tide_intervals["averaging"] == "coco"].drop(columns="averaging")
 
     def ap_with_change(self, baseline: str | None) -> pd.DataFrame:
         """ap() with, given a baseline, `change_vs_baseline`: (AP − the baseline's) / the baseline's, for
@@ -84,12 +90,31 @@ def analyze_detections(gt: dict, detections: Mapping[str, list], baseline: str |
         # (resamples, settings, areas) per run → (resamples, runs, areas × settings), AP_KEYS' order
         resampled = {name: np.stack([resampled_error_aps(resampled_error_curves(gt, run), counts).transpose(0, 2, 1).reshape(len(counts), -1)
                                      for run in model_runs], axis=1) for name, model_runs in runs.items()}
-    intervals = interval_table(AP_KEYS, point, resampled, baseline, bootstrap.confidence if bootstrap else 0.95)
-    with tide_context():
-        tide = run_tide(gt, {name: model_runs[0] for name, model_runs in runs.items()})
-    if any(len(model_runs) > 1 for model_runs in runs.values()):
-        notes.append("TIDE is computed on each model's first run")
-    return ErrorAnalysis(curves, tide, notes, intervals, baseline, bootstrap)
+    confidence = bootstrap.confidence if bootstrap else 0.95
+    intervals = interval_table(AP_KEYS, point, resampled, baseline, confidence)
+    return ErrorAnalysis(curves, _tide_intervals(gt, runs, counts, baseline, confidence), notes, intervals, baseline, bootstrap)
+
+
+TIDE_KEYS = pd.DataFrame({"metric": BREAKDOWN_KEYS})
+
+
+def _tide_intervals(gt: dict, runs: dict[str, list], counts: np.ndarray | None, baseline: str | None,
+                    confidence: float) -> pd.DataFrame:
+    """TIDE's AP50 and dAPs (kdeval.metrics.tide_errors) per model: averaged over the classes with
+    ground truth as pycocotools does, with intervals; and as tidecv averages them (its issue #28), the
+    values alone, for comparison with tidecv's own numbers."""
+    matched = {name: [resampled_tide(gt, run) for run in model_runs] for name, model_runs in runs.items()}
+    frames = []
+    for averaging in ("coco", "tidecv"):
+        point = {name: np.array([[m.breakdown(averaging)[key] for key in BREAKDOWN_KEYS] for m in ms]) for name, ms in matched.items()}
+        resampled = None
+        if counts is not None and averaging == "coco":
+            resampled = {name: np.stack([resampled_tide_breakdown(m, counts, averaging) for m in ms], axis=1)
+                         for name, ms in matched.items()}
+        frame = interval_table(TIDE_KEYS, point, resampled, baseline, confidence)
+        frame.insert(1, "averaging", averaging)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _mean_curves(by_run: list[ErrorCurves]) -> ErrorCurves:

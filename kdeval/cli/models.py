@@ -120,8 +120,8 @@ def errors(
     and per object size, and the TIDE breakdown.
 
     Writes error_analysis.{csv,md,tex}, tide.{csv,md,tex}, error_curves.csv, the appendix's
-    figure1_error_curves and figure2_ap_by_size (PNG and PDF), tide_errors and tidecv's own summary
-    plots to --out (default reports/errors/).
+    figure1_error_curves and figure2_ap_by_size (PNG and PDF) and the tide_errors bars to
+    --out (default reports/errors/).
 
     \b
     Examples:
@@ -130,8 +130,7 @@ def errors(
     """
     from kdeval.engine.detections import parse_models, resolve_baseline
     from kdeval.engine.errors import analyze_models
-    from kdeval.report.error_analysis import error_analysis_text, write_error_analysis
-    from kdeval.report.tables import to_text
+    from kdeval.report.error_analysis import error_analysis_text, tide_text, write_error_analysis
 
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
@@ -146,5 +145,5 @@ def errors(
         typer.echo(f"note: {note}")
     typer.echo(error_analysis_text(analysis, f"COCO-analyze AP, all objects, on {split.name}"))
     typer.echo("")
-    typer.echo(to_text(analysis.tide_table(), baseline, title="TIDE: AP50 and the dAP each error type costs"))
+    typer.echo(tide_text(analysis, "TIDE: AP50 and the dAP each error type costs"))
     typer.echo(f"tables and figures written to {out_dir}/")

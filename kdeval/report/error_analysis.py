@@ -1,20 +1,16 @@
 """`kdeval errors`' files: the COCO-analyze and TIDE tables (CSV, Markdown, LaTeX), the curves as a
-tidy CSV, the appendix's Figures 1 and 2, the TIDE bars and tidecv's own summary plots."""
+tidy CSV, the appendix's Figures 1 and 2 and the TIDE bars."""
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from kdeval.analysis.error_analysis import ErrorAnalysis
 from kdeval.data.source import Split
-from kdeval.fileio import remove_earlier_outputs, safe_file_stem, write_bytes_atomic, write_json_atomic, write_text_atomic
+from kdeval.fileio import remove_earlier_outputs, safe_file_stem, write_json_atomic, write_text_atomic
 from kdeval.metrics.analyze import curve_long_table
-from kdeval.metrics.tide import tide_context
 from kdeval.report.error_figures import error_curves_figure, size_gain_figure, tide_figure
 from kdeval.report.figures import save_figure
 from kdeval.report.interval_tables import (
@@ -26,48 +22,8 @@ from kdeval.report.interval_tables import (
     intervals_csv,
     is_plain,
 )
-from kdeval.report.tables import to_csv, to_latex, to_markdown, to_text
+from kdeval.report.tables import to_latex, to_markdown, to_text
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
-
-
-@contextlib.contextmanager
-def _quiet_opencv():
-    import cv2
-
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
-
-
-def _tidecv_summary_plots(analysis: ErrorAnalysis, out_dir: Path) -> list[Path]:
-    """tidecv's own summary plot per model (pie + bars), kept as it draws it, at a lighter resolution."""
-    paths = []
-    with tempfile.TemporaryDirectory() as scratch, tide_context(scratch):
-        from tidecv.plotting import Plotter
-
-        runs, plotter = analysis.tide.runs, analysis.tide.plotter
-        main_errors = analysis.tide.get_main_errors()
-        # its pie divides by the sum of the errors: a model without any has no plot to draw
-        renamed = {safe_file_stem(name): run for name, run in runs.items() if sum(main_errors[name].values()) > 0}
-        if not renamed:
-            return paths
-        # tidecv plots what its object holds: lent a lighter plotter (its scratch folder follows TIDE_PATH)
-        # and runs named as files, then given back as they were
-        analysis.tide.runs, analysis.tide.plotter = renamed, Plotter(quality=0.35)
-        try:
-            with warnings.catch_warnings(), _quiet_opencv():  # its seaborn calls warn of seaborn 0.14, pinned away;
-                warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # OpenCV warns of its float image
-                analysis.tide.plot(scratch)
-        finally:
-            analysis.tide.runs, analysis.tide.plotter = runs, plotter
-        for stem in renamed:
-            produced = Path(scratch) / f"{stem}_bbox_summary.png"
-            if produced.is_file():
-                paths.append(write_bytes_atomic(out_dir / "tide" / f"{stem}_tidecv_summary.png", produced.read_bytes()))
-    return paths
 
 
 def _plain(analysis: ErrorAnalysis) -> bool:
@@ -76,6 +32,14 @@ def _plain(analysis: ErrorAnalysis) -> bool:
 
 def _area_intervals(analysis: ErrorAnalysis, area: str):
     return analysis.ap_intervals[analysis.ap_intervals["area"] == area]
+
+
+def tide_text(analysis: ErrorAnalysis, title: str) -> str:
+    """TIDE's AP50 and dAPs for the terminal, with intervals when there are any."""
+    if _plain(analysis):
+        return to_text(analysis.tide_table(), analysis.baseline, title=title)
+    rows = analysis.coco_tide_intervals()
+    return interval_text(interval_cells(rows, "metric", analysis.baseline), title, interval_note(analysis.bootstrap, rows, analysis.baseline))
 
 
 def error_analysis_text(analysis: ErrorAnalysis, title: str, area: str = "all") -> str:
@@ -97,7 +61,7 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     # mislead beside this run's: removed, and only the files kdeval writes there (--out may be a folder
     # that holds other things called tide/, a clone of tidecv's repository, say)
     remove_earlier_outputs(out_dir / "per_category", ("error_analysis_per_category.*", "*_*.png", "*_*.pdf"))
-    remove_earlier_outputs(out_dir / "tide", ("*_tidecv_summary.png",))
+    remove_earlier_outputs(out_dir / "tide", ("*_tidecv_summary.png",))  # tidecv's own plots, which earlier versions drew
     paths = []
     relative = analysis.ap_with_change(baseline)
     ap = relative.drop(columns="change_vs_baseline", errors="ignore")
@@ -121,9 +85,17 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     paths.append(write_text_atomic(out_dir / "error_analysis.tex", "\n".join(latex)))
 
     tide = analysis.tide_table()
-    paths.append(write_text_atomic(out_dir / "tide.csv", to_csv(tide, baseline)))
-    paths.append(write_text_atomic(out_dir / "tide.md", to_markdown(tide, baseline)))
-    paths.append(write_text_atomic(out_dir / "tide.tex", to_latex(tide, baseline, caption=f"TIDE dAP on {split.name}")))
+    paths.append(write_text_atomic(out_dir / "tide.csv", intervals_csv(analysis.tide_intervals)))
+    tide_caption = f"TIDE: AP50 and the dAP of each error on {split.name}"
+    if _plain(analysis):
+        paths.append(write_text_atomic(out_dir / "tide.md", to_markdown(tide, baseline)))
+        paths.append(write_text_atomic(out_dir / "tide.tex", to_latex(tide, baseline, caption=tide_caption)))
+    else:
+        rows = analysis.coco_tide_intervals()
+        cells = interval_cells(rows, "metric", baseline)
+        note = interval_note(analysis.bootstrap, rows, baseline)
+        paths.append(write_text_atomic(out_dir / "tide.md", interval_markdown(cells, note)))
+        paths.append(write_text_atomic(out_dir / "tide.tex", interval_latex(cells, tide_caption, note, baseline)))
 
     curves = curve_long_table(analysis.curves)
     paths.append(write_text_atomic(out_dir / "error_curves.csv", curves.to_csv(index=False, float_format="%.6f")))
@@ -135,8 +107,10 @@ def write_error_analysis(analysis: ErrorAnalysis, out_dir: Path, baseline: str |
     paths += save_figure(size_gain_figure(ap, baseline, models, intervals=figure2_intervals,
                                           confidence=analysis.bootstrap.confidence if analysis.bootstrap else None),
                          out_dir, "figure2_ap_by_size")
-    paths += save_figure(tide_figure(tide.loc[models]), out_dir, "tide_errors")
-    paths += _tidecv_summary_plots(analysis, out_dir)
+    tide_bars = None if figure2_intervals is None else analysis.coco_tide_intervals()
+    paths += save_figure(tide_figure(tide.loc[models], intervals=tide_bars,
+                                     confidence=analysis.bootstrap.confidence if analysis.bootstrap else None),
+                         out_dir, "tide_errors")
 
     if per_category:
         per_cat = analysis.ap(per_category=True)

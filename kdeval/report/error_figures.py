@@ -159,8 +159,10 @@ def _error_bars(ax, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
                 ecolor=ERROR_BAR_COLOR, elinewidth=0.8, capsize=2, capthick=0.8)
 
 
-def tide_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """dAP of each TIDE error type (AP points at IoU .5), models side by side."""
+def tide_figure(table: pd.DataFrame, title: str | None = None, intervals: pd.DataFrame | None = None,
+                confidence: float | None = None) -> Figure:
+    """dAP of each TIDE error type (AP points at IoU .5), models side by side; with `intervals`
+    (kdeval.metrics.intervals' table keyed by metric), each bar's interval as an error bar."""
     errors = [c for c in table.columns if c != "AP50"]
     models = list(table.index)
     figure = Figure(figsize=(min(9.0, max(5.0, 1.0 + 0.3 * len(errors) * len(models))), 3.0), layout="constrained")
@@ -169,12 +171,27 @@ def tide_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
     x = np.arange(len(errors))
     for i, model in enumerate(models):
         values = 100 * table.loc[model, errors].to_numpy(dtype=float)
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=f"{model} (AP50 {100 * table.loc[model, 'AP50']:.1f})")
-        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, values, width, label=f"{model} (AP50 {100 * table.loc[model, 'AP50']:.1f})")
+        top = values.copy()
+        if intervals is not None:
+            rows = intervals[intervals["model"] == model].set_index("metric")
+            high = 100 * rows.loc[errors, "ci_high"].to_numpy(float)
+            _error_bars(ax, pos, 100 * rows.loc[errors, "ci_low"].to_numpy(float), high)
+            top = np.fmax(top, high)  # the label above the whisker, not on it
+        for x_pos, y_pos, value in zip(pos, top, values):
+            if np.isfinite(value):
+                ax.annotate(f"{value:.1f}", (x_pos, max(y_pos, 0)), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, errors, fontsize=8)
     ax.set_ylabel("dAP (AP points)", fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    if intervals is not None:
+        shown = f"{100 * confidence:g}% " if confidence else ""
+        handles.append(Line2D([], [], color=ERROR_BAR_COLOR, marker="_", linestyle="-", linewidth=0.8,
+                              label=f"{shown}bootstrap interval"))
+    ax.legend(handles=handles, fontsize=7, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if title:
