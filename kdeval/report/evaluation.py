@@ -40,17 +40,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, baseline: str | None
     """ap_table.{csv,md,tex} (the six metrics), ap_table_intervals.csv (tidy: all 12 stats with
     intervals, gains and runs), coco_stats.json; with per-class results, per_class.{csv,md,tex}."""
     out_dir = Path(out_dir)
-    caption = f"COCO bbox AP on {split.name}"
-    if is_plain(evaluation.intervals, evaluation.bootstrap):
-        paths = write_tables(evaluation.table, out_dir, "ap_table", baseline, caption=caption)
-    else:
-        paths = write_tables(evaluation.table, out_dir, "ap_table", baseline, caption=caption)[:1]  # the CSV of means
-        cells = interval_cells(evaluation.intervals, "metric", baseline, list(TABLE_METRICS))
-        note = interval_note(evaluation.bootstrap, evaluation.intervals, baseline)
-        paths.append(write_text_atomic(out_dir / "ap_table.md", interval_markdown(cells, note)))
-        paths.append(write_text_atomic(out_dir / "ap_table.tex", interval_latex(cells, caption, note, baseline)))
-    if evaluation.intervals is not None:
-        paths.append(write_text_atomic(out_dir / "ap_table_intervals.csv", intervals_csv(evaluation.intervals)))
+    paths = write_ap_table(evaluation, out_dir, "ap_table", baseline, f"COCO bbox AP on {split.name}")
     settings = {"annotations": str(split.annotations), "baseline": baseline, "runs": _runs(evaluation),
                 "bootstrap": evaluation.bootstrap.as_dict() if evaluation.bootstrap else None}
     paths.append(write_json_atomic(out_dir / "coco_stats.json", {**settings, "stats": evaluation.stats}))
@@ -59,6 +49,23 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, baseline: str | None
         paths += write_per_class(evaluation, out_dir, baseline, split)
     else:  # an earlier run's per-class tables are of other models or data
         remove_earlier_outputs(out_dir, PER_CLASS_FILES)
+    return paths
+
+
+def write_ap_table(evaluation: Evaluation, out_dir: Path, stem: str, baseline: str | None, caption: str) -> list[Path]:
+    """`stem`.csv (means over runs, gain columns), `stem`.md and .tex (with intervals and gain rows
+    when there are any) and `stem`_intervals.csv (tidy, all 12 stats)."""
+    out_dir = Path(out_dir)
+    if is_plain(evaluation.intervals, evaluation.bootstrap):
+        paths = write_tables(evaluation.table, out_dir, stem, baseline, caption=caption)
+    else:
+        paths = write_tables(evaluation.table, out_dir, stem, baseline, caption=caption)[:1]  # the CSV of means
+        cells = interval_cells(evaluation.intervals, "metric", baseline, list(TABLE_METRICS))
+        note = interval_note(evaluation.bootstrap, evaluation.intervals, baseline)
+        paths.append(write_text_atomic(out_dir / f"{stem}.md", interval_markdown(cells, note)))
+        paths.append(write_text_atomic(out_dir / f"{stem}.tex", interval_latex(cells, caption, note, baseline)))
+    if evaluation.intervals is not None:
+        paths.append(write_text_atomic(out_dir / f"{stem}_intervals.csv", intervals_csv(evaluation.intervals)))
     return paths
 
 
