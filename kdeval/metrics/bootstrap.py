@@ -91,14 +91,11 @@ def _kernel():
     import numba
 
     @numba.njit(cache=False, nogil=True, inline="always")
-    def step(j, w, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own, tp_by_limit,
-             events, event_tp, event_precision):  # pragma: no cover - compiled
-        """Entry j, counted w times in a row: state[0] holds the false positives under every setting."""
+    def mixed(j, w, fp_everywhere, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, tp, fp_own,
+              tp_by_limit, events, event_tp, event_precision):  # pragma: no cover - compiled
+        """Entry j, counted w times in a row, when it is a true positive or ignored under some setting."""
         tp_bits = entry_tp[j]
         ignored_bits = entry_ignored[j]
-        if tp_bits == 0 and ignored_bits == 0:  # most detections: one addition
-            state[0] += w
-            return
         for s in range(n_settings):
             bit = 1 << s
             if ignored_bits & bit:
@@ -107,7 +104,7 @@ def _kernel():
                 tp[s] += w
                 e = events[s]
                 event_tp[s, e] = tp[s]
-                event_precision[s, e] = tp[s] / ((state[0] + fp_own[s]) + tp[s] + eps)
+                event_precision[s, e] = tp[s] / ((fp_everywhere + fp_own[s]) + tp[s] + eps)
                 events[s] = e + 1
                 for m in range(limits.shape[0]):
                     if entry_rank[j] < limits[m]:
@@ -134,7 +131,6 @@ def _kernel():
             events = np.zeros(n_settings, np.int64)
             tp = np.zeros(n_settings, np.float64)
             fp_own = np.zeros(n_settings, np.float64)  # false positives under some settings only
-            state = np.zeros(1, np.float64)
             tp_by_limit = np.zeros((n_settings, n_limits), np.float64)
             for g in range(n_segments):
                 n_positive = seg_positive[r, g]
@@ -145,7 +141,7 @@ def _kernel():
                         for m in range(n_limits):
                             out_recall[r, s, g, m] = -1.0
                     continue
-                state[0] = 0.0
+                fp_everywhere = 0.0  # false positives under every setting: most detections, one addition each
                 for s in range(n_settings):
                     tp[s] = 0.0
                     fp_own[s] = 0.0
@@ -155,15 +151,14 @@ def _kernel():
                 j = seg_start[g]
                 end = seg_end[g]
                 while j < end:
-                    block_end = j + 1  # detections of one image with one score: COCOeval keeps each copy's together
-                    while block_end < end and entry_tied[block_end]:
-                        block_end += 1
-                    w = weight[entry_image[j]]
-                    if w > 0 and block_end - j == 1:
-                        step(j, w, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own,
-                             tp_by_limit, events, event_tp, event_precision)
-                    elif w > 0:
-                        if events.max() + w * (block_end - j) > capacity:  # each copy of a tie is an event of its own
+                    if j + 1 < end and entry_tied[j + 1]:
+                        # detections of one image with one score: COCOeval takes each copy's together,
+                        # so the block is replayed once per copy, each detection a run of one
+                        block_end = j + 2
+                        while block_end < end and entry_tied[block_end]:
+                            block_end += 1
+                        w = weight[entry_image[j]]
+                        if w > 0 and events.max() + w * (block_end - j) > capacity:
                             capacity = 2 * (capacity + w * (block_end - j))
                             grown_tp = np.empty((n_settings, capacity), np.float64)
                             grown_precision = np.empty((n_settings, capacity), np.float64)
@@ -172,9 +167,21 @@ def _kernel():
                             event_tp, event_precision = grown_tp, grown_precision
                         for _ in range(w):
                             for k in range(j, block_end):
-                                step(k, 1, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps, state, tp, fp_own,
-                                     tp_by_limit, events, event_tp, event_precision)
-                    j = block_end
+                                if entry_tp[k] == 0 and entry_ignored[k] == 0:
+                                    fp_everywhere += 1
+                                else:
+                                    mixed(k, 1, fp_everywhere, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps,
+                                          tp, fp_own, tp_by_limit, events, event_tp, event_precision)
+                        j = block_end
+                        continue
+                    w = weight[entry_image[j]]
+                    if w > 0:
+                        if entry_tp[j] == 0 and entry_ignored[j] == 0:
+                            fp_everywhere += w
+                        else:
+                            mixed(j, w, fp_everywhere, entry_tp, entry_ignored, entry_rank, n_settings, limits, eps,
+                                  tp, fp_own, tp_by_limit, events, event_tp, event_precision)
+                    j += 1
                 for s in range(n_settings):
                     for m in range(n_limits):
                         out_recall[r, s, g, m] = tp_by_limit[s, m] / n_positive
@@ -243,17 +250,24 @@ class ResampledAP:
                 flags = outcome[dets, :, a]  # (detections, settings)
                 tp_bits = ((flags == TP) * bit).sum(axis=1)
                 ignored_bits = ((flags == IGNORED) * bit).sum(axis=1)
-                kept = ignored_bits != bit.sum()  # ignored under every setting: never counts
+                kept = np.flatnonzero(ignored_bits != bit.sum())  # ignored under every setting: never counts
                 chosen = dets[kept]
+                same = np.zeros(len(chosen), bool)  # same image and score as the entry before
+                same[1:] = (arr.det_image[chosen][1:] == arr.det_image[chosen][:-1]) & (arr.det_score[chosen][1:] == arr.det_score[chosen][:-1])
+                # a false positive ranked below every true positive precedes no point of the curves and
+                # adds to no recall: cut after the last true positive and the copies tied with it
+                true_positives = np.flatnonzero(tp_bits[kept])
+                cut = true_positives[-1] + 1 if len(true_positives) else 0
+                while 0 < cut < len(chosen) and same[cut]:
+                    cut += 1
+                kept, chosen = kept[:cut], chosen[:cut]
                 starts[k, a], ends[k, a] = offset, offset + len(chosen)
                 offset += len(chosen)
                 images.append(arr.det_image[chosen].astype(np.int32))
                 tps.append(tp_bits[kept].astype(np.uint16))
                 ignoreds.append(ignored_bits[kept].astype(np.uint16))
                 ranks.append(arr.det_rank[chosen].astype(np.int32))
-                same = np.zeros(len(chosen), bool)
-                same[1:] = (arr.det_image[chosen][1:] == arr.det_image[chosen][:-1]) & (arr.det_score[chosen][1:] == arr.det_score[chosen][:-1])
-                tied.append(same)
+                tied.append(same[:cut])
         ranges = np.array(list(AREA_RANGES.values()))
         real = ~arr.gt_crowd[:, None] & (arr.gt_area[:, None] >= ranges[:, 0]) & (arr.gt_area[:, None] <= ranges[:, 1])
         positives_by_image = np.zeros((len(arr.image_ids), n_cat * n_areas), np.float64)
