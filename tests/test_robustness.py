@@ -228,7 +228,7 @@ def test_robustness_command_end_to_end(tiny_shapes, trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "AP" in result.stdout and "mPC" in result.stdout and "rPC" in result.stdout
     assert "PARTIAL mPC" in result.stdout and "4 of the 75" in result.stdout  # 2 benchmark corruptions × 2 severities
-    assert "(+0.0)" in result.stdout  # the same checkpoint under two names gains nothing
+    assert "+0.0 [+0.0, +0.0]" in result.stdout  # the same checkpoint under two names gains nothing, in every resample
     assert "14 scenario(s) run, 0 reused" in result.stdout  # 2 models × (clean + 3 corruptions × 2 severities)
 
     table = pd.read_csv(out / "robustness.csv")
@@ -245,6 +245,7 @@ def test_robustness_command_end_to_end(tiny_shapes, trained, tmp_path):
     assert "| model | AP | mPC | rPC |" in summary and "PARTIAL" in summary and "saturate" in summary
     assert r"\begin{tabular}" in (out / "robustness_summary.tex").read_text()
     assert pd.read_csv(out / "robustness_summary.csv").columns[-1] == "scenarios"
+    assert set(pd.read_csv(out / "robustness_summary_intervals.csv")["metric"]) == {"AP", "mPC", "rPC"}
     for name in ("ap_vs_severity", "heatmap-base", "heatmap-same"):
         for suffix in ("png", "pdf"):
             assert (out / "figures" / f"{name}.{suffix}").stat().st_size > 1000

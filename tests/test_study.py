@@ -241,3 +241,189 @@ def test_fp32_reaches_the_inference_of_every_evaluation_stage(tiny_shapes, train
     precision.clear()
     run_study(tiny(tiny_shapes, **given), tmp_path / "amp", progress=False, echo=lambda line: None, stop_before="report")
     assert precision and set(precision) == {True}
+
+
+# ---------------------------------------------------------------- seeds as replicates, and intervals
+
+
+def test_seeds_and_intervals_are_checked_settings():
+    from kdeval.metrics.bootstrap import BootstrapSettings
+
+    assert StudySettings(seeds=(0, 1, 2)).training_seeds == (0, 1, 2) and StudySettings(seed=4).training_seeds == (4,)
+    assert StudySettings(bootstrap=200, confidence=0.9, bootstrap_seed=3).bootstrap_settings() == BootstrapSettings(200, 0.9, 3)
+    for changes, fragment in (({"seeds": (0, 1, 0)}, "seeds: 0 is given twice"), ({"bootstrap": -1}, "bootstrap: -1"),
+                              ({"confidence": 1.5}, "confidence: 1.5"), ({"confidence": 0.0}, "confidence: 0.0"),
+                              ({"confidence": float("nan")}, "confidence: nan")):
+        with pytest.raises(KdevalError, match=fragment):
+            StudySettings(**changes)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--bootstrap", "-1"], "bootstrap: -1"),
+    (["--confidence", "1.5"], "confidence: 1.5"),
+    (["--seeds", "0,x"], "--seeds 0,x: expected whole numbers"),
+    (["--seeds", "1,1"], "seeds: 1 is given twice"),
+])
+def test_bad_seeds_and_intervals_on_the_command_line_are_one_line(tmp_path, args, fragment):
+    result = runner.invoke(app, ["study", *args, "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("kdeval: error:") and "\n" not in message and fragment in message, message
+    assert not (tmp_path / "run").exists()
+
+
+def test_seeds_and_intervals_reach_the_study(monkeypatch):
+    import kdeval.study as study
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda settings, out, **kw: seen.append(settings))
+    monkeypatch.setattr(study, "study_summary", lambda out: "")
+    args = ["study", "--seeds", "0, 1,2", "--bootstrap", "200", "--confidence", "0.9", "--bootstrap-seed", "3", "--out", "x",
+            "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["study", "--out", "x", "--device", "cpu"]).exit_code == 0
+    assert [(s.seeds, s.bootstrap, s.confidence, s.bootstrap_seed) for s in seen] == [((0, 1, 2), 200, 0.9, 3), ((), 1000, 0.95, 0)]
+
+
+def _keys(settings: StudySettings) -> dict[str, str]:
+    import kdeval.study as study
+
+    keys = {}
+    for name in study.STAGES:
+        keys[name] = study.stage_key(name, settings, keys)
+    return keys
+
+
+def test_seeds_rerun_every_model_and_intervals_the_analyses_only(tiny_shapes):
+    import kdeval.study as study
+
+    default = _keys(tiny(tiny_shapes))
+    seeded = _keys(tiny(tiny_shapes, seeds=[0, 1, 2]))
+    assert [name for name in study.STAGES if seeded[name] != default[name]] == list(study.STAGES[1:])
+    other_order = _keys(tiny(tiny_shapes, seeds=[1, 0, 2]))  # the first seed's models are robustness's and visualize's
+    assert other_order["teacher"] != seeded["teacher"]
+    intervals = _keys(tiny(tiny_shapes, bootstrap=200))
+    assert [name for name in study.STAGES if intervals[name] != default[name]] == ["evaluate", "errors", "robustness", "report"]
+    assert _keys(tiny(tiny_shapes, confidence=0.9))["errors"] != default["errors"]
+    assert _keys(tiny(tiny_shapes, bootstrap_seed=1))["evaluate"] != default["evaluate"]
+    # without --seeds a training stage's identity is the one a study computed before seeds existed
+    fields_read, upstream = study.STAGE_INPUTS["teacher"]
+    before = study.digest({"stage": "teacher", "settings": {f: getattr(tiny(tiny_shapes), f) for f in fields_read},
+                           "upstream": [default[u] for u in upstream]})
+    assert default["teacher"] == before
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """The study's _train without training: a model.pt written per folder; the calls recorded."""
+    import kdeval.study.stages as stages
+
+    calls = []
+
+    def fake(ctx, name, resume, seed, **overrides):
+        checkpoint = ctx.out / "models" / name / "model.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"")
+        calls.append((name, seed, overrides.get("teacher"), overrides.get("pseudo_labels")))
+        return {"checkpoint": ctx.rel(checkpoint)}
+
+    monkeypatch.setattr(stages, "_train", fake)
+    return calls
+
+
+def test_every_model_is_trained_once_per_seed_each_student_from_its_seeds_teacher(tiny_shapes, tmp_path, fake_training):
+    settings = tiny(tiny_shapes, seeds=[0, 3, 5], unlabeled=True)
+    run_study(settings, tmp_path, progress=False, echo=lambda line: None, stop_before="evaluate")
+    teachers = {seed: str(tmp_path / "models" / folder / "model.pt") for seed, folder in ((0, "teacher"), (3, "teacher-s3"), (5, "teacher-s5"))}
+    assert sorted(fake_training) == sorted(
+        [(f"{model}{'' if seed == 0 else f'-s{seed}'}", seed, teachers[seed] if teacher else None,
+          teachers[seed] if pseudo else None)
+         for seed in (0, 3, 5)
+         for model, teacher, pseudo in (("teacher", False, False), ("baseline", False, False), ("distilled-ssim", True, False),
+                                        ("unlabeled-l2", True, True), ("unlabeled-ssim", True, True))])
+    outputs = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert outputs["teacher"]["outputs"] == {"checkpoint": ["models/teacher/model.pt", "models/teacher-s3/model.pt",
+                                                            "models/teacher-s5/model.pt"]}
+    assert outputs["distilled"]["outputs"]["ssim"][2] == "models/distilled-ssim-s5/model.pt"
+    fake_training.clear()
+    again = run_study(settings, tmp_path, progress=False, echo=lambda line: None, stop_before="evaluate")
+    assert again.ran == [] and fake_training == []
+    # one seed, the study's own: the models of the seeded study's first seed, in their plain folders
+    run_study(tiny(tiny_shapes, unlabeled=True), tmp_path, progress=False, echo=lambda line: None, stop_before="evaluate")
+    assert {call[0] for call in fake_training} == {"teacher", "baseline", "distilled-ssim", "unlabeled-l2", "unlabeled-ssim"}
+
+
+def test_the_analyses_get_every_run_robustness_and_visualize_the_first_seeds(tiny_shapes, tmp_path, monkeypatch):
+    """evaluate and errors: each name with its runs, the baseline and the bootstrap; robustness and
+    visualize: the first seed's models. A manifest's single checkpoint (a study made before seeds) reads
+    as one run."""
+    import kdeval.engine.errors
+    import kdeval.engine.evaluate
+    import kdeval.engine.robustness
+    import kdeval.engine.robustness.intervals
+    import kdeval.engine.visualize
+    import kdeval.report.error_analysis
+    import kdeval.report.evaluation
+    import kdeval.report.gallery
+    import kdeval.report.robustness_tables
+    from kdeval.metrics.bootstrap import BootstrapSettings
+    from kdeval.study.stages import StudyContext, remember_models, stage_errors, stage_evaluate, stage_robustness, stage_visualize
+
+    ctx = StudyContext(tiny(tiny_shapes, seeds=[0, 1], bootstrap=50, confidence=0.9), tmp_path, "cpu", False)
+    remember_models(ctx, "teacher", {"checkpoint": "models/teacher/model.pt"})
+    remember_models(ctx, "baseline", {"checkpoint": ["models/baseline/model.pt", "models/baseline-s1/model.pt"]})
+    remember_models(ctx, "distilled", {"ssim": ["models/distilled-ssim/model.pt", "models/distilled-ssim-s1/model.pt"]})
+    seen = {}
+
+    def record(what, result=None):
+        def function(models, *args, **kwargs):
+            seen[what] = ({m.name: [p.relative_to(tmp_path).as_posix() for p in m.paths] for m in models}, kwargs)
+            return result
+        return function
+
+    class Gallery:
+        rows = (1,)
+
+    class Visualization:
+        gallery = Gallery()
+
+    monkeypatch.setattr(kdeval.engine.evaluate, "evaluate_models", record("evaluate"))
+    monkeypatch.setattr(kdeval.report.evaluation, "write_evaluation", lambda *args, **kwargs: [])
+    monkeypatch.setattr(kdeval.engine.errors, "analyze_models", record("errors"))
+    monkeypatch.setattr(kdeval.report.error_analysis, "write_error_analysis", lambda *args, **kwargs: [])
+    monkeypatch.setattr(kdeval.engine.robustness, "run_robustness", record("robustness"))
+    monkeypatch.setattr(kdeval.report.robustness_tables, "write_robustness_report", lambda *args, **kwargs: [])
+    monkeypatch.setattr(kdeval.engine.robustness.intervals, "run_intervals", lambda *args, **kwargs: None)
+    monkeypatch.setattr(kdeval.engine.visualize, "visualize_models", record("visualize", Visualization()))
+    monkeypatch.setattr(kdeval.report.gallery, "write_visualization", lambda *args, **kwargs: [])
+    for stage in (stage_evaluate, stage_errors, stage_robustness, stage_visualize):
+        stage(ctx, False)
+    every_run = {"baseline": ["models/baseline/model.pt", "models/baseline-s1/model.pt"],
+                 "distilled-ssim": ["models/distilled-ssim/model.pt", "models/distilled-ssim-s1/model.pt"],
+                 "teacher": ["models/teacher/model.pt"]}
+    for analysis in ("evaluate", "errors"):
+        models, kwargs = seen[analysis]
+        assert models == every_run and list(models) == ["baseline", "distilled-ssim", "teacher"]
+        assert kwargs["baseline"] == "baseline" and kwargs["bootstrap"] == BootstrapSettings(50, 0.9, 0)
+    for shown in ("robustness", "visualize"):
+        assert seen[shown][0] == {name: runs[:1] for name, runs in every_run.items()}
+
+
+@pytest.mark.slow
+def test_a_study_of_two_seeds_reports_each_model_over_its_runs(tiny_shapes, tmp_path):
+    import pandas as pd
+    import torch
+
+    lines = []
+    result = run_study(tiny(tiny_shapes, seeds=[0, 1], bootstrap=20), tmp_path, progress=False, echo=lines.append)
+    assert result.ran[-1] == "report" and (tmp_path / "index.html").is_file()
+    for folder in ("teacher", "teacher-s1", "baseline", "baseline-s1", "distilled-ssim", "distilled-ssim-s1"):
+        assert (tmp_path / "models" / folder / "model.pt").is_file(), folder
+    settings = torch.load(tmp_path / "models" / "distilled-ssim-s1" / "model.pt", weights_only=True)["train_settings"]
+    assert settings["seed"] == 1 and Path(settings["teacher"]).parent.name == "teacher-s1"
+    table = (tmp_path / "evaluate" / "ap_table.md").read_text()
+    assert "| baseline" in table and "| distilled-ssim" in table
+    intervals = pd.read_csv(tmp_path / "evaluate" / "ap_table_intervals.csv")
+    assert intervals.groupby("model")["runs"].unique().map(list).to_dict() == {"baseline": [2], "distilled-ssim": [2], "teacher": [2]}
+    again = run_study(tiny(tiny_shapes, seeds=[0, 1], bootstrap=20), tmp_path, progress=False, echo=lines.append)
+    assert again.ran == []

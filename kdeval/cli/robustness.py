@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from kdeval.cli.common import (
-    DatasetOptions, InferenceOptions, OutOpt, ProgressOpt, TrustOpt, app, dataset_options, inference_options,
-    reports_dir, user_errors, writing_to,
+    DatasetOptions, InferenceOptions, OutOpt, ProgressOpt, TrustOpt, app, bootstrap_options, dataset_options,
+    inference_options, reports_dir, user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
+from kdeval.metrics.bootstrap import BootstrapSettings
 
 
 # ---------------------------------------------------------------- robustness
@@ -22,6 +23,7 @@ from kdeval.errors import KdevalError
 @user_errors
 @dataset_options
 @inference_options(workers=Annotated[Optional[int], typer.Option(min=0, help="Processes that corrupt images while the models run (default: CPU cores, at most 8, on CUDA; 0 on the CPU, where inference already uses every core).")])
+@bootstrap_options
 def robustness(
     models: Annotated[Optional[list[str]], typer.Argument(help="Checkpoints, optionally NAME=PATH (none needed with --import).")] = None,
     dataset: DatasetOptions = None,
@@ -34,6 +36,7 @@ def robustness(
     cache: Annotated[Optional[Path], typer.Option(help="Folder of corrupted images (PNG) that later models and runs reuse.")] = None,
     seed: Annotated[int, typer.Option(help="Corruption seed; every model sees the same pixels for the same seed.")] = 0,
     inference: InferenceOptions = None,
+    bootstrap: BootstrapSettings = None,
     scoring_processes: Annotated[Optional[int], typer.Option(min=0, help="Processes that score and write finished scenarios (a few seconds each on COCO) while the models run on (default: 1 on CUDA; 0, the main process, on the CPU).")] = None,
     out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Discard kdeval's results already in --out and start over (imported ones stay).")] = False,
@@ -47,6 +50,11 @@ def robustness(
 
     Writes robustness.csv (all 12 COCO stats per scenario), robustness_summary.{csv,md,tex},
     robustness_by_corruption.csv and figures/ (AP against severity, a heat map per model).
+
+    Clean AP, mPC and rPC come with --confidence intervals over --bootstrap resamples of the images
+    (one resample applies to every scenario and every model, so gains over --baseline are paired),
+    computed afterwards from the detections --out keeps: robustness_summary_intervals.csv and
+    robustness_curve_intervals.csv, and error bars on the AP-against-severity curves.
 
     --import FILE --name NAME adds mmdetection's robustness results to --out (imported/NAME.csv):
     every table and figure written there then shows NAME beside kdeval's models. Without MODEL
@@ -64,6 +72,7 @@ def robustness(
     from kdeval.data.mmdet_robustness import read_mmdet_robustness
     from kdeval.engine.detections import parse_models
     from kdeval.engine.robustness import RobustnessSettings, imports, run_robustness
+    from kdeval.engine.robustness.intervals import run_intervals
     from kdeval.report.robustness_tables import summary_text, write_robustness_report
 
     if (import_file is None) != (name is None):
@@ -97,8 +106,9 @@ def robustness(
         run = run_robustness(parsed, split, settings, out_dir, overwrite=overwrite, progress=progress, imported=imported)
         table, notes = imports.with_imports(run.table, out_dir)
         run = replace(run, table=table)
-        write_robustness_report(run, settings, split, out_dir, baseline, notes)
-    typer.echo(summary_text(run, split, settings, baseline, notes))
+        intervals = run_intervals(out_dir, split, settings, [model.name for model in parsed], baseline, bootstrap)
+        write_robustness_report(run, settings, split, out_dir, baseline, notes, intervals, bootstrap)
+    typer.echo(summary_text(run, split, settings, baseline, notes, intervals))
     typer.echo(
         f"{run.computed} scenario(s) run, {run.reused} reused from {out_dir}; "
         f"tables and figures written to {out_dir}/"

@@ -35,7 +35,7 @@ def study(
     distilled: Annotated[Optional[Path], typer.Option(help="Use this distilled checkpoint (one loss) instead of training one.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Train every model once per seed, comma-separated (e.g. 0,1,2): evaluate and errors show the mean over seeds ± their std; robustness and visualize use the first seed's models.")] = None,
-    bootstrap: Annotated[Optional[int], typer.Option(help="Image resamples for the intervals of evaluate and errors (default 1000; 0: none).")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help="Image resamples for the intervals of evaluate, errors and robustness (default 1000; 0: none).")] = None,
     confidence: Annotated[Optional[float], typer.Option(help="Confidence level of the intervals (default 0.95).")] = None,
     bootstrap_seed: Annotated[Optional[int], typer.Option(help="Seed of the image resamples (default 0).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML or TOML file holding any of these settings.")] = None,

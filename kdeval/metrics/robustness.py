@@ -99,6 +99,17 @@ def severity_grid(table: pd.DataFrame, model: str, metric: str = "AP") -> pd.Dat
     return grid
 
 
+def benchmark_severity_means(table: pd.DataFrame, metric: str = "AP") -> pd.DataFrame:
+    """Model × severity: at 0 the clean score, at each corrupted severity run the metric averaged over
+    the benchmark corruptions run at it (the mean of these over severities 1–5 is mPC)."""
+    rows = benchmark_rows(table, metric)
+    means = rows.pivot_table(index="model", columns="severity", values="value", aggfunc="mean", sort=False)
+    means = means.reindex(index=_models(table), columns=sorted(means.columns))
+    means.insert(0, 0, clean_scores(table, metric))
+    means.columns.name = "severity"
+    return means
+
+
 def gains_over(summary: pd.DataFrame, baseline: str, columns) -> pd.DataFrame:
     """`<column>_gain` for each of `columns`: each row's value less the baseline row's."""
     return pd.DataFrame({f"{column}_gain": summary[column] - summary.loc[baseline, column] for column in columns},

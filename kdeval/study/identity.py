@@ -67,7 +67,7 @@ STAGE_INPUTS = {
     "unlabeled": (("unlabeled", "student_arch", "student_epochs", "pseudo_threshold", *_TRAINING), ("data", "teacher")),
     "evaluate": (_INTERVALS, ("data", "teacher", "baseline", "distilled", "unlabeled")),
     "errors": (_INTERVALS, ("data", "teacher", "baseline", "distilled")),
-    "robustness": (("robustness_images", "corruptions", "severities", "seed"), ("data", "teacher", "baseline", "distilled")),
+    "robustness": (("robustness_images", "corruptions", "severities", "seed", *_INTERVALS), ("data", "teacher", "baseline", "distilled")),
     "visualize": (("visualize_images", "seed"), ("data", "teacher", "baseline", "distilled")),
     "report": ((), ("evaluate", "errors", "robustness", "visualize")),
 }

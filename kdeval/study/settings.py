@@ -48,7 +48,7 @@ class StudySettings:
     quick: bool = False
     device: str = "auto"
     amp: bool = True  # fp16 inference on CUDA (evaluate, errors, robustness, visualize); False (--fp32): fp32
-    bootstrap: int = 1000  # image resamples for the intervals of evaluate and errors; 0: none
+    bootstrap: int = 1000  # image resamples for the intervals of evaluate, errors and robustness; 0: none
     confidence: float = 0.95
     bootstrap_seed: int = 0
 

@@ -24,7 +24,9 @@ class StudyContext:
     progress: bool
     train_split: Split | None = None
     val_split: Split | None = None
-    models: dict[str, str] = field(default_factory=dict)  # display name → checkpoint (relative or absolute)
+    # display name → its checkpoints (relative or absolute), one per training seed in the order of
+    # settings.training_seeds, or the one checkpoint given in their place (--teacher and the like)
+    models: dict[str, list[str]] = field(default_factory=dict)
     echo: Callable[[str], None] = print
 
     def rel(self, path: Path) -> str:
@@ -47,13 +49,13 @@ def _splits(settings: StudySettings) -> tuple[Split, Split]:
     return resolve_split(data, None, None, "train"), resolve_split(data, None, None, "val")
 
 
-def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
+def _train(ctx: StudyContext, name: str, resume: bool, seed: int, **overrides) -> dict:
     from kdeval.engine.train import RECIPES, train, warmup_for
 
     study = ctx.settings
     base = (RECIPES["shapes"] if not study.annotations else RECIPES["coco-1x"]).with_image_size(study.image_size)
-    settings = replace(base, seed=study.seed, **{k: v for k, v in (("batch_size", study.batch_size),
-                                                                   ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
+    settings = replace(base, seed=seed, **{k: v for k, v in (("batch_size", study.batch_size),
+                                                             ("fpn_channels", study.fpn_channels)) if v is not None}, **overrides)
     # the warm-up a short schedule gets (train's lr_at caps it too), recorded in the stage's settings
     n_images = len(load_coco_annotations(ctx.train_split.annotations)["images"])  # checked: a bad file is one line
     total = settings.epochs * max(1, n_images // settings.batch_size)
@@ -73,6 +75,27 @@ def _train(ctx: StudyContext, name: str, resume: bool, **overrides) -> dict:
     return {"checkpoint": ctx.rel(result.checkpoint)}
 
 
+def _folder(ctx: StudyContext, name: str, seed: int) -> str:
+    """A model's folder under models/: the study's `seed` keeps the plain name, so that the models of a
+    one-seed study are kept when --seeds adds others; every other seed's folder ends in -s<seed>."""
+    return name if seed == ctx.settings.seed else f"{name}-s{seed}"
+
+
+def _train_seeds(ctx: StudyContext, name: str, resume: bool, per_seed: Callable[[int], dict] = lambda index: {},
+                 **overrides) -> str | list[str]:
+    """`name` trained once per training seed (per_seed(index): the settings that differ by seed, such
+    as its teacher): its checkpoint, or the list of them when there are several seeds."""
+    checkpoints = [_train(ctx, _folder(ctx, name, seed), resume, seed, **overrides, **per_seed(index))["checkpoint"]
+                   for index, seed in enumerate(ctx.settings.training_seeds)]
+    return checkpoints[0] if len(checkpoints) == 1 else checkpoints
+
+
+def _teacher_of(ctx: StudyContext, index: int) -> str:
+    """The teacher of the index-th training seed: that seed's own, or the one teacher given."""
+    teachers = ctx.models["teacher"]
+    return str(ctx.abs(teachers[index] if len(teachers) > 1 else teachers[0]))
+
+
 def _inference(ctx: StudyContext):
     """How the study runs its models for evaluate, errors, robustness and visualize: on its device, in
     fp16 on CUDA unless --fp32 (LATER_SETTINGS counts `amp` in those stages' identities)."""
@@ -89,23 +112,24 @@ def stage_data(ctx: StudyContext, resume: bool) -> dict:
 def stage_teacher(ctx: StudyContext, resume: bool) -> dict:
     if ctx.settings.teacher:
         return {"checkpoint": str(Path(ctx.settings.teacher).resolve())}
-    return _train(ctx, "teacher", resume, arch=ctx.settings.teacher_arch, role="teacher", epochs=ctx.settings.teacher_epochs)
+    return {"checkpoint": _train_seeds(ctx, "teacher", resume, arch=ctx.settings.teacher_arch, role="teacher",
+                                       epochs=ctx.settings.teacher_epochs)}
 
 
 def stage_baseline(ctx: StudyContext, resume: bool) -> dict:
     if ctx.settings.baseline:
         return {"checkpoint": str(Path(ctx.settings.baseline).resolve())}
-    return _train(ctx, "baseline", resume, arch=ctx.settings.student_arch, role="baseline", epochs=ctx.settings.student_epochs)
+    return {"checkpoint": _train_seeds(ctx, "baseline", resume, arch=ctx.settings.student_arch, role="baseline",
+                                       epochs=ctx.settings.student_epochs)}
 
 
 def stage_distilled(ctx: StudyContext, resume: bool) -> dict:
     if ctx.settings.distilled:
         return {ctx.settings.losses[0]: str(Path(ctx.settings.distilled).resolve())}
-    teacher = str(ctx.abs(ctx.models["teacher"]))
     return {
-        loss: _train(ctx, f"distilled-{loss}", resume, arch=ctx.settings.student_arch, role="distilled",
-                     epochs=ctx.settings.student_epochs, teacher=teacher, distill_loss=loss,
-                     distill_weight=ctx.settings.weight_of(loss))["checkpoint"]
+        loss: _train_seeds(ctx, f"distilled-{loss}", resume, lambda index: {"teacher": _teacher_of(ctx, index)},
+                           arch=ctx.settings.student_arch, role="distilled", epochs=ctx.settings.student_epochs,
+                           distill_loss=loss, distill_weight=ctx.settings.weight_of(loss))
         for loss in ctx.settings.losses
     }
 
@@ -115,20 +139,24 @@ def stage_unlabeled(ctx: StudyContext, resume: bool) -> dict:
     with an ℓ2 or an SSIM feature loss beside them (the appendix's Table 2)."""
     if not ctx.settings.unlabeled:
         return {}
-    teacher = str(ctx.abs(ctx.models["teacher"]))
+
+    def from_teacher(index: int) -> dict:
+        return {"teacher": _teacher_of(ctx, index), "pseudo_labels": _teacher_of(ctx, index)}
+
     return {
-        loss: _train(ctx, f"unlabeled-{loss}", resume, arch=ctx.settings.student_arch, role="distilled",
-                     epochs=ctx.settings.student_epochs, teacher=teacher, distill_loss=loss,
-                     distill_weight=DEFAULT_DISTILL_WEIGHTS[loss], pseudo_labels=teacher,
-                     pseudo_threshold=ctx.settings.pseudo_threshold)["checkpoint"]
+        loss: _train_seeds(ctx, f"unlabeled-{loss}", resume, from_teacher, arch=ctx.settings.student_arch, role="distilled",
+                           epochs=ctx.settings.student_epochs, distill_loss=loss, distill_weight=DEFAULT_DISTILL_WEIGHTS[loss],
+                           pseudo_threshold=ctx.settings.pseudo_threshold)
         for loss in ("l2", "ssim")
     }
 
 
-def _model_inputs(ctx: StudyContext, names: list[str]):
+def _model_inputs(ctx: StudyContext, names: list[str], first_seed_only: bool = False):
+    """The models by name, each with its runs (one per training seed), or its first seed's alone."""
     from kdeval.engine.detections import ModelInput
 
-    return [ModelInput(name, ctx.abs(ctx.models[name])) for name in names]
+    return [ModelInput(name, tuple(ctx.abs(p) for p in (ctx.models[name][:1] if first_seed_only else ctx.models[name])))
+            for name in names]
 
 
 def _ordered(ctx: StudyContext, *prefixes: str) -> list[str]:
@@ -139,17 +167,18 @@ def _ordered(ctx: StudyContext, *prefixes: str) -> list[str]:
 
 def stage_evaluate(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.evaluate import evaluate_models
-    from kdeval.report.evaluation import write_evaluation
-    from kdeval.report.tables import write_tables
+    from kdeval.report.evaluation import write_ap_table, write_evaluation
 
-    settings = _inference(ctx)
+    settings, bootstrap = _inference(ctx), ctx.settings.bootstrap_settings()
     out_dir = ctx.out / "evaluate"
-    table1 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress)
+    table1 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, settings, progress=ctx.progress,
+                             baseline="baseline", bootstrap=bootstrap)
     outputs = {"table1": [ctx.rel(p) for p in write_evaluation(table1, out_dir, "baseline", ctx.val_split)]}
     if any(n.startswith("unlabeled") for n in ctx.models):
-        table2 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "unlabeled")), ctx.val_split, settings, progress=ctx.progress)
-        outputs["table2"] = [ctx.rel(p) for p in write_tables(table2.table, out_dir, "table2_unlabeled", "baseline",
-                                                               caption=f"Without annotations on {ctx.val_split.name}")]
+        table2 = evaluate_models(_model_inputs(ctx, _ordered(ctx, "unlabeled")), ctx.val_split, settings, progress=ctx.progress,
+                                 baseline="baseline", bootstrap=bootstrap)
+        outputs["table2"] = [ctx.rel(p) for p in write_ap_table(table2, out_dir, "table2_unlabeled", "baseline",
+                                                                 f"Without annotations on {ctx.val_split.name}")]
     return outputs
 
 
@@ -157,16 +186,18 @@ def stage_errors(ctx: StudyContext, resume: bool) -> dict:
     from kdeval.engine.errors import analyze_models
     from kdeval.report.error_analysis import write_error_analysis
 
-    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, _inference(ctx), progress=ctx.progress)
+    analysis = analyze_models(_model_inputs(ctx, _ordered(ctx, "distilled")), ctx.val_split, _inference(ctx), progress=ctx.progress,
+                              baseline="baseline", bootstrap=ctx.settings.bootstrap_settings())
     paths = write_error_analysis(analysis, ctx.out / "errors", "baseline", ctx.val_split)
     return {"files": [ctx.rel(p) for p in paths]}
 
 
 def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
-    """Table 3: baseline, the first distilled student and the teacher under corruptions (its own
-    folder resumes scenario by scenario)."""
+    """Table 3: baseline, the first distilled student and the teacher under corruptions, the first
+    training seed's of each (its own folder resumes scenario by scenario)."""
     from kdeval.data.corrupted import parse_corruptions
     from kdeval.engine.robustness import RobustnessSettings, run_robustness
+    from kdeval.engine.robustness.intervals import run_intervals
     from kdeval.report.robustness_tables import write_robustness_report
 
     settings = RobustnessSettings(
@@ -176,18 +207,22 @@ def stage_robustness(ctx: StudyContext, resume: bool) -> dict:
     )
     names = _ordered(ctx, f"distilled-{ctx.settings.losses[0]}")
     out_dir = ctx.out / "robustness"
-    run = run_robustness(_model_inputs(ctx, names), ctx.val_split, settings, out_dir, overwrite=not resume, progress=ctx.progress)
-    return {"files": [ctx.rel(p) for p in write_robustness_report(run, settings, ctx.val_split, out_dir, "baseline")]}
+    run = run_robustness(_model_inputs(ctx, names, first_seed_only=True), ctx.val_split, settings, out_dir, overwrite=not resume, progress=ctx.progress)
+    bootstrap = ctx.settings.bootstrap_settings()
+    intervals = run_intervals(out_dir, ctx.val_split, settings, names, "baseline", bootstrap)
+    paths = write_robustness_report(run, settings, ctx.val_split, out_dir, "baseline", intervals=intervals, bootstrap=bootstrap)
+    return {"files": [ctx.rel(p) for p in paths]}
 
 
 def stage_visualize(ctx: StudyContext, resume: bool) -> dict:
-    """Figures 3–6: the images where distillation gained most, baseline / distilled / teacher."""
+    """Figures 3–6: the images where distillation gained most, baseline / distilled / teacher, the
+    first training seed's of each."""
     from kdeval.analysis.gallery import VisualizeSettings
     from kdeval.engine.detections import model_paths
     from kdeval.engine.visualize import visualize_models
     from kdeval.report.gallery import write_visualization
 
-    models = _model_inputs(ctx, _ordered(ctx, f"distilled-{ctx.settings.losses[0]}"))
+    models = _model_inputs(ctx, _ordered(ctx, f"distilled-{ctx.settings.losses[0]}"), first_seed_only=True)
     for select in ("improved", "disagreement", "random"):  # weak models may improve on no image at all
         settings = VisualizeSettings(select=select, num=ctx.settings.visualize_images, seed=ctx.settings.seed)
         result = visualize_models(models, ctx.val_split, settings, _inference(ctx), progress=ctx.progress)
@@ -220,11 +255,12 @@ STAGE_FUNCTIONS: dict[str, Callable[[StudyContext, bool], dict]] = {
 
 
 def remember_models(ctx: StudyContext, name: str, outputs: dict) -> None:
+    """A training stage's outputs (a checkpoint, or a list of them, one per seed) as ctx.models' runs."""
+    def runs(checkpoints: str | list[str]) -> list[str]:
+        return [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+
     if name in ("teacher", "baseline"):
-        ctx.models[name] = outputs["checkpoint"]
-    elif name == "distilled":
-        for loss, checkpoint in outputs.items():
-            ctx.models[f"distilled-{loss}"] = checkpoint
-    elif name == "unlabeled":
-        for loss, checkpoint in outputs.items():
-            ctx.models[f"unlabeled-{loss}"] = checkpoint
+        ctx.models[name] = runs(outputs["checkpoint"])
+    elif name in ("distilled", "unlabeled"):
+        for loss, checkpoints in outputs.items():
+            ctx.models[f"{name}-{loss}"] = runs(checkpoints)

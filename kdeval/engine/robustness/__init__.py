@@ -13,6 +13,7 @@ or models extend a run in the same folder; anything else that changes the detect
     scheduling   one process, or torchrun's ranks sharing scenarios whole or by images
     inference    the models over the corrupted images, each finished scenario handed to scoring
     scoring      COCO stats and the scenario files, in this process or in spawned ones
+    intervals    a finished run's bootstrap intervals, from the detections its folder keeps
 The tables, text and figures are written by kdeval.report.robustness_tables.
 
 Under torchrun, rank 0 keeps the folder's books (an import, --overwrite, run.json) before any

@@ -120,6 +120,15 @@ def _detections_path(out_dir: Path, model: str, scenario: Scenario) -> Path:
     return out_dir / "detections" / safe_file_stem(model) / f"{scenario.slug}.json.gz"
 
 
+def stored_detections(out_dir: Path, model: str, scenario: Scenario) -> list[dict]:
+    """The COCO results a finished scenario of `model` left in the folder."""
+    path = _detections_path(Path(out_dir), model, scenario)
+    try:
+        return json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise KdevalError(f"{path}: the detections of a finished scenario cannot be read ({exc}); rerun with --overwrite") from None
+
+
 def scenario_key(key: dict, checkpoint_sha: str, scenario: Scenario) -> dict:
     return {"data": key, "checkpoint": checkpoint_sha, "corruption": scenario.corruption, "severity": scenario.severity}
 
