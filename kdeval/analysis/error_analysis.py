@@ -14,8 +14,8 @@ from kdeval.metrics.analyze import (
     ErrorCurves,
     ap_long_table,
     error_curves,
+    error_curves_and_resampled,
     resampled_error_aps,
-    resampled_error_curves,
     supercategories,
 )
 from kdeval.metrics.bootstrap import BootstrapSettings
@@ -81,15 +81,21 @@ def analyze_detections(gt: dict, detections: Mapping[str, list], baseline: str |
         shown = ", ".join(lacking) if len(lacking) <= 6 else ", ".join(lacking[:5]) + f" and {len(lacking) - 5} more"
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
     runs = as_runs(detections)
-    curves_by_run = {name: [error_curves(gt, run) for run in model_runs] for name, model_runs in runs.items()}
+    counts = resamples_of(gt, bootstrap)
+    curves_by_run, resampled = {}, None
+    if counts is None:
+        curves_by_run = {name: [error_curves(gt, run) for run in model_runs] for name, model_runs in runs.items()}
+    else:
+        resampled = {}
+        for name, model_runs in runs.items():
+            # one matching per run serves the curves and their resamples
+            both = [error_curves_and_resampled(gt, run) for run in model_runs]
+            curves_by_run[name] = [run_curves for run_curves, _ in both]
+            # (resamples, settings, areas) per run → (resamples, runs, areas × settings), AP_KEYS' order
+            resampled[name] = np.stack([resampled_error_aps(run_resampled, counts).transpose(0, 2, 1).reshape(len(counts), -1)
+                                        for _, run_resampled in both], axis=1)
     curves = {name: _mean_curves(by_run) for name, by_run in curves_by_run.items()}
     point = {name: np.stack([c.ap_table().T.to_numpy().ravel() for c in by_run]) for name, by_run in curves_by_run.items()}
-    counts = resamples_of(gt, bootstrap)
-    resampled = None
-    if counts is not None:
-        # (resamples, settings, areas) per run → (resamples, runs, areas × settings), AP_KEYS' order
-        resampled = {name: np.stack([resampled_error_aps(resampled_error_curves(gt, run), counts).transpose(0, 2, 1).reshape(len(counts), -1)
-                                     for run in model_runs], axis=1) for name, model_runs in runs.items()}
     confidence = bootstrap.confidence if bootstrap else 0.95
     intervals = interval_table(AP_KEYS, point, resampled, baseline, confidence)
     return ErrorAnalysis(curves, _tide_intervals(gt, runs, counts, baseline, confidence), notes, intervals, baseline, bootstrap)
@@ -106,7 +112,7 @@ def _tide_intervals(gt: dict, runs: dict[str, list], counts: np.ndarray | None, 
     matched = {name: [resampled_tide(gt, run) for run in model_runs] for name, model_runs in runs.items()}
     frames = []
     for averaging in ("coco", "tidecv"):
-        point = {name: np.array([[m.breakdown(averaging)[key] for key in BREAKDOWN_KEYS] for m in ms]) for name, ms in matched.items()}
+        point = {name: np.array([_breakdown_row(m, averaging) for m in ms]) for name, ms in matched.items()}
         resampled = None
         if counts is not None and averaging == "coco":
             resampled = {name: np.stack([resampled_tide_breakdown(m, counts, averaging) for m in ms], axis=1)
@@ -115,6 +121,13 @@ def _tide_intervals(gt: dict, runs: dict[str, list], counts: np.ndarray | None, 
         frame.insert(1, "averaging", averaging)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _breakdown_row(tide, averaging: str) -> list[float]:
+    """A run's AP50 and dAPs in BREAKDOWN_KEYS' order, from one breakdown (each walks every class's
+    detections)."""
+    breakdown = tide.breakdown(averaging)
+    return [breakdown[key] for key in BREAKDOWN_KEYS]
 
 
 def _mean_curves(by_run: list[ErrorCurves]) -> ErrorCurves:

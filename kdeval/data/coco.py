@@ -6,10 +6,15 @@ malformed input never surfaces as a traceback or, worse, as a silently wrong num
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kdeval.errors import KdevalError
 
@@ -124,6 +129,9 @@ def check_results(results: Any, gt: dict, path: Path | str, box_format: str = "x
     """
     if not isinstance(results, list):
         raise KdevalError(f"{path}: expected a COCO results list of detections, got {type(results).__name__}")
+    cleaned = _cleaned_if_well_formed(results, box_format)
+    if cleaned is not None:
+        return cleaned
     cleaned = []
     for i, det in enumerate(results):
         where = f"{path}: [{i}]"
@@ -133,7 +141,7 @@ def check_results(results: Any, gt: dict, path: Path | str, box_format: str = "x
                 raise KdevalError(f"{where}.{key}: expected an integer id, got {det[key]!r}")
         bbox = det["bbox"]
         if box_format == "xyxy" and isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
-            bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
+            bbox = _xywh(bbox)
         _check_bbox(bbox, where)
         if not _is_number(det["score"]) or not math.isfinite(det["score"]):
             raise KdevalError(f"{where}.score: expected a finite number, got {det['score']!r}")
@@ -148,13 +156,64 @@ def check_results(results: Any, gt: dict, path: Path | str, box_format: str = "x
     return cleaned
 
 
+def _xywh(bbox) -> list:
+    return [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
+
+
+def _cleaned_if_well_formed(results: list, box_format: str) -> list[dict] | None:
+    """check_results' cleaned copy, checked field by field over all detections at once rather than
+    number by number as the loop above does (a results file holds hundreds of thousands); None at
+    the first doubt, so that the loop names the problem. Exact built-in types only: a bool, a numpy
+    scalar or a dict subclass goes to the loop, which decides as it always has."""
+    try:
+        if not set(map(type, results)) <= {dict}:
+            return None
+        image_ids = [det["image_id"] for det in results]
+        category_ids = [det["category_id"] for det in results]
+        boxes = [det["bbox"] for det in results]
+        scores = [det["score"] for det in results]
+        if not set(map(type, itertools.chain(image_ids, category_ids))) <= {int}:
+            return None
+        if not set(map(type, boxes)) <= {list, tuple} or not set(map(len, boxes)) <= {4}:
+            return None
+        if not set(map(type, itertools.chain.from_iterable(boxes))) <= {int, float} or not set(map(type, scores)) <= {int, float}:
+            return None
+        if box_format == "xyxy":
+            boxes = [_xywh(bbox) for bbox in boxes]
+        # float64, as float() converts each number in the loop (ints too large for a float raise here
+        # as they do there, and go to the loop)
+        xywh = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * len(boxes)).reshape(len(boxes), 4)
+        score = np.array(scores, dtype=np.float64)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if not (np.isfinite(xywh).all() and np.isfinite(score).all() and (xywh[:, 2:] >= 0).all()):
+        return None
+    return [{"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": value}
+            for image_id, category_id, bbox, value in zip(image_ids, category_ids, xywh.tolist(), score.tolist())]
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Reading a results file builds millions of dicts, lists and floats, none in a reference cycle;
+    the cyclic collector would walk them over and over as they pile up. Paused while they are read
+    and checked, then as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_results(path: Path, gt: dict, category_map=None, box_format: str = "xywh") -> list[dict]:
     """Read and validate a COCO results JSON (from kdeval, mmdetection, detectron2, ...): its form,
     then its ids and boxes against the dataset, every problem named (see foreign_results)."""
     from kdeval.data.foreign_results import check_foreign_results
 
-    detections = check_results(read_json(path, "results"), gt, path, box_format)
-    return check_foreign_results(detections, gt, path, category_map)
+    with _collector_paused():
+        detections = check_results(read_json(path, "results"), gt, path, box_format)
+        return check_foreign_results(detections, gt, path, category_map)
 
 
 # ---------------------------------------------------------------- paths

@@ -1,5 +1,6 @@
 """COCO-analyze error curves: seven ever more permissive precision–recall curves per category and
-object size, as the COCO API's analyze() and mmdetection's coco_error_analysis define them.
+object size, as the COCO API's analyze() defines them (mmdetection's coco_error_analysis.py ignores
+no sibling for Sim, so its Sim is its Loc: docs/evaluation-and-errors.md).
 
   C75, C50  PR at IoU .75 and .50
   Loc       PR at IoU .10: localisation errors forgiven, duplicates still false positives
@@ -171,7 +172,10 @@ def _matched(gt: dict, detections: list[dict]) -> tuple[DetectionArrays, np.ndar
 
 def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
     """The seven COCO-analyze curves of `detections` (COCO results, xywh) against `gt` (a COCO dict)."""
-    arr, outcome = _matched(gt, detections)
+    return _curves(gt, *_matched(gt, detections))
+
+
+def _curves(gt: dict, arr: DetectionArrays, outcome: np.ndarray) -> ErrorCurves:
     n_cat, n_areas = len(arr.category_ids), len(AREA_RANGES)
     n_matched = len(_MATCHED_SETTINGS)
     precision = np.full((len(ANALYSIS_SETTINGS), len(RECALL_THRESHOLDS), n_cat, n_areas), -1.0)
@@ -202,6 +206,12 @@ def resampled_error_curves(gt: dict, detections: list[dict]) -> ResampledAP:
     """The detections matched once under the five matched settings, for resampled_error_aps."""
     arr, outcome = _matched(gt, detections)
     return ResampledAP.from_outcome(arr, outcome, (MAX_DETS,))
+
+
+def error_curves_and_resampled(gt: dict, detections: list[dict]) -> tuple[ErrorCurves, ResampledAP]:
+    """error_curves and resampled_error_curves from one matching, the costly part of each."""
+    arr, outcome = _matched(gt, detections)
+    return _curves(gt, arr, outcome), ResampledAP.from_outcome(arr, outcome, (MAX_DETS,))
 
 
 def resampled_error_aps(resampled: ResampledAP, counts: np.ndarray) -> np.ndarray:

@@ -16,8 +16,17 @@ def save_figure(figure: Figure, out_dir: Path, stem: str, dpi: int = 150) -> lis
     """`stem`.png and `stem`.pdf under out_dir. Figures are built with matplotlib.figure.Figure, not
     pyplot, so nothing global needs closing."""
     paths = []
-    for fmt in FIGURE_FORMATS:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None)
-        paths.append(write_bytes_atomic(Path(out_dir) / f"{stem}.{fmt}", buffer.getvalue()))
+    engine = figure.get_layout_engine()
+    try:
+        for fmt in FIGURE_FORMATS:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None)
+            paths.append(write_bytes_atomic(Path(out_dir) / f"{stem}.{fmt}", buffer.getvalue()))
+            if engine is not None:
+                # the layout the first format solved places the axes of the others too: solving it
+                # again would measure every label once more, and the formats share one layout
+                figure.set_layout_engine("none")
+    finally:
+        if engine is not None:
+            figure.set_layout_engine(engine)
     return paths
