@@ -516,3 +516,13 @@ def test_the_gain_interval_covers_a_true_gain_of_zero(capsys):
         print(f"\ncoverage of a zero gain over {draws} draws ({time.perf_counter() - start:.0f} s): "
               + ", ".join(f"{metric} {covered[metric]}" for metric in COCO_STAT_NAMES))
     assert covered["AP"] >= 90, dict(covered)
+
+
+def test_a_values_interval_stays_within_the_statistics_range():
+    """The basic interval reflects the resamples about the value: near 0 (or 1) it would step past it."""
+    keys = pd.DataFrame({"metric": ["near 0", "near 1", "ratio"]})
+    point = {"m": np.array([[0.01, 0.99, 1.5]])}
+    resampled = {"m": np.array([[0.0, 0.95, 1.0], [0.05, 1.0, 1.2], [0.08, 0.96, 2.5]])[:, None, :]}
+    row = interval_table(keys, point, resampled, None, upper=np.array([1.0, 1.0, np.inf])).set_index("metric")
+    assert row.loc["near 0", "ci_low"] == 0.0 and row.loc["near 1", "ci_high"] == 1.0  # 2·v − q would be < 0, > 1
+    assert row.loc["ratio", "ci_high"] > 1.5  # no cap where the statistic has none

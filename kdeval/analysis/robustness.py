@@ -71,7 +71,7 @@ def robustness_intervals(gt: dict, detections: Mapping[str, ScenarioDetections |
              "scenarios": (pd.DataFrame(scenarios, columns=["corruption", "severity"]), slice(n_summary + n_severities, None))}
     tables = {name: interval_table(keys, {m: p[:, part] for m, p in point.items()},
                                    {m: r[:, :, part] for m, r in resampled.items()} if resampled else None,
-                                   baseline, bootstrap.confidence)
+                                   baseline, bootstrap.confidence, upper=_upper(keys))
               for name, (keys, part) in parts.items()}
     return RobustnessIntervals(**tables, baseline=baseline, bootstrap=bootstrap)
 
@@ -97,6 +97,12 @@ def resampled_ap(resampled: ResampledAP, counts: np.ndarray) -> np.ndarray:
     ap = _what_ap_reads(resampled).accumulate(counts)[0][:, :, :, ALL]  # (rows, IoU thresholds, categories)
     mean = masked_mean(ap, (1, 2))
     return np.where(mean > -1, mean, np.nan)
+
+
+def _upper(keys: pd.DataFrame) -> np.ndarray:
+    """AP and mPC lie within [0, 1]; rPC, a ratio, may exceed 1."""
+    metric = keys["metric"] if "metric" in keys else pd.Series([""] * len(keys))
+    return np.where(metric.to_numpy() == "rPC", np.inf, 1.0)
 
 
 def _what_ap_reads(resampled: ResampledAP) -> ResampledAP:

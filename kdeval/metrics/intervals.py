@@ -53,12 +53,16 @@ def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np
 
 
 def interval_table(keys: pd.DataFrame, point: dict[str, np.ndarray], resampled: dict[str, np.ndarray] | None,
-                   baseline: str | None, confidence: float = 0.95) -> pd.DataFrame:
+                   baseline: str | None, confidence: float = 0.95, upper: float | np.ndarray = 1.0) -> pd.DataFrame:
     """One row per (model, key row): `keys`' columns, then INTERVAL_COLUMNS.
 
     point[model]: (runs, statistics), the whole dataset; resampled[model]: (resamples, runs,
     statistics), the same resamples, in the same order, for every model (None: no bootstrap). The
-    statistics are `keys`' rows, in order. -1 means 'no value'."""
+    statistics are `keys`' rows, in order. -1 means 'no value'.
+
+    A value's interval is kept within [0, upper] (per statistic, or one for all): the basic interval
+    reflects the resampled values about the value and can step outside the range a statistic has
+    (an AP below 0 on a small set); every statistic here is ≥ 0, and AP-like ones ≤ 1."""
     frames = []
     base_point = _as_values(point[baseline]).mean(axis=0) if baseline is not None else None
     base_resampled = _as_values(resampled[baseline]).mean(axis=1) if baseline is not None and resampled else None
@@ -75,7 +79,9 @@ def interval_table(keys: pd.DataFrame, point: dict[str, np.ndarray], resampled: 
         if resampled:
             means = _as_values(resampled[model]).mean(axis=1)  # (resamples, statistics)
             low, high = _percentiles(means, confidence)
-            frame["ci_low"], frame["ci_high"] = 2 * value - high, 2 * value - low  # the basic interval
+            top = np.broadcast_to(np.asarray(upper, dtype=float), value.shape)
+            frame["ci_low"] = np.clip(2 * value - high, 0.0, top)  # the basic interval, within the statistic's range
+            frame["ci_high"] = np.clip(2 * value - low, 0.0, top)
         if baseline is not None and model != baseline:
             frame["gain"] = value - base_point
             if resampled:
