@@ -10,7 +10,7 @@ import importlib
 from kdeval.cli.common import app, user_errors
 
 # imported in the order `kdeval --help` lists their commands
-COMMAND_MODULES = ("training", "models", "study", "pages", "robustness")
+COMMAND_MODULES = ("training", "models", "study", "pages", "robustness", "convert")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"kdeval.cli.{_module}")
 

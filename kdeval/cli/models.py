@@ -22,7 +22,7 @@ from kdeval.metrics.bootstrap import BootstrapSettings
 @dataset_options
 @inference_options()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint or torchvision's COCO RetinaNet weights.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A kdeval checkpoint, torchvision's COCO RetinaNet weights or an mmdetection RetinaNet checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="COCO results JSON to write.")],
     dataset: DatasetOptions = None,
     inference: InferenceOptions = None,

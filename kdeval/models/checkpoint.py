@@ -5,7 +5,7 @@ A checkpoint is a dict saved with torch.save and read with `weights_only=True`:
     supercategory), label_category_ids (model label -> COCO category id), role, train_settings,
     state_dict.
 torchvision's COCO RetinaNet state_dict (retinanet_resnet50_fpn_coco-*.pth) is read too, mapped to
-COCO's 91-id category space.
+COCO's 91-id category space, and mmdetection's RetinaNet checkpoints (models/mmdet.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from kdeval import __version__
 from kdeval.errors import KdevalError
 from kdeval.fileio import torch_save_atomic
 from kdeval.labels import LabelSpace
+from kdeval.models.mmdet import META_SAFE_GLOBALS, looks_like_mmdet, mmdet_header
 from kdeval.models.retinanet import ModelSpec, build_retinanet
 from kdeval.vocab import ROLES
 
@@ -42,7 +43,7 @@ class LoadedModel:
     categories: list[dict]
     role: str
     train_settings: dict
-    source: str  # "kdeval" or "torchvision"
+    source: str  # "kdeval", "torchvision" or "mmdetection"
 
 
 # Set only by the command line's --trust-checkpoint, for the command it runs: then files that need
@@ -70,7 +71,8 @@ def torch_load_safely(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: our own message says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            payload = torch.load(path, map_location="cpu", weights_only=not trusted)
+            with torch.serialization.safe_globals(META_SAFE_GLOBALS):  # data-only types of mmdetection's meta
+                payload = torch.load(path, map_location="cpu", weights_only=not trusted)
         return payload.state_dict() if trusted and isinstance(payload, torch.nn.Module) else payload
     except pickle.UnpicklingError as exc:
         match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
@@ -212,28 +214,53 @@ def _torchvision_retinanet(state_dict: dict, path: Path) -> LoadedModel:
     return LoadedModel(model, spec, labels, categories, "teacher", {}, "torchvision")
 
 
+def _mmdet_retinanet(payload: dict, path: Path) -> LoadedModel:
+    spec, labels, categories, state_dict = mmdet_header(payload, path)
+    model = build_retinanet(spec)
+    _load_weights(model, state_dict, spec, path)
+    return LoadedModel(model, spec, labels, categories, "teacher", {}, "mmdetection")
+
+
 def _payload(path: Path) -> tuple[Any, str]:
-    """The file's contents and their kind, 'kdeval' or 'torchvision'; refused when neither."""
+    """The file's contents and their kind, 'kdeval', 'torchvision' or 'mmdetection'; refused when none."""
     payload = torch_load_safely(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return payload, "kdeval"
     if isinstance(payload, dict) and _looks_like_torchvision_retinanet(payload):
         return payload, "torchvision"
+    if looks_like_mmdet(payload):
+        return payload, "mmdetection"
     raise KdevalError(
         f"{path}: not a model kdeval can read (expected a kdeval checkpoint, format '{FORMAT}' "
-        f"version {FORMAT_VERSION}, or torchvision's RetinaNet COCO state_dict)"
+        f"version {FORMAT_VERSION}, torchvision's RetinaNet COCO state_dict or an mmdetection RetinaNet checkpoint)"
     )
 
 
 def load_checkpoint(path: Path) -> LoadedModel:
-    """Rebuild a model from a kdeval checkpoint or torchvision's COCO RetinaNet weights (on the CPU)."""
+    """Rebuild a model from a kdeval checkpoint, torchvision's COCO RetinaNet weights or an mmdetection
+    RetinaNet checkpoint (on the CPU)."""
     path = Path(path)
     payload, kind = _payload(path)
-    return _kdeval_checkpoint(payload, path) if kind == "kdeval" else _torchvision_retinanet(payload, path)
+    loader = {"kdeval": _kdeval_checkpoint, "torchvision": _torchvision_retinanet, "mmdetection": _mmdet_retinanet}[kind]
+    return loader(payload, path)
 
 
 def checkpoint_labels(path: Path) -> LabelSpace:
     """The label space load_checkpoint(path).labels would give, without building the model."""
     path = Path(path)
     payload, kind = _payload(path)
-    return _kdeval_header(payload, path)[1] if kind == "kdeval" else _torchvision_header(payload, path)[1]
+    if kind == "kdeval":
+        return _kdeval_header(payload, path)[1]
+    return _torchvision_header(payload, path)[1] if kind == "torchvision" else mmdet_header(payload, path)[1]
+
+
+def convert_checkpoint(source: Path, out: Path) -> LoadedModel:
+    """Write any model kdeval reads (an mmdetection or torchvision RetinaNet) as a kdeval checkpoint,
+    keeping its network settings (ModelSpec style "mmdet" for mmdetection's), so later runs read it
+    without mapping names again."""
+    loaded = load_checkpoint(source)
+    if Path(out).resolve() == Path(source).resolve():
+        raise KdevalError(f"{out}: the converted checkpoint would overwrite its source; give another path")
+    settings = dict(loaded.train_settings) if loaded.source == "kdeval" else {"converted_from": loaded.source}
+    save_checkpoint(Path(out), loaded.model, loaded.spec, loaded.categories, loaded.role, settings)
+    return loaded

@@ -28,6 +28,8 @@ from kdeval.vocab import ARCHS, HEAD_NORMS, NORMS
 
 RESNETS = dict(zip(ARCHS, (resnet.resnet18, resnet.resnet34, resnet.resnet50, resnet.resnet101)))
 FPN_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+# whose arithmetic the network follows (anchors, box decoding, test-time resize): models/mmdet_network.py
+STYLES = ("torchvision", "mmdet")
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,11 @@ class ModelSpec:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    style: str = "torchvision"
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise KdevalError(f"unknown style '{self.style}' (expected one of {', '.join(STYLES)})")
         if self.arch not in RESNETS:
             raise KdevalError(f"unknown arch '{self.arch}' (expected one of {', '.join(RESNETS)})")
         if self.norm not in NORMS:
@@ -129,7 +134,12 @@ def build_head(spec: ModelSpec, num_anchors: int) -> RetinaNetHead:
 
 
 def build_retinanet(spec: ModelSpec) -> RetinaNet:
-    """torchvision's RetinaNet with kdeval's batch-wide inference postprocessing (same state_dict)."""
+    """torchvision's RetinaNet with kdeval's batch-wide inference postprocessing (same state_dict); with
+    style "mmdet", the network mmdetection runs (models/mmdet_network.py)."""
+    if spec.style == "mmdet":
+        from kdeval.models.mmdet_network import build_mmdet_retinanet  # it builds on this module's parts
+
+        return build_mmdet_retinanet(spec)
     anchors = anchor_generator(spec)
     return BatchedRetinaNet(
         build_backbone(spec),
