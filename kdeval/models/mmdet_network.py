@@ -28,7 +28,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from kdeval.models.postprocess import BatchedRetinaNet, batched_postprocess
-from kdeval.models.retinanet import FPN_STRIDES, RESNETS, Float32AnchorGenerator, ModelSpec, _norm_layer, build_head
+from kdeval.models.retinanet import FPN_STRIDES, RESNETS, Float32AnchorGenerator, ModelSpec, _norm_layer, retinanet_arguments
 from kdeval.models.transform import SyncFreeTransform
 
 # mmdetection's ImageNet statistics in 0–255 RGB (img_norm_cfg / DetDataPreprocessor of its RetinaNet configs)
@@ -168,18 +168,7 @@ class MMDetRetinaNet(BatchedRetinaNet):
     tree and state_dict keys as a torchvision-style kdeval RetinaNet."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        anchors = MMDetAnchorGenerator(spec.anchor_size_per_stride)
-        super().__init__(
-            build_mmdet_backbone(spec),
-            num_classes=spec.num_classes,
-            min_size=spec.min_size,
-            max_size=spec.max_size,
-            anchor_generator=anchors,
-            head=build_head(spec, anchors.num_anchors_per_location()[0]),
-            score_thresh=spec.score_thresh,
-            nms_thresh=spec.nms_thresh,
-            detections_per_img=spec.detections_per_img,
-        )
+        super().__init__(build_mmdet_backbone(spec), **retinanet_arguments(spec, MMDetAnchorGenerator(spec.anchor_size_per_stride)))
         self.box_coder = MMDetBoxCoder()
         self.transform = MMDetTransform(spec.min_size, spec.max_size)
 

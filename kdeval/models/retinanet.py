@@ -140,18 +140,22 @@ def build_retinanet(spec: ModelSpec) -> RetinaNet:
         from kdeval.models.mmdet_network import build_mmdet_retinanet  # it builds on this module's parts
 
         return build_mmdet_retinanet(spec)
-    anchors = anchor_generator(spec)
-    return BatchedRetinaNet(
-        build_backbone(spec),
-        num_classes=spec.num_classes,
-        min_size=spec.min_size,
-        max_size=spec.max_size,
-        anchor_generator=anchors,
-        head=build_head(spec, anchors.num_anchors_per_location()[0]),
-        score_thresh=spec.score_thresh,
-        nms_thresh=spec.nms_thresh,
-        detections_per_img=spec.detections_per_img,
-    )
+    return BatchedRetinaNet(build_backbone(spec), **retinanet_arguments(spec, anchor_generator(spec)))
+
+
+def retinanet_arguments(spec: ModelSpec, anchors) -> dict:
+    """RetinaNet's arguments after the backbone, for the spec and its anchor generator: the same for
+    the torchvision-style network and the mmdetection-style one."""
+    return {
+        "num_classes": spec.num_classes,
+        "min_size": spec.min_size,
+        "max_size": spec.max_size,
+        "anchor_generator": anchors,
+        "head": build_head(spec, anchors.num_anchors_per_location()[0]),
+        "score_thresh": spec.score_thresh,
+        "nms_thresh": spec.nms_thresh,
+        "detections_per_img": spec.detections_per_img,
+    }
 
 
 def load_backbone_weights(model: RetinaNet, path) -> None:
