@@ -8,12 +8,10 @@ followed by MARK when its interval excludes 0 (bold in LaTeX). Gains have rows o
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kdeval.fileio import write_text_atomic
 from kdeval.metrics.bootstrap import BootstrapSettings
 from kdeval.metrics.intervals import gain_excludes_zero
 from kdeval.report.tables import MARK, cells_to_latex, cells_to_markdown, cells_to_text
@@ -121,20 +119,6 @@ def interval_text(cells: pd.DataFrame, title: str | None, note: str) -> str:
 def intervals_csv(intervals: pd.DataFrame) -> str:
     """Tidy: one row per (model, key), values 0–1; empty cells where there is no value."""
     return intervals.to_csv(index=False, float_format="%.6f")
-
-
-def write_interval_tables(intervals: pd.DataFrame, column: str, out_dir: Path, stem: str, baseline: str | None,
-                          bootstrap: BootstrapSettings | None, caption: str, columns: list | None = None) -> list[Path]:
-    """`stem`.md and .tex (models and gain rows × `column`) and `stem`_intervals.csv (tidy)."""
-    shown = intervals if columns is None else intervals[intervals[column].isin(columns)]
-    cells = interval_cells(shown, column, baseline, columns)
-    note = interval_note(bootstrap, shown, baseline)
-    out_dir = Path(out_dir)
-    return [
-        write_text_atomic(out_dir / f"{stem}.md", interval_markdown(cells, note)),
-        write_text_atomic(out_dir / f"{stem}.tex", interval_latex(cells, caption, note, baseline)),
-        write_text_atomic(out_dir / f"{stem}_intervals.csv", intervals_csv(intervals)),
-    ]
 
 
 def is_plain(intervals: pd.DataFrame | None, bootstrap: BootstrapSettings | None) -> bool:
