@@ -28,7 +28,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from kdeval.models.postprocess import BatchedRetinaNet, batched_postprocess
-from kdeval.models.retinanet import FPN_STRIDES, RESNETS, Float32AnchorGenerator, ModelSpec, _norm_layer, retinanet_arguments
+from kdeval.models.retinanet import FPN_STRIDES, Float32AnchorGenerator, ModelSpec, build_backbone, retinanet_arguments
 from kdeval.models.transform import SyncFreeTransform
 
 # mmdetection's ImageNet statistics in 0–255 RGB (img_norm_cfg / DetDataPreprocessor of its RetinaNet configs)
@@ -151,16 +151,7 @@ class MMDetP6P7(ExtraFPNBlock):
 
 
 def build_mmdet_backbone(spec: ModelSpec) -> BackboneWithFPN:
-    body = RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec.norm))
-    stage2_channels = body.inplanes // 8
-    in_channels = [stage2_channels * 2 ** (layer - 1) for layer in (2, 3, 4)]
-    return BackboneWithFPN(
-        body,
-        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
-        in_channels_list=in_channels,
-        out_channels=spec.fpn_channels,
-        extra_blocks=MMDetP6P7(in_channels[-1], spec.fpn_channels),
-    )
+    return build_backbone(spec, extra_blocks=MMDetP6P7)
 
 
 class MMDetRetinaNet(BatchedRetinaNet):

@@ -108,16 +108,19 @@ def anchor_generator(spec: ModelSpec) -> AnchorGenerator:
     return Float32AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
-def build_backbone(spec: ModelSpec) -> BackboneWithFPN:
+def build_backbone(spec: ModelSpec, extra_blocks=None) -> BackboneWithFPN:
+    """ResNet + FPN over C3–C5; P6 and P7 by `extra_blocks(C5 channels, FPN channels)`, torchvision's
+    LastLevelP6P7 from P5 by default (mmdetection's take C5: kdeval.models.mmdet_network)."""
     body = RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec.norm))
     stage2_channels = body.inplanes // 8  # 64 for BasicBlock nets, 256 for Bottleneck nets
     in_channels = [stage2_channels * 2 ** (layer - 1) for layer in (2, 3, 4)]
+    extra = extra_blocks(in_channels[-1], spec.fpn_channels) if extra_blocks else LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)
     return BackboneWithFPN(
         body,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=in_channels,
         out_channels=spec.fpn_channels,
-        extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels),
+        extra_blocks=extra,
     )
 
 
