@@ -144,8 +144,11 @@ class MMDetP6P7(ExtraFPNBlock):
             nn.init.constant_(module.bias, 0)
 
     def forward(self, p, c, names):
-        p6 = self.p6(c[-1])
-        p.extend([p6, self.p7(p6)])
+        x = c[-1].float()
+        with torch.autocast(x.device.type, enabled=False):  # in fp32, as Float32LastLevelP6P7 says why
+            p6 = self.p6(x)
+            p7 = self.p7(p6)
+        p.extend([p6, p7])
         names.extend(["p6", "p7"])
         return p, names
 

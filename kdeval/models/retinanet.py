@@ -13,6 +13,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import resnet
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
@@ -108,13 +109,29 @@ def anchor_generator(spec: ModelSpec) -> AnchorGenerator:
     return Float32AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
+class Float32LastLevelP6P7(LastLevelP6P7):
+    """torchvision's P6 and P7, always computed in fp32. Their maps are a pixel or two wide, and there
+    oneDNN's bf16 convolution (CPU autocast) gives non-finite weight gradients, at random, for a
+    stride-2 conv of a 1×1 map (P7 on 64-px images, P6 and P7 on 32-px ones; tests/test_models.py);
+    at that size fp32 costs nothing. Same parameters and state_dict as torchvision's."""
+
+    def forward(self, p, c, names):
+        x = (p[-1] if self.use_P5 else c[-1]).float()
+        with torch.autocast(x.device.type, enabled=False):
+            p6 = self.p6(x)
+            p7 = self.p7(F.relu(p6))
+        p.extend([p6, p7])
+        names.extend(["p6", "p7"])
+        return p, names
+
+
 def build_backbone(spec: ModelSpec, extra_blocks=None) -> BackboneWithFPN:
     """ResNet + FPN over C3–C5; P6 and P7 by `extra_blocks(C5 channels, FPN channels)`, torchvision's
     LastLevelP6P7 from P5 by default (mmdetection's take C5: kdeval.models.mmdet_network)."""
     body = RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec.norm))
     stage2_channels = body.inplanes // 8  # 64 for BasicBlock nets, 256 for Bottleneck nets
     in_channels = [stage2_channels * 2 ** (layer - 1) for layer in (2, 3, 4)]
-    extra = extra_blocks(in_channels[-1], spec.fpn_channels) if extra_blocks else LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)
+    extra = extra_blocks(in_channels[-1], spec.fpn_channels) if extra_blocks else Float32LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)
     return BackboneWithFPN(
         body,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
