@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import asdict, replace
 
 import pytest
@@ -17,7 +18,7 @@ def _split(root):
 
 
 def test_lr_schedule_warms_up_then_decays_at_fractions():
-    settings = TrainSettings(lr=0.01, warmup_iters=10, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
+    settings = TrainSettings(lr=0.01, schedule="step", warmup_iters=10, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
     assert lr_at(settings, 0, 120) == pytest.approx(1e-5)
     assert lr_at(settings, 5, 120) == pytest.approx(0.01 * (0.001 * 0.5 + 0.5))
     assert lr_at(settings, 10, 120) == pytest.approx(0.01)
@@ -25,13 +26,45 @@ def test_lr_schedule_warms_up_then_decays_at_fractions():
     assert lr_at(settings, 80, 120) == pytest.approx(0.001)
     assert lr_at(settings, 110, 120) == pytest.approx(0.0001)
     # a short run: 18 iterations (one Shapes epoch of 300 images) warm up for 3, not 100
-    short = TrainSettings(lr=0.01, warmup_iters=100, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
+    short = TrainSettings(lr=0.01, schedule="step", warmup_iters=100, warmup_factor=0.001, decay_at=(8 / 12, 11 / 12))
     assert lr_at(short, 3, 18) == pytest.approx(0.01) and lr_at(short, 1, 18) < 0.01
     assert max(lr_at(short, i, 18) for i in range(18)) == pytest.approx(0.01)
     # a single iteration gets the warm-up's first value, and is not also decayed twice at iteration 0
     assert lr_at(short, 0, 1) == pytest.approx(0.01 * 0.001)
-    one_step = TrainSettings(lr=0.01, warmup_iters=100, warmup_factor=1.0, decay_at=(8 / 12, 11 / 12))
+    one_step = TrainSettings(lr=0.01, schedule="step", warmup_iters=100, warmup_factor=1.0, decay_at=(8 / 12, 11 / 12))
     assert lr_at(one_step, 0, 1) == pytest.approx(0.01)
+
+
+def test_cosine_schedule_warms_up_then_falls_to_zero():
+    settings = TrainSettings(lr=0.01, schedule="cosine", warmup_iters=10, warmup_factor=0.001)
+    assert lr_at(settings, 0, 110) == pytest.approx(1e-5)
+    assert lr_at(settings, 10, 110) == pytest.approx(0.01)  # the peak, right after the warm-up
+    assert lr_at(settings, 60, 110) == pytest.approx(0.005)  # half-way through what follows it
+    assert lr_at(settings, 35, 110) == pytest.approx(0.01 * (1 + 2 ** -0.5) / 2)
+    assert lr_at(settings, 109, 110) == pytest.approx(0.01 * (1 - math.cos(math.pi / 100)) / 2)
+    after_warmup = [lr_at(settings, i, 110) for i in range(10, 110)]
+    assert all(a > b for a, b in zip(after_warmup, after_warmup[1:]))
+    assert lr_at(settings, 0, 1) == pytest.approx(0.01 * 0.001)  # one iteration: the warm-up's first value
+    # the COCO recipe keeps the paper's step decay; Shapes' default is the cosine
+    assert RECIPES["coco-1x"].schedule == "step" and RECIPES["shapes"].schedule == "cosine"
+
+
+def test_an_unknown_schedule_is_one_line():
+    with pytest.raises(KdevalError, match="unknown schedule 'linear'"):
+        lr_at(TrainSettings(schedule="linear"), 0, 10)
+
+
+@pytest.mark.parametrize("native, amp, expected", [(True, True, "bf16"), (False, True, "fp32"), (True, False, "fp32")])
+def test_the_cpu_trains_in_bf16_only_where_it_computes_bf16_natively(monkeypatch, native, amp, expected):
+    import kdeval.engine.train as training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert training.training_precision(cpu, amp) == expected
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with training._autocast(cpu, amp):
+        out = conv(torch.randn(1, 3, 8, 8))
+    assert out.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
 
 
 def test_an_image_size_scales_the_long_side_cap_with_the_recipe():
@@ -149,3 +182,17 @@ def test_resuming_a_finished_run_compares_the_models_own_settings_and_a_retraini
         train_module.train(longer, split, run_dir, overwrite=True)
     assert not (run_dir / "model.pt").exists()
 
+
+
+@pytest.mark.parametrize("save_every, saved_after", [(0, [2, 4]), (1, [1, 2, 3, 4]), (3, [2, 3, 4])])
+def test_resumable_states_are_written_at_epoch_ends_and_every_save_every_iterations(
+        tiny_shapes, tmp_path, monkeypatch, save_every, saved_after):
+    """8 images in batches of 4: 2 iterations an epoch, 4 in all. save_every 0 (the Shapes default)
+    saves at the end of each epoch alone."""
+    import kdeval.engine.train as train_module
+
+    written = []
+    monkeypatch.setattr(train_module, "save_state", lambda path, run, iteration: written.append(iteration))
+    settings = replace(TINY, epochs=2, save_every=save_every)
+    train_module.train(settings, _split(tiny_shapes), tmp_path / "run", progress=False)
+    assert written == saved_after

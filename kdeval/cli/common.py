@@ -24,6 +24,7 @@ from kdeval.vocab import (
     HEAD_NORMS,
     NORMS,
     OPTIMIZERS,
+    SCHEDULES,
     RECIPES,
     ROLES,
     SSIM_RESCALES,
@@ -68,11 +69,12 @@ WindowShape = _choices("WindowShape", SSIM_WINDOW_SHAPES)
 Rescale = _choices("Rescale", SSIM_RESCALES)
 Recipe = _choices("Recipe", RECIPES)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
+Schedule = _choices("Schedule", SCHEDULES)
 BoxFormat = _choices("BoxFormat", BOX_FORMATS)
 WorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers for inference (default: 0 on the CPU, up to 8 beside a GPU).")]
 ModelsArg = Annotated[list[str], typer.Argument(help="Checkpoints or COCO results JSON files, optionally NAME=PATH; NAME=PATH,PATH,... for several training runs of one recipe (a comma always separates runs).")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per inference batch.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default; within 0.1 AP of fp32 where measured); --fp32 for full precision. The CPU always runs fp32.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--fp32", help="fp16 mixed-precision inference on CUDA (the default; within 0.1 AP of fp32 where measured); --fp32 for full precision. Inference on the CPU always runs fp32.")]
 CudaGraphsOpt = Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA, replay the backbone, FPN and head as CUDA graphs (one per batch shape, captured when a shape recurs): fewer kernel launches for the host; detections are the same up to float rounding.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Load checkpoints that need full unpickling (old torchvision or mmdetection pickles). Unpickling can run code: only for files you trust.")]
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Paired bootstrap resamples of the images for every interval and gain (0: off).")]

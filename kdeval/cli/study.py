@@ -40,7 +40,7 @@ def study(
     bootstrap_seed: Annotated[Optional[int], typer.Option(help="Seed of the image resamples (default 0).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML or TOML file holding any of these settings.")] = None,
     quick: Annotated[Optional[bool], typer.Option("--quick/--full", help="A small Shapes set and short schedules (minutes).")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--fp32", help="fp16 inference on CUDA for evaluate, errors, robustness and visualize (the default), or fp32; training stays bf16 mixed precision. The CPU always runs fp32.")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--fp32", help="fp16 inference on CUDA for evaluate, errors, robustness and visualize (the default), or fp32. Training stays in bf16 mixed precision, on CUDA and on CPUs with native bf16; inference on the CPU runs fp32.")] = None,
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("reports/study"),
     progress: ProgressOpt = True,

@@ -10,7 +10,7 @@ import typer
 
 from kdeval.cli.common import (
     Arch, DatasetOptions, DeviceOpt, DistillLoss, HeadNorm, Norm, Optimizer, OutOpt, ProgressOpt, Recipe,
-    Rescale, Role, TrustOpt, WindowShape, app, data_app, dataset_options, reports_dir, resolve_device,
+    Rescale, Role, Schedule, TrustOpt, WindowShape, app, data_app, dataset_options, reports_dir, resolve_device,
     user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
@@ -57,6 +57,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per iteration (recipe default).")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (recipe default).")] = None,
     optimizer: Annotated[Optional[Optimizer], typer.Option(help="adamw or sgd (recipe default).")] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="After the warm-up: 'step' decays at 8/12 and 11/12 of the run, 'cosine' down to 0 (recipe default: cosine shapes, step coco-1x).")] = None,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Resize the short side to this (recipe default); long side ≤ max(this, recipe max).")] = None,
     fpn_channels: Annotated[Optional[int], typer.Option(min=8, help="FPN and head width (recipe default: 64 shapes, 256 coco-1x).")] = None,
     norm: Annotated[Optional[Norm], typer.Option(help="Backbone normalisation (recipe default).")] = None,
@@ -71,7 +72,7 @@ def train(
     pseudo_labels: Annotated[Optional[Path], typer.Option(help="Hard output distillation: train on this checkpoint's detections instead of the ground truth.")] = None,
     pseudo_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score above which a teacher detection becomes a label.")] = 0.3,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="ImageNet ResNet state_dict on disk (nothing is downloaded).")] = None,
-    amp: Annotated[bool, typer.Option("--amp/--fp32", help="Mixed precision on CUDA (bf16 where supported); with --pseudo-labels the teacher's inference too (fp16).")] = True,
+    amp: Annotated[bool, typer.Option("--amp/--fp32", help="Mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16 (AVX512-BF16, AMX), elsewhere fp32; with --pseudo-labels the teacher's inference too (fp16, CUDA only).")] = True,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes (default: 0 on the CPU, up to 8 beside a GPU).")] = None,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -119,6 +120,7 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "optimizer": optimizer.value if optimizer else None,
+        "schedule": schedule.value if schedule else None,
         "fpn_channels": fpn_channels,
         "norm": norm.value if norm else None,
         "head_norm": head_norm.value if head_norm else None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -41,7 +42,7 @@ from kdeval.engine.distributed import Distributed, start_distributed
 from kdeval.engine.predict import default_workers
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
-from kdeval.vocab import OPTIMIZERS
+from kdeval.vocab import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger("kdeval")
 
@@ -56,11 +57,12 @@ class TrainSettings:
     epochs: int = 8
     batch_size: int = 16
     optimizer: str = "adamw"  # from scratch, AdamW learns Shapes far faster than SGD
-    lr: float = 1e-3
+    lr: float = 2e-3  # with the cosine: 16.0 AP against 14.7 for 1e-3 and step decay (R18, 4 epochs; benchmarks/RESULTS.md)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
     warmup_factor: float = 0.001
+    schedule: str = "cosine"  # cosine: from lr down to 0 over the run; step: decays at decay_at (COCO's)
     decay_at: tuple[float, ...] = (8 / 12, 11 / 12)  # fractions of the schedule, as COCO 1x (epochs 8 and 11 of 12)
     decay_gamma: float = 0.1
     grad_clip_norm: float = 10.0
@@ -72,8 +74,11 @@ class TrainSettings:
     max_size: int = 128
     anchor_size_per_stride: float = 2.0
     seed: int = 0
-    amp: bool = True  # only takes effect on CUDA
-    save_every: int = 25  # iterations between resumable states
+    amp: bool = True  # bf16 (fp16 where CUDA lacks bf16) mixed precision on CUDA, and on CPUs with native bf16
+    # iterations between resumable states besides the one at each epoch's end; 0: only there. A Shapes
+    # epoch is about a minute on a CPU, and each state (weights and AdamW's moments, 260 MB for R34,
+    # fsync'd) costs seconds, so more often would spend a tenth of the run saving
+    save_every: int = 0
     # distillation: feature losses between student and teacher FPN maps, or the teacher's detections as labels
     teacher: str | None = None  # checkpoint whose FPN maps the student imitates
     distill_loss: str | None = None  # ssim | ms-ssim | l1+ms-ssim | smooth-l1 | l2
@@ -117,6 +122,7 @@ RECIPES = {
         arch="r50",
         epochs=12,
         optimizer="sgd",
+        schedule="step",
         lr=0.01,
         weight_decay=1e-4,
         warmup_iters=500,
@@ -153,10 +159,17 @@ def warmup_for(warmup_iters: int, total_iters: int) -> int:
 
 
 def lr_at(settings: TrainSettings, iteration: int, total_iters: int) -> float:
-    """Linear warm-up from lr·warmup_factor, then step decay at fixed fractions of the schedule (never
-    at the first iteration, where a one-iteration run would put every decay)."""
-    lr = settings.lr * settings.decay_gamma ** sum(iteration >= max(1, int(f * total_iters)) for f in settings.decay_at)
+    """Linear warm-up from lr·warmup_factor, then either step decay at fixed fractions of the schedule
+    (never at the first iteration, where a one-iteration run would put every decay) or a cosine from lr
+    after the warm-up down to 0 at the end."""
     warmup = warmup_for(settings.warmup_iters, total_iters)
+    if settings.schedule == "cosine":
+        progress = max(0, iteration - warmup) / max(1, total_iters - warmup)
+        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    elif settings.schedule == "step":
+        lr = settings.lr * settings.decay_gamma ** sum(iteration >= max(1, int(f * total_iters)) for f in settings.decay_at)
+    else:
+        raise KdevalError(f"unknown schedule '{settings.schedule}' (expected one of {', '.join(SCHEDULES)})")
     if iteration < warmup:
         alpha = iteration / warmup
         lr *= settings.warmup_factor * (1 - alpha) + alpha
@@ -429,9 +442,29 @@ def save_model(checkpoint_path: Path, run: Training, train_split: Split) -> None
 # ---------------------------------------------------------------- one epoch
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions in hardware here (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32, so the CPU trains in fp32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def training_precision(device: torch.device, amp: bool) -> str:
+    """What a run's convolutions compute in: fp32, bf16 or fp16."""
+    if not amp:
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"  # about 1.5× the steps per second of fp32 on Shapes (benchmarks/RESULTS.md)
+    return "fp32"
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
+    precision = training_precision(device, enabled)
+    if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
@@ -548,7 +581,7 @@ def train(
         write_json_atomic(folder.settings, asdict(settings))
 
     def after_step(done: int) -> None:  # a resumable state every save_every iterations, after each epoch, and at the end
-        if done % settings.save_every == 0 or done % run.per_epoch == 0 or done == end:
+        if (settings.save_every and done % settings.save_every == 0) or done % run.per_epoch == 0 or done == end:
             save_state(folder.state, run, done)
         if on_iteration is not None:
             on_iteration(done)
