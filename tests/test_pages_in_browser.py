@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import noisy_detections, perfect_detections, shapes_args, write_json
+from kdeval.data.shapes import CATEGORIES
 from kdeval.cli import app
 from test_visualize import read_gallery
 
@@ -123,7 +124,7 @@ def test_gallery_draws_the_detections_above_the_threshold(browser, gallery, tmp_
     page.wait_for_function(f"() => document.body.dataset.drawn === '{drawn}'")
 
     label = page.locator("figure.panel[data-model='2'] text.label").first.text_content()
-    assert label.split()[0] in {"circle", "ellipse", "triangle", "square", "pentagon", "hexagon"}
+    assert label.split()[0] in {category["name"] for category in CATEGORIES}
     assert float(label.split()[1]) == pytest.approx(0.9)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(tmp_path / "gallery.png"))
