@@ -12,10 +12,11 @@ default bootstrap (--resamples), each --repeats times:
                --no-progress` as a subprocess: seconds from starting it to its exit, and to the newest
                file under DIR
   breakdown    the same command in a child process that runs kdeval's CLI in itself with
-               time.perf_counter around the steps (imports, loading, COCO-analyze curves, TIDE,
-               interval tables, tables, each figure's drawing and each of its PNG and PDF), so the
-               printed table says where the seconds go; "interpreter start" and "exit" are the
-               seconds before the child's first line and after kdeval returns
+               time.perf_counter around the steps (imports, loading, the detections as columns,
+               COCO-analyze curves, TIDE, interval tables, tables, each figure's drawing and each of
+               its PNG and PDF), so the printed table says where the seconds go; "interpreter start"
+               and "exit" are the seconds before the child's first line and after kdeval returns; and
+               whether torch was imported (results files need no model)
 
 The targets: at most 15 s end to end with --bootstrap 0 (issue 29, three models, 5,000 × 100 × 80);
 with the bootstrap, its analysis (curves, TIDE and their resamples) at most 10× the analysis it
@@ -75,6 +76,8 @@ def _profile_child(timings_path: str, cli_args: list[str]) -> None:
     engine.load_coco_annotations = clock("loading: ground truth", engine.load_coco_annotations)
     detections.load_results = clock(lambda path, *a, **k: f"loading: results {Path(path).name}", detections.load_results)
     engine.analyze_detections = clock("analysis (subtotal of the rows above it, from the curves)", engine.analyze_detections)
+    if hasattr(analysis, "runs_as_columns"):  # each run made arrays once, for the curves and TIDE, before the analysis
+        engine.runs_as_columns = clock("columns: each run's detections as arrays, once", engine.runs_as_columns)
     analysis.error_curves = clock("curves: COCO-analyze, one pass", analysis.error_curves)
     if hasattr(analysis, "error_curves_and_resampled"):  # one matching for the curves and their resamples
         analysis.error_curves_and_resampled = clock("curves: COCO-analyze, one pass, matched for the resamples too",
@@ -112,7 +115,8 @@ def _profile_child(timings_path: str, cli_args: list[str]) -> None:
         if exit_.code not in (0, None):
             raise
     finally:
-        Path(timings_path).write_text(json.dumps({"started": started, "returned": time.time(), "steps": steps}))
+        Path(timings_path).write_text(json.dumps({"started": started, "returned": time.time(), "steps": steps,
+                                                  "torch_imported": "torch" in sys.modules}))
 
 
 # ---------------------------------------------------------------- the parent
@@ -169,8 +173,9 @@ def end_to_end(cli_args: list[str], out: Path) -> tuple[float, float, float, flo
     return ended - started, newest - started, cpu, load_before, _load()
 
 
-def breakdown(cli_args: list[str], out: Path) -> tuple[list[tuple[str, float]], float, float]:
-    """The child's steps with 'interpreter start' and 'exit' added; (steps, total, load)."""
+def breakdown(cli_args: list[str], out: Path) -> tuple[list[tuple[str, float]], float, float, bool]:
+    """The child's steps with 'interpreter start' and 'exit' added; (steps, total, load, whether the
+    child imported torch)."""
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as scratch:
         timings = Path(scratch) / "timings.json"
@@ -184,7 +189,7 @@ def breakdown(cli_args: list[str], out: Path) -> tuple[list[tuple[str, float]], 
     for name, seconds in record["steps"]:
         merged[name] = merged.get(name, 0.0) + seconds
     steps = [("interpreter start", record["started"] - started), *merged.items(), ("exit (after kdeval returned)", ended - record["returned"])]
-    return steps, ended - started, load
+    return steps, ended - started, load, record.get("torch_imported", True)
 
 
 def _print_breakdown(steps: list[tuple[str, float]], total: float) -> list[str]:
@@ -240,9 +245,10 @@ def main() -> None:
                 line += f"; target ≤ {TARGET_PLAIN_S:g} s: {'met' if to_exit <= TARGET_PLAIN_S else 'NOT met'}"
             lines.append(line)
             print(line, flush=True)
-        steps, total, load = breakdown(cli_args, out)
+        steps, total, load, torch_imported = breakdown(cli_args, out)
         analysis_s[label] = dict(steps).get("analysis (subtotal of the rows above it, from the curves)", float("nan"))
-        lines.append(f"{label}: where the seconds go (one in-process run, 1-min load {load:.2f})")
+        lines.append(f"{label}: where the seconds go (one in-process run, 1-min load {load:.2f}; "
+                     f"torch {'imported' if torch_imported else 'not imported'})")
         lines += _print_breakdown(steps, total)
         print("\n".join(lines[-len(steps) - 5:]), flush=True)
     if len(analysis_s) == 2:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import subprocess
+import sys
 import traceback
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -25,6 +29,7 @@ from kdeval.report.error_figures import ap_label, error_curves_figure, size_gain
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- the curves against the reference
@@ -317,6 +322,44 @@ def test_errors_command_on_a_checkpoint(tmp_path, tiny_shapes, trained):
     result = runner.invoke(app, ["errors", f"m={trained}", *shapes_args(tiny_shapes), "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output + "".join(traceback.format_exception(*result.exc_info))
     assert (tmp_path / "figure1_error_curves.png").is_file()
+
+
+IMPORTED_MODEL_LIBRARIES = """
+import sys
+from kdeval.cli import main
+sys.argv = ["kdeval", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit_:
+    assert exit_.code in (0, None), f"exit status {exit_.code}"
+print(",".join(name for name in ("torch", "torchvision") if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["errors", "evaluate"])
+def test_results_files_are_scored_without_importing_torch(tmp_path, tiny_coco, command):
+    # every model a results file: nothing runs a network, so torch and torchvision (most of a short
+    # run's time, to import and at exit) stay unloaded, --device auto included
+    ann = write_json(tmp_path / "gt.json", tiny_coco)
+    perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))
+    sloppy = write_json(tmp_path / "sloppy.json", [dict(d, bbox=[v + 3 for v in d["bbox"]]) for d in perfect_detections(tiny_coco)])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", IMPORTED_MODEL_LIBRARIES, command, f"base={sloppy}", f"good={perfect}",
+                             "--annotations", str(ann), "--bootstrap", "0", "--out", str(tmp_path / "out"), "--no-progress"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "", f"imported: {result.stdout.splitlines()[-1]}"
+
+
+def test_a_device_is_still_checked_when_only_results_files_are_scored(tmp_path, tiny_coco):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: --device cuda is valid")
+    ann = write_json(tmp_path / "gt.json", tiny_coco)
+    perfect = write_json(tmp_path / "perfect.json", perfect_detections(tiny_coco))
+    result = runner.invoke(app, ["errors", str(perfect), "--annotations", str(ann), "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
 
 
 def test_errors_command_refuses_an_unknown_baseline(tmp_path, tiny_coco):

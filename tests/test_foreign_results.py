@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import perfect_detections, write_json
 from reference_analyze import detection_problem
 from kdeval.cli import app
-from kdeval.data.foreign_results import CategoryMap, diagnose
+from kdeval.data.foreign_results import _XYXY_PROBE, CategoryMap, diagnose
 from kdeval.labels import LabelSpace
 from kdeval.metrics.coco_ap import coco_stats, per_category_stats, run_cocoeval, ground_truth_coco
 from kdeval.vocab import TABLE_METRICS
@@ -117,6 +117,25 @@ def test_xyxy_boxes_are_recognised_and_fixed_only_when_asked(tmp_path, coco91_li
     assert json.loads((tmp_path / "o" / "coco_stats.json").read_text())["stats"]["xyxy"]["AP"] == pytest.approx(1.0)
 
 
+def test_xyxy_is_judged_on_every_box_beyond_the_first_ones_looked_at(coco91_like):
+    # the first boxes looked at all fit as corners: the rest decides, and its counts are reported
+    many = _XYXY_PROBE + 200
+    xyxy = [{"image_id": 1 + i % 2, "category_id": 1, "bbox": [40 + i % 10, 30, 90, 75], "score": 0.5} for i in range(many)]
+    [problem] = diagnose(xyxy, coco91_like, "r.json")
+    assert f"({many} of {many} leave their image" in problem
+    # one box further on that cannot be corners ([x, y, w, h] with w < x) clears them all
+    mixed = [*xyxy, {"image_id": 1, "category_id": 1, "bbox": [50, 30, 20, 20], "score": 0.5}]
+    assert diagnose(mixed, coco91_like, "r.json") == []
+    # detections on images without a size are not counted, nor are ones on unknown images judged
+    sized = [dict(d, image_id=1) for d in xyxy[:9]]
+    assert diagnose([*sized, {"image_id": 2, "category_id": 1, "bbox": [40, 30, 90, 75], "score": 0.5}],
+                    coco91_like, "r.json") != []
+    unsized = copy.deepcopy(coco91_like)
+    del unsized["images"][1]["width"]
+    assert diagnose([*sized, {"image_id": 2, "category_id": 1, "bbox": [40, 30, 90, 75], "score": 0.5}],
+                    unsized, "r.json") == []  # 9 boxes on an image of known size: too few to say
+
+
 def test_every_problem_gets_its_own_line_and_exit_2(tmp_path, tiny_coco):
     gt = write_json(tmp_path / "gt.json", tiny_coco)
     dets = [
@@ -210,3 +229,36 @@ def test_extra_keys_and_integer_scores_from_other_toolkits_are_accepted(tmp_path
     dets = [dict(d, score=1, segmentation=[], id=i, area=4.0) for i, d in enumerate(perfect_detections(tiny_coco))]
     result = run("evaluate", write_json(tmp_path / "mmdet.json", copy.deepcopy(dets)), "--annotations", gt, "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
+
+
+def _loaded(path, gt):
+    from kdeval.data.coco import load_results
+    from kdeval.errors import KdevalError
+
+    try:
+        return load_results(path, gt)
+    except KdevalError as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.parametrize("change", [
+    {},
+    {"bbox": [2**70, 1, 3, 4], "id": 2**80},  # integers beyond 64 bits: orjson makes them floats
+    {"image_id": 2**64},
+    {"category_id": -(2**63) - 1},
+    {"score": float("nan")},
+    {"score": True},
+])
+def test_results_files_load_alike_with_orjson_or_json(tmp_path, tiny_coco, monkeypatch, change):
+    pytest.importorskip("orjson")
+    import sys
+
+    dets = [dict(d, score=0.5 + i / 10, area=4) for i, d in enumerate(perfect_detections(tiny_coco))]
+    dets[1].update(change)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dets, allow_nan=True))
+    with_orjson = _loaded(path, tiny_coco)
+    monkeypatch.setitem(sys.modules, "orjson", None)  # as where it is not installed
+    with_json = _loaded(path, tiny_coco)
+    assert with_orjson == with_json and repr(with_orjson) == repr(with_json)
+    assert isinstance(with_json, list) == (change in ({}, {"bbox": [2**70, 1, 3, 4], "id": 2**80})), with_json

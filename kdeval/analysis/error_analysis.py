@@ -19,6 +19,7 @@ from kdeval.metrics.analyze import (
     supercategories,
 )
 from kdeval.metrics.bootstrap import BootstrapSettings
+from kdeval.metrics.detection_columns import DetectionColumns, detection_columns
 from kdeval.metrics.intervals import interval_table
 from kdeval.metrics.tide_errors import BREAKDOWN_KEYS, resampled_tide, resampled_tide_breakdown
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
@@ -71,16 +72,29 @@ class ErrorAnalysis:
 AP_KEYS = pd.DataFrame([(area, setting) for area in AREA_RANGES for setting in ANALYSIS_SETTINGS], columns=["area", "setting"])
 
 
-def analyze_detections(gt: dict, detections: Mapping[str, list], baseline: str | None = None,
+def runs_as_columns(detections: Mapping[str, list | DetectionColumns]) -> dict[str, list[DetectionColumns]]:
+    """Every model's runs (its value: one run, or a list of runs; a run: COCO detections or their
+    columns), each turned into arrays once, for the curves and TIDE alike."""
+    runs = {}
+    for name, value in detections.items():
+        if isinstance(value, DetectionColumns):
+            value = [value]
+        model_runs = value if value and isinstance(value[0], DetectionColumns) else as_runs({name: value})[name]
+        runs[name] = [detection_columns(run) for run in model_runs]
+    return runs
+
+
+def analyze_detections(gt: dict, detections: Mapping[str, list | DetectionColumns], baseline: str | None = None,
                        bootstrap: BootstrapSettings | None = None) -> ErrorAnalysis:
-    """The error curves and TIDE of every model's detections (one list, or a list per run); with
-    `bootstrap`, the intervals of every COCO-analyze AP and of its gain over `baseline`."""
+    """The error curves and TIDE of every model's detections (one run, or a list of runs; see
+    runs_as_columns); with `bootstrap`, the intervals of every COCO-analyze AP and of its gain over
+    `baseline`."""
     _, lacking = supercategories(gt["categories"])
     notes = []
     if lacking:
         shown = ", ".join(lacking) if len(lacking) <= 6 else ", ".join(lacking[:5]) + f" and {len(lacking) - 5} more"
         notes.append(f"{len(lacking)} categories have no supercategory and count as their own for Sim: {shown}")
-    runs = as_runs(detections)
+    runs = runs_as_columns(detections)
     counts = resamples_of(gt, bootstrap)
     curves_by_run, resampled = {}, None
     if counts is None:

@@ -113,11 +113,12 @@ class InferenceOptions:
     workers: int | None
     device: str
 
-    def join(self, category_map: Path | None = None):
-        """(this process's place in a torchrun job, the PredictSettings of its device)."""
+    def join(self, category_map: Path | None = None, runs_models: bool = True):
+        """(this process's place in a torchrun job, the PredictSettings of its device). runs_models=False
+        (every model a results file): see join_job."""
         from kdeval.engine.predict import PredictSettings
 
-        job, device = join_job(self.device)
+        job, device = join_job(self.device, runs_models)
         return job, PredictSettings(batch_size=self.batch_size, device=device, workers=self.workers, amp=self.amp,
                                     cuda_graphs=self.cuda_graphs, category_map=category_map_from(category_map))
 
@@ -186,10 +187,17 @@ bootstrap_options = _option_group("bootstrap", _bootstrap_settings, {
     "bootstrap": (BootstrapOpt, 1000), "confidence": (ConfidenceOpt, 0.95), "bootstrap_seed": (BootstrapSeedOpt, 0)})
 
 
-def join_job(device: str):
-    """(this process's place in a torchrun job, its device); rank 0 of 1 when run plainly."""
-    from kdeval.engine.distributed import start_distributed
+def join_job(device: str, runs_models: bool = True):
+    """(this process's place in a torchrun job, its device); rank 0 of 1 when run plainly.
 
+    A process alone that runs no model (runs_models=False) keeps --device auto as given: resolving it
+    would import torch only to pick a device nothing uses. Any other device is checked as always, and
+    under torchrun it still picks the process group's backend."""
+    from kdeval.engine.distributed import Distributed, start_distributed
+
+    job = Distributed.from_env()
+    if not runs_models and device == "auto" and job.world == 1:
+        return job, device
     return start_distributed(resolve_device(device))
 
 
@@ -225,6 +233,18 @@ def _notes_to_stderr() -> None:
         logger.propagate = False
 
 
+def _checkpoint_trust(trust: bool):
+    """The context in which a command's checkpoints load with `trust` (models.checkpoint's
+    trusting_checkpoints). Distrust needs no context while that module is not loaded: it imports torch,
+    which a command reading only results files never needs, and once the command loads it, its trust
+    starts at the default, False."""
+    if not trust and "kdeval.models.checkpoint" not in sys.modules:
+        return contextlib.nullcontext()
+    from kdeval.models.checkpoint import trusting_checkpoints
+
+    return trusting_checkpoints(trust)
+
+
 def user_errors(command):
     """Turn KdevalError into one-line messages and exit status 2, never a traceback. A command's
     --trust-checkpoint (when it has one) holds for exactly that command's run. Under torchrun, a
@@ -235,10 +255,8 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _notes_to_stderr()
-        from kdeval.models.checkpoint import trusting_checkpoints
-
         try:
-            with trusting_checkpoints(bool(kwargs.get("trust_checkpoint", False))):
+            with _checkpoint_trust(bool(kwargs.get("trust_checkpoint", False))):
                 result = command(*args, **kwargs)
             distributed = sys.modules.get("kdeval.engine.distributed")  # only a command that joined a job imported it
             if distributed is not None:

@@ -88,7 +88,7 @@ def evaluate(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline)
     split = dataset.split()
-    job, settings = inference.join(category_map)
+    job, settings = inference.join(category_map, runs_models=any(model.runs_a_checkpoint for model in parsed))
     out_dir = reports_dir(out, "evaluate")
     with writing_to(out_dir, "evaluate", job):
         evaluation = evaluate_models(parsed, split, settings, progress=progress, box_format=box_format.value,
@@ -135,7 +135,7 @@ def errors(
     parsed = parse_models(models)
     baseline = resolve_baseline(parsed, baseline) or (parsed[0].name if len(parsed) > 1 else None)
     split = dataset.split()
-    job, settings = inference.join(category_map)
+    job, settings = inference.join(category_map, runs_models=any(model.runs_a_checkpoint for model in parsed))
     out_dir = reports_dir(out, "errors")
     with writing_to(out_dir, "errors", job):
         analysis = analyze_models(parsed, split, settings, progress=progress, box_format=box_format.value,

@@ -62,7 +62,7 @@ def visualize(
     settings = VisualizeSettings(select=strategy, image_ids=image_ids, num=num, score_threshold=score_threshold,
                                  min_score=min_score, seed=seed)
     split = dataset.split()
-    job, predict_settings = inference.join()
+    job, predict_settings = inference.join(runs_models=any(model.runs_a_checkpoint for model in parsed))
     out_dir = reports_dir(out, "visualize")
     with writing_to(out_dir, "visualize", job):
         result = visualize_models(parsed, split, settings, predict_settings, progress=progress)

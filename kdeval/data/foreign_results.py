@@ -9,8 +9,10 @@ a mismatch explicitly.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,9 @@ log = logging.getLogger("kdeval")
 # [x, y, w, h] before boxes are called xyxy; below this the evidence is too thin to say so
 _XYXY_MIN_DETECTIONS = 10
 _XYXY_SPILL_SHARE = 0.2
+# boxes looked at first: one among them that cannot be corners inside its image settles that the
+# boxes are not xyxy, and in a results file of [x, y, w, h] boxes one almost always is there
+_XYXY_PROBE = 1000
 
 
 # ---------------------------------------------------------------- category maps
@@ -123,18 +128,48 @@ def _category_cause(unknown: set[int], seen: set[int], dataset_ids: list[int]) -
     return "map them with --category-map FILE (id → id)"
 
 
-def _looks_xyxy(detections: list[dict], sizes: dict[int, tuple[float, float]]) -> tuple[bool, int, int]:
-    rows = [(d["bbox"], sizes[d["image_id"]]) for d in detections if d["image_id"] in sizes]
-    if len(rows) < _XYXY_MIN_DETECTIONS:
-        return False, 0, len(rows)
+def _xyxy_evidence(rows: list[tuple]) -> tuple[bool, int]:
+    """Of (bbox, image size) rows: (every box fits its image as [x1, y1, x2, y2], how many leave it as
+    [x, y, w, h])."""
+    if not rows:
+        return True, 0
     boxes = np.array([b for b, _ in rows], dtype=float)
     wh = np.array([s for _, s in rows], dtype=float)
     x, y, a, b = boxes.T
     slack = 1.0 + 0.02 * wh
     spills_as_xywh = (x + a > wh[:, 0] + slack[:, 0]) | (y + b > wh[:, 1] + slack[:, 1])
     fits_as_xyxy = (a > x) & (b > y) & (a <= wh[:, 0] + slack[:, 0]) & (b <= wh[:, 1] + slack[:, 1])
-    spill = int(spills_as_xywh.sum())
-    return bool(fits_as_xyxy.all() and spill >= _XYXY_SPILL_SHARE * len(rows)), spill, len(rows)
+    return bool(fits_as_xyxy.all()), int(spills_as_xywh.sum())
+
+
+def _looks_xyxy(detections: list[dict], sizes: dict[int, tuple[float, float]]) -> tuple[int, int] | None:
+    """(boxes that leave their image as [x, y, w, h], boxes on images of known size) where the boxes
+    look like [x1, y1, x2, y2]: all fit their image so and enough leave it otherwise; else None. The
+    first _XYXY_PROBE boxes are looked at before the rest, which a box among them that does not fit
+    as corners makes needless."""
+    rows = ((d["bbox"], sizes[d["image_id"]]) for d in detections if d["image_id"] in sizes)
+    probe = list(itertools.islice(rows, _XYXY_PROBE))
+    if len(probe) < _XYXY_MIN_DETECTIONS:  # every row, and too few to say
+        return None
+    fits, spill = _xyxy_evidence(probe)
+    if not fits:
+        return None
+    rest = list(rows)
+    fits, spill_in_rest = _xyxy_evidence(rest)
+    n = len(probe) + len(rest)
+    spill += spill_in_rest
+    if n < _XYXY_MIN_DETECTIONS or not fits or spill < _XYXY_SPILL_SHARE * n:
+        return None
+    return spill, n
+
+
+def _unknown(detections: list[dict], key: str, known: set) -> list[tuple[int, object]]:
+    """(position, value) of every detection whose `key` is not in `known`. The distinct values are
+    compared first: a results file holds a few thousand ids among hundreds of thousands of
+    detections, and usually none unknown."""
+    if set(map(operator.itemgetter(key), detections)) <= known:
+        return []
+    return [(i, d[key]) for i, d in enumerate(detections) if d[key] not in known]
 
 
 def diagnose(detections: list[dict], gt: dict, path: Path | str) -> list[str]:
@@ -142,13 +177,13 @@ def diagnose(detections: list[dict], gt: dict, path: Path | str) -> list[str]:
     problems = []
     image_ids = {image["id"] for image in gt["images"]}
     dataset_categories = [c["id"] for c in gt["categories"]]
-    bad_images = [(i, d["image_id"]) for i, d in enumerate(detections) if d["image_id"] not in image_ids]
+    bad_images = _unknown(detections, "image_id", image_ids)
     if bad_images:
         i, value = bad_images[0]
         problems.append(f"{path}: [{i}].image_id: {value!r} is not an image of the dataset "
                         f"({len(bad_images)} detections with unknown image ids: {_examples(v for _, v in bad_images)})")
     known = set(dataset_categories)
-    bad_categories = [(i, d["category_id"]) for i, d in enumerate(detections) if d["category_id"] not in known]
+    bad_categories = _unknown(detections, "category_id", known)
     if bad_categories:
         i, value = bad_categories[0]
         unknown = {v for _, v in bad_categories}
@@ -158,8 +193,9 @@ def diagnose(detections: list[dict], gt: dict, path: Path | str) -> list[str]:
                         + _category_cause(unknown, seen, dataset_categories))
     sizes = {im["id"]: (float(im["width"]), float(im["height"])) for im in gt["images"]
              if isinstance(im.get("width"), (int, float)) and isinstance(im.get("height"), (int, float))}
-    xyxy, spill, n = _looks_xyxy(detections, sizes)
-    if xyxy:
+    xyxy = _looks_xyxy(detections, sizes)
+    if xyxy is not None:
+        spill, n = xyxy
         problems.append(f"{path}: bbox: the boxes look like [x1, y1, x2, y2] ({spill} of {n} leave their image when read "
                         f"as [x, y, width, height], all fit as corners); COCO results need [x, y, width, height] — "
                         f"convert them or pass --box-format xyxy")

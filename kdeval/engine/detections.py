@@ -7,6 +7,9 @@ annotation bytes, images folder, inference settings) and its detections are cach
 torchrun every rank runs its share of the images and rank 0 alone receives them: this module is
 where evaluate, errors, visualize and predict meet the ranks, so everything above it is a plain
 function of the ground truth and the detections by model.
+
+torch, torchvision and the model code are imported where a checkpoint is opened or run: when every
+model is a results file, a command never loads them.
 """
 
 from __future__ import annotations
@@ -16,18 +19,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch.utils.data import Subset
+from typing import TYPE_CHECKING
 
 from kdeval.data.coco import load_coco_annotations, load_results, read_json
-from kdeval.data.dataset import CocoDetectionDataset
 from kdeval.data.source import Split
 from kdeval.engine import distributed
-from kdeval.engine.predict import PredictSettings, batching_order, run_model
+from kdeval.engine.predict import PredictSettings
 from kdeval.errors import KdevalError
 from kdeval.fileio import cache_root, file_sha256, write_json_atomic
 from kdeval.labels import LabelSpace
-from kdeval.models.checkpoint import LoadedModel, checkpoint_labels, load_checkpoint
+
+if TYPE_CHECKING:
+    from kdeval.models.checkpoint import LoadedModel
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 TRAINED_MODEL_STEM = "model"  # kdeval train writes OUT/model.pt
@@ -86,6 +89,11 @@ class ModelInput:
     @property
     def is_results_json(self) -> bool:
         return _is_results_json(self.path)
+
+    @property
+    def runs_a_checkpoint(self) -> bool:
+        """Whether one of its runs is a checkpoint (to be run), not a results file (to be read)."""
+        return not all(_is_results_json(path) for path in self.paths)
 
 
 def _name_and_paths(text: str) -> tuple[str | None, tuple[Path, ...]]:
@@ -177,6 +185,11 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     Under torchrun each rank runs every world-th batch and rank 0 gets the gathered detections, in
     the order one process would have produced them; the other ranks get None (a COCO-sized set is
     some 200 MB as Python objects, which they have no use for)."""
+    from torch.utils.data import Subset
+
+    from kdeval.data.dataset import CocoDetectionDataset
+    from kdeval.engine.predict import batching_order, run_model
+
     coco = load_coco_annotations(split.annotations)
     labels = loaded.labels
     if settings.category_map is not None:
@@ -214,6 +227,8 @@ def cached_predict(
     hit = all(flags[0] for flags in distributed.all_gather_lists([use_cache and path.is_file()]))
     if hit:
         return read_json(path, "cached detections") if distributed.current().is_main else None
+    from kdeval.models.checkpoint import load_checkpoint
+
     detections = predict(load_checkpoint(checkpoint), split, settings, progress=progress)
     if distributed.current().is_main:
         write_json_atomic(path, detections, indent=None)
@@ -245,6 +260,8 @@ def check_runs_share_categories(model: ModelInput) -> None:
     checkpoints = [path for path in model.paths if not _is_results_json(path)]
     if len(checkpoints) < 2:
         return
+    from kdeval.models.checkpoint import checkpoint_labels
+
     first = _known_categories(checkpoint_labels(checkpoints[0]))
     for path in checkpoints[1:]:
         other = _known_categories(checkpoint_labels(path))

@@ -1,15 +1,15 @@
 """This process's place in a torchrun job, and the few collectives kdeval needs.
 
-Run plainly, a process is rank 0 of 1 and nothing here touches torch.distributed.
+Run plainly, a process is rank 0 of 1 and nothing here touches torch.distributed or imports torch, so
+that a command which only reads results files never loads torch.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def start_distributed(device: str) -> tuple[Distributed, str]:
     dist_env = Distributed.from_env()
     if dist_env.world == 1:
         return dist_env, device
+    import torch
+
     if device.startswith("cuda"):
         # the rank's GPU before the process group: NCCL's communicators and the tensors all_gather_object
         # sends are made on the current device, which must not be left for NCCL to guess
@@ -57,9 +59,19 @@ def start_distributed(device: str) -> tuple[Distributed, str]:
     return dist_env, device
 
 
+def _torch_if_joined():
+    """torch, where this process is in an initialised process group; else None. A process that never
+    imported torch cannot have joined one, so it is not imported here to find out."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch
+    return None
+
+
 def current() -> Distributed:
     """The job as torch.distributed sees it (rank 0 of 1 when it is not initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = _torch_if_joined()
+    if torch is not None:
         return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return Distributed()
 
@@ -69,6 +81,8 @@ def all_gather_lists(items: list) -> list[list]:
     dist_env = current()
     if dist_env.world == 1:
         return [items]
+    import torch
+
     gathered: list = [None] * dist_env.world
     torch.distributed.all_gather_object(gathered, items)
     return gathered
@@ -79,6 +93,8 @@ def gather_lists(items: list, dst: int = 0) -> list[list] | None:
     dist_env = current()
     if dist_env.world == 1:
         return [items]
+    import torch
+
     gathered: list | None = [None] * dist_env.world if dist_env.rank == dst else None
     torch.distributed.gather_object(items, gathered, dst=dst)
     return gathered
@@ -88,6 +104,8 @@ def broadcast_from_main(item):
     """Rank 0's `item` on every rank (the item itself when alone)."""
     if current().world == 1:
         return item
+    import torch
+
     box = [item]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
@@ -95,6 +113,8 @@ def broadcast_from_main(item):
 
 def barrier() -> None:
     if current().world > 1:
+        import torch
+
         torch.distributed.barrier()
 
 
@@ -107,7 +127,8 @@ def leave() -> None:
     called without an active exception"), and torchrun then kills rank 0 mid-write; NCCL wants its
     communicators torn down together. Not called after an error: a rank waiting here for one that
     has failed would hang instead of exiting (the CLI calls `abandon` then)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = _torch_if_joined()
+    if torch is not None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
@@ -131,6 +152,8 @@ ABANDON_WAIT = timedelta(seconds=10)
 
 
 def _destroy_quietly() -> None:
+    import torch
+
     try:
         torch.distributed.destroy_process_group()
     except Exception:  # best effort: the rank is failing already, and its own error is what to show
@@ -146,8 +169,8 @@ def abandon() -> None:
     it until the other rank ends), so it runs in a thread given ABANDON_WAIT, and the rank exits after
     that in any case. Under NCCL nothing is done: tearing its communicators down while other ranks are
     inside a collective can hang, and torchrun ends the job when this rank exits."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_backend() == "gloo":
+    torch = _torch_if_joined()
+    if torch is not None and torch.distributed.get_backend() == "gloo":
         import threading
 
         destroying = threading.Thread(target=_destroy_quietly, name="kdeval-abandon", daemon=True)

@@ -2,6 +2,10 @@
 shape, postprocessing overlapped with the next batch, outputs turned into COCO detections.
 
 Which images a process runs, the cache, and torchrun's gathering are engine/detections.py's.
+
+torch, torchvision and the model code are imported by the functions that run a model, not by this
+module: PredictSettings travels through commands that only read results files, which then never load
+torch.
 """
 
 from __future__ import annotations
@@ -12,28 +16,20 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-import torch
-from torch.profiler import record_function
-from torch.utils.data import DataLoader
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from tqdm import tqdm
-
 from kdeval.labels import LabelSpace
-from kdeval.data.dataset import collate
 from kdeval.errors import KdevalError
-from kdeval.models.cuda_graphs import CAPTURES, GraphedNetwork
-from kdeval.models.postprocess import BatchedRetinaNet
-from kdeval.models.retinanet import fold_batch_norms
 
 if TYPE_CHECKING:
+    import torch
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
     from kdeval.data.foreign_results import CategoryMap
 
 # Inference under AMP (the default on CUDA) runs in fp16, not bf16: bf16's 8-bit mantissa ties scores
 # and shifts boxes, enough to move AP, where fp16 stays within rounding of fp32 (benchmarks/RESULTS.md).
 # Inference needs no loss scaling, and tensor cores run both at the same rate. (Training keeps bf16
-# for its range: engine/train.py.)
-AMP_DTYPE = torch.float16
+# for its range: engine/train.py.) The dtype's name in torch, so that naming it imports nothing.
+AMP_DTYPE_NAME = "float16"
 
 
 @dataclass(frozen=True)
@@ -49,9 +45,9 @@ class PredictSettings:
 
     def cache_fields(self) -> dict:
         # batch size, workers and CUDA graphs do not change detections; device, precision and the category map may
-        fields = {"device_type": torch.device(self.device).type, "amp": self.uses_amp()}
+        fields = {"device_type": self._device_type(), "amp": self.uses_amp()}
         if fields["amp"]:  # detections made under another AMP dtype are not reused
-            fields["amp_dtype"] = str(AMP_DTYPE).removeprefix("torch.")
+            fields["amp_dtype"] = AMP_DTYPE_NAME
         if self.decodes_on_gpu():  # nvJPEG's pixels may differ from libjpeg's by a level here and there
             fields["decode"] = "gpu"
         if self.category_map is not None:
@@ -60,16 +56,24 @@ class PredictSettings:
             fields["fold_batch_norms"] = False
         return fields
 
+    def _device_type(self) -> str:
+        """'cpu' or 'cuda' (torch's parsing of the device, which also refuses a malformed one)."""
+        import torch
+
+        return torch.device(self.device).type
+
     def uses_amp(self) -> bool:
         """AMP (the default, --fp32 turns it off) applies on CUDA only; the CPU runs fp32."""
-        return self.amp and torch.device(self.device).type == "cuda"
+        return self.amp and self._device_type() == "cuda"
 
     def autocast(self) -> torch.autocast:
-        """The precision context for running the model: AMP_DTYPE autocast where AMP applies."""
-        return torch.autocast(torch.device(self.device).type, enabled=self.uses_amp(), dtype=AMP_DTYPE)
+        """The precision context for running the model: AMP_DTYPE_NAME autocast where AMP applies."""
+        import torch
+
+        return torch.autocast(self._device_type(), enabled=self.uses_amp(), dtype=getattr(torch, AMP_DTYPE_NAME))
 
     def decodes_on_gpu(self) -> bool:
-        return self.gpu_decode and torch.device(self.device).type == "cuda"
+        return self.gpu_decode and self._device_type() == "cuda"
 
     def pixels(self) -> str:
         """What the dataset hands over (CocoDetectionDataset's `pixels`): undecoded JPEGs for the GPU,
@@ -109,6 +113,8 @@ def outputs_to_cpu(outputs: list[dict]) -> list[dict]:
 def packed_to_cpu(outputs: list[dict]) -> list[dict]:
     """One row (x0, y0, x1, y1, score, label) per detection, the batch's images one after the other:
     a handful of operations for the batch (labels are small integers, exact in float32)."""
+    import torch
+
     columns = [torch.cat([o[key] for o in outputs]).float().view(-1, width) for key, width in (("boxes", 4), ("scores", 1), ("labels", 1))]
     packed = torch.cat(columns, dim=1).cpu()
     moved = []
@@ -146,6 +152,9 @@ def images_to_device(images: list[torch.Tensor], device: torch.device, image_ids
     float CHW in [0, 1] on `device`. JPEGs are decoded together by nvJPEG on CUDA (by libjpeg on the
     CPU), without EXIF rotation and converted to RGB, as PIL and COCO's loaders read them; one that
     nvJPEG refuses (CMYK, say) is decoded on the CPU."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
     encoded = [i for i, image in enumerate(images) if image.dim() == 1]
     images = list(images)
     if encoded:
@@ -180,6 +189,9 @@ def decode_jpegs_on_gpu(data: list[torch.Tensor], device: torch.device) -> list[
     host while the network ran ahead, as OverlappedPostprocessing lets it) could be overwritten. Here
     they are allocated on a stream of their own, which no kernel uses, marked as used by the current
     stream (so the allocator waits for it before reusing them), and the current stream waits for them."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     current = torch.cuda.current_stream(device)
     if current.device_index not in _DECODE_STREAMS:
         _DECODE_STREAMS[current.device_index] = torch.cuda.Stream(current.device)
@@ -197,6 +209,12 @@ def inference_model(model: torch.nn.Module, settings: PredictSettings) -> torch.
     eval mode on the device, its BatchNorms folded into their convolutions, in channels_last (on the
     CPU too, where oneDNN's convolutions run faster so: benchmarks/RESULTS.md); with
     settings.cuda_graphs, a RetinaNet on CUDA replays its backbone, FPN and head as CUDA graphs."""
+    import torch
+
+    from kdeval.models.cuda_graphs import CAPTURES, GraphedNetwork
+    from kdeval.models.postprocess import BatchedRetinaNet
+    from kdeval.models.retinanet import fold_batch_norms
+
     model = copy.deepcopy(model).eval()
     if settings.fold_batch_norms:
         fold_batch_norms(model)
@@ -211,6 +229,13 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
     """Batched inference over a dataset of (image, target): BatchNorms folded, channels_last, AMP on CUDA, pinned
     memory with non-blocking copies, images moved as uint8 (or undecoded JPEG bytes) and made float
     on the device. Detections in dataset order."""
+    import torch
+    from torch.profiler import record_function
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from kdeval.data.dataset import collate
+
     device = torch.device(settings.device)
     model = inference_model(model, settings)
     loader = DataLoader(
@@ -240,6 +265,8 @@ def run_model(model, dataset, settings: PredictSettings, labels: LabelSpace, pro
 
 def batch_detections(outputs: list[dict], targets: list[dict], labels: LabelSpace) -> list[dict]:
     """One batch's outputs, on the CPU → its COCO results entries."""
+    from torch.profiler import record_function
+
     with record_function("kdeval.detections"):
         return [det for output, target in zip(outputs, targets) for det in detections_from_output(output, target["image_id"], labels)]
 
@@ -266,12 +293,19 @@ class OverlappedPostprocessing:
         # high priority: its few small kernels are scheduled ahead of the next batch's convolutions,
         # so each synchronisation of the postprocessing waits as little as possible. Without deferral
         # everything runs on the current stream, as before the overlap.
+        import torch
+
         self.side_stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" and self.defers else None
         self._launched: tuple | None = None  # (postprocess, launched outputs, network-done event, payload)
 
     def push(self, model, images: list[torch.Tensor], payload) -> list[tuple[object, list[dict]]]:
         """Launch `model`'s network on `images`; returns the batches finished meanwhile as (payload,
         outputs on the CPU): the one pushed before (or, where nothing is deferred, this one)."""
+        import torch
+        from torch.profiler import record_function
+
+        from kdeval.models.postprocess import BatchedRetinaNet
+
         with record_function("kdeval.model"):
             if isinstance(model, BatchedRetinaNet):
                 postprocess, launched = model.postprocess_batch, model.network_outputs(images)
@@ -296,6 +330,8 @@ class OverlappedPostprocessing:
         postprocess, launched, event, payload = item
         if self.side_stream is None:
             return payload, self._postprocessed(postprocess, launched)
+        import torch
+
         self.side_stream.wait_event(event)
         with torch.cuda.stream(self.side_stream):
             outputs = self._postprocessed(postprocess, launched)
@@ -306,6 +342,8 @@ class OverlappedPostprocessing:
 
     @staticmethod
     def _postprocessed(postprocess, launched) -> list[dict]:
+        from torch.profiler import record_function
+
         outputs = launched if postprocess is None else postprocess(launched)
         with record_function("kdeval.outputs_to_cpu"):
             return outputs_to_cpu(outputs)
@@ -327,6 +365,8 @@ def batching_order(model, images: list[dict]) -> list[int]:
     consecutive images share a shape, and a batch pads only where two shapes meet; with
     `--cuda-graphs` the batches also come in few shapes. Where the model has no torchvision-style
     transform or an image record lacks its size, the dataset's order."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
     transform = getattr(model, "transform", None)
     if (not isinstance(transform, GeneralizedRCNNTransform) or transform.fixed_size is not None
             or not all(image.get("height") and image.get("width") for image in images)):

@@ -44,6 +44,7 @@ from kdeval.metrics.cocoeval import (
     precision_curve,
     summary_mean,
 )
+from kdeval.metrics.detection_columns import DetectionColumns
 from kdeval.vocab import ANALYSIS_SETTINGS, AREA_RANGES
 
 MAX_DETS = 100
@@ -165,13 +166,14 @@ def _match_settings(arr: DetectionArrays, category_super: np.ndarray) -> np.ndar
 # ---------------------------------------------------------------- the curves
 
 
-def _matched(gt: dict, detections: list[dict]) -> tuple[DetectionArrays, np.ndarray]:
+def _matched(gt: dict, detections: list[dict] | DetectionColumns) -> tuple[DetectionArrays, np.ndarray]:
     arr = detection_arrays(gt, detections, MAX_DETS)
     return arr, _match_settings(arr, _supercategory_codes(gt, arr))
 
 
-def error_curves(gt: dict, detections: list[dict]) -> ErrorCurves:
-    """The seven COCO-analyze curves of `detections` (COCO results, xywh) against `gt` (a COCO dict)."""
+def error_curves(gt: dict, detections: list[dict] | DetectionColumns) -> ErrorCurves:
+    """The seven COCO-analyze curves of `detections` (COCO results, xywh, or their columns) against
+    `gt` (a COCO dict)."""
     return _curves(gt, *_matched(gt, detections))
 
 
@@ -202,13 +204,13 @@ def _curves(gt: dict, arr: DetectionArrays, outcome: np.ndarray) -> ErrorCurves:
 # ---------------------------------------------------------------- on image resamples
 
 
-def resampled_error_curves(gt: dict, detections: list[dict]) -> ResampledAP:
+def resampled_error_curves(gt: dict, detections: list[dict] | DetectionColumns) -> ResampledAP:
     """The detections matched once under the five matched settings, for resampled_error_aps."""
     arr, outcome = _matched(gt, detections)
     return ResampledAP.from_outcome(arr, outcome, (MAX_DETS,))
 
 
-def error_curves_and_resampled(gt: dict, detections: list[dict]) -> tuple[ErrorCurves, ResampledAP]:
+def error_curves_and_resampled(gt: dict, detections: list[dict] | DetectionColumns) -> tuple[ErrorCurves, ResampledAP]:
     """error_curves and resampled_error_curves from one matching, the costly part of each."""
     arr, outcome = _matched(gt, detections)
     return _curves(gt, arr, outcome), ResampledAP.from_outcome(arr, outcome, (MAX_DETS,))

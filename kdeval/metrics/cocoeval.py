@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdeval.metrics.detection_columns import DetectionColumns, detection_columns, positions
 from kdeval.vocab import AREA_RANGES
 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, 101, endpoint=True)  # COCOeval Params.recThrs
@@ -75,9 +76,10 @@ class DetectionArrays:
     det_rank: np.ndarray  # rank within its (image, category)
 
 
-def detection_arrays(gt: dict, detections: list[dict], max_dets: int) -> DetectionArrays:
-    """Ground truth and detections as arrays, the detections cut to the first `max_dets` of each
-    (image, category) by descending score, as COCOeval.evaluateImg keeps them."""
+def detection_arrays(gt: dict, detections: list[dict] | DetectionColumns, max_dets: int) -> DetectionArrays:
+    """Ground truth and detections (COCO results, or their columns) as arrays, the detections cut to
+    the first `max_dets` of each (image, category) by descending score, as COCOeval.evaluateImg keeps
+    them."""
     image_ids = np.array(sorted({image["id"] for image in gt["images"]}), dtype=np.int64)
     category_ids = np.array(sorted({c["id"] for c in gt["categories"]}), dtype=np.int64)
     image_pos = {int(i): p for p, i in enumerate(image_ids)}
@@ -88,13 +90,14 @@ def detection_arrays(gt: dict, detections: list[dict], max_dets: int) -> Detecti
     gt_area = np.array([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64)
     gt_category = np.array([category_pos[a["category_id"]] for a in anns], dtype=np.int64)
 
-    dets = [d for d in detections if d["image_id"] in image_pos and d["category_id"] in category_pos]
-    det_image = np.array([image_pos[d["image_id"]] for d in dets], dtype=np.int64)
-    det_category = np.array([category_pos[d["category_id"]] for d in dets], dtype=np.int64)
-    det_score = np.array([d["score"] for d in dets], dtype=np.float64)
-    det_box = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+    columns = detection_columns(detections)
+    det_image, on_image = positions(columns.image_id, image_ids)
+    det_category, on_category = positions(columns.category_id, category_ids)
+    known = np.flatnonzero(on_image & on_category)  # the others are not scored, as in COCOeval
+    det_image, det_category = det_image[known], det_category[known]
+    det_score, det_box = columns.score[known], columns.bbox[known]
     # pycocotools: per (image, category), a stable sort by descending score, then the first max_dets
-    order = np.lexsort((np.arange(len(dets)), -det_score, det_category, det_image))
+    order = np.lexsort((np.arange(len(known)), -det_score, det_category, det_image))
     group = det_image[order] * len(category_ids) + det_category[order]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(order) else np.zeros(0, np.int64)
     rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -265,7 +268,7 @@ def precision_curve(tp: np.ndarray, fp: np.ndarray, n_positive: int) -> np.ndarr
     return out
 
 
-def matched_arrays(gt: dict, detections: list[dict], iou_thresholds, max_dets: tuple[int, ...]) -> tuple[DetectionArrays, np.ndarray]:
+def matched_arrays(gt: dict, detections: list[dict] | DetectionColumns, iou_thresholds, max_dets: tuple[int, ...]) -> tuple[DetectionArrays, np.ndarray]:
     """The kept detections as arrays and their outcome (detections, thresholds, areas): COCOeval.evaluate."""
     arr = detection_arrays(gt, detections, max(max_dets))
     return arr, match(arr, [float(t) for t in iou_thresholds])

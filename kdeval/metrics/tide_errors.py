@@ -68,8 +68,9 @@ import itertools
 import operator
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from kdeval.metrics.detection_columns import DetectionColumns, detection_columns, positions
 
 POS_THRESHOLD = 0.5
 BG_THRESHOLD = 0.1
@@ -218,7 +219,7 @@ class _Outcome:
     gt_missed: np.ndarray
 
 
-def _outcome(gt: dict, detections: list[dict]) -> _Outcome:
+def _outcome(gt: dict, detections: list[dict] | DetectionColumns) -> _Outcome:
     image_list = list(dict.fromkeys(image["id"] for image in gt["images"]))  # file order
     image_ids = np.sort(np.array(image_list))
     file_rank = np.empty(len(image_ids), np.int64)  # by sorted position
@@ -232,12 +233,10 @@ def _outcome(gt: dict, detections: list[dict]) -> _Outcome:
     ann_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
     ann_kept = ann_known_image & ann_known_class
 
-    det_image_id = _column(detections, "image_id", np.int64)
-    det_class_id = _column(detections, "category_id", np.int64)
-    score = _column(detections, "score", np.float64)
-    box = _boxes(detections)
-    det_image, on_known_image = _positions(det_image_id, image_ids)
-    _, listed = _positions(det_class_id, listed_classes)
+    columns = detection_columns(detections)
+    det_class_id, score, box = columns.category_id, columns.score, columns.bbox
+    det_image, on_known_image = positions(columns.image_id, image_ids)
+    _, listed = positions(det_class_id, listed_classes)
     extra_classes = np.unique(det_class_id[~listed])  # kept, as tidecv keeps them
     class_ids = np.concatenate([listed_classes, extra_classes])
     class_order = np.argsort(class_ids, kind="stable")
@@ -485,89 +484,102 @@ def _segment_ap(present_bits: np.ndarray, tp_bits: np.ndarray, positives: np.nda
     return ap, points
 
 
-@numba.njit(cache=False, nogil=True, parallel=True)
-def _accumulate(counts, seg_start, seg_end, seg_class, entry_image, entry_present, entry_tp, entry_missing,
-                base_order, base_tp, mixed_first, mixed_start, mixed_end, seg_mixed_start, seg_mixed_end,
-                positives, recall_bars, out_ap, out_points):  # pragma: no cover - compiled; tested through ResampledTide
-    n_resamples = counts.shape[0]
-    n_segments = seg_start.shape[0]
-    n_evaluations = positives.shape[1]
-    n_bars = recall_bars.shape[0]
-    longest = 1
-    for g in range(n_segments):
-        longest = max(longest, seg_end[g] - seg_start[g])
-    for r in numba.prange(n_resamples):
-        weight = counts[r]
-        event_tp = np.empty((n_evaluations, longest), np.float64)
-        event_precision = np.empty((n_evaluations, longest), np.float64)
-        events = np.zeros(n_evaluations, np.int64)
-        tp = np.zeros(n_evaluations, np.float64)
-        fp_own = np.zeros(n_evaluations + 1, np.float64)  # per evaluation, with a spare slot
+_COMPILED = {}
+
+
+def _accumulate_kernel():
+    """The accumulation, compiled and parallel over resamples. numba is imported and the kernel
+    compiled on first use, so that importing this module (the CLI does) costs nothing."""
+    if "accumulate" in _COMPILED:
+        return _COMPILED["accumulate"]
+    import numba
+
+    @numba.njit(cache=False, nogil=True, parallel=True)
+    def _accumulate(counts, seg_start, seg_end, seg_class, entry_image, entry_present, entry_tp, entry_missing,
+                    base_order, base_tp, mixed_first, mixed_start, mixed_end, seg_mixed_start, seg_mixed_end,
+                    positives, recall_bars, out_ap, out_points):  # pragma: no cover - compiled; tested through ResampledTide
+        n_resamples = counts.shape[0]
+        n_segments = seg_start.shape[0]
+        n_evaluations = positives.shape[1]
+        n_bars = recall_bars.shape[0]
+        longest = 1
         for g in range(n_segments):
-            k = seg_class[g]
-            fp_shared = 0.0  # entries that are false positives wherever present: most of them
-            for s in range(n_evaluations + 1):
-                fp_own[s] = 0.0  # one evaluation's false positives less the shared ones absent from it
-            for s in range(n_evaluations):
-                tp[s] = 0.0
-                events[s] = 0
-            m = seg_mixed_start[g]
-            next_mixed = mixed_first[m] if m < seg_mixed_end[g] else -1
-            for j in range(seg_start[g], seg_end[g]):
-                if j == next_mixed:  # the base evaluation over this tie group, in its own order
-                    fp_before = fp_shared + fp_own[0]
-                    fp_in_group = 0.0
-                    for a in range(mixed_start[m], mixed_end[m]):
-                        w = weight[entry_image[base_order[a]]]
-                        if w == 0:
-                            continue
-                        if base_tp[a]:
-                            tp[0] += w
-                            e = events[0]
-                            event_tp[0, e] = tp[0]
-                            event_precision[0, e] = tp[0] / (tp[0] + (fp_before + fp_in_group))
-                            events[0] = e + 1
-                        else:
-                            fp_in_group += w
-                    m += 1
-                    next_mixed = mixed_first[m] if m < seg_mixed_end[g] else -1
-                w = weight[entry_image[j]]
-                tp_bits = np.int64(entry_tp[j])
-                if tp_bits == 0:  # most entries: no branch on the weight, one evaluation at most left out
-                    fp_shared += w
-                    fp_own[entry_missing[j]] -= w
-                    continue
-                if w == 0:
-                    continue
-                present = np.int64(entry_present[j])
+            longest = max(longest, seg_end[g] - seg_start[g])
+        for r in numba.prange(n_resamples):
+            weight = counts[r]
+            event_tp = np.empty((n_evaluations, longest), np.float64)
+            event_precision = np.empty((n_evaluations, longest), np.float64)
+            events = np.zeros(n_evaluations, np.int64)
+            tp = np.zeros(n_evaluations, np.float64)
+            fp_own = np.zeros(n_evaluations + 1, np.float64)  # per evaluation, with a spare slot
+            for g in range(n_segments):
+                k = seg_class[g]
+                fp_shared = 0.0  # entries that are false positives wherever present: most of them
+                for s in range(n_evaluations + 1):
+                    fp_own[s] = 0.0  # one evaluation's false positives less the shared ones absent from it
                 for s in range(n_evaluations):
-                    if (present >> s) & 1:
-                        if (tp_bits >> s) & 1:
-                            tp[s] += w
-                            e = events[s]
-                            event_tp[s, e] = tp[s]
-                            event_precision[s, e] = tp[s] / (tp[s] + (fp_shared + fp_own[s]))
-                            events[s] = e + 1
-                        else:
-                            fp_own[s] += w
-            for s in range(n_evaluations):
-                out_points[r, s, k] = tp[s] + (fp_shared + fp_own[s])
-                n_positive = positives[r, s, k]
-                if n_positive <= 0:
-                    out_ap[r, s, k] = 0.0
-                    continue
-                n_events = events[s]
-                for i in range(n_events - 1, 0, -1):  # the interpolated envelope
-                    event_precision[s, i - 1] = max(event_precision[s, i - 1], event_precision[s, i])
-                total = 0.0
-                i = 0
-                for t in range(n_bars):
-                    while i < n_events and event_tp[s, i] / n_positive < recall_bars[t]:
-                        i += 1
-                    if i >= n_events:
-                        break
-                    total += event_precision[s, i]
-                out_ap[r, s, k] = total / n_bars
+                    tp[s] = 0.0
+                    events[s] = 0
+                m = seg_mixed_start[g]
+                next_mixed = mixed_first[m] if m < seg_mixed_end[g] else -1
+                for j in range(seg_start[g], seg_end[g]):
+                    if j == next_mixed:  # the base evaluation over this tie group, in its own order
+                        fp_before = fp_shared + fp_own[0]
+                        fp_in_group = 0.0
+                        for a in range(mixed_start[m], mixed_end[m]):
+                            w = weight[entry_image[base_order[a]]]
+                            if w == 0:
+                                continue
+                            if base_tp[a]:
+                                tp[0] += w
+                                e = events[0]
+                                event_tp[0, e] = tp[0]
+                                event_precision[0, e] = tp[0] / (tp[0] + (fp_before + fp_in_group))
+                                events[0] = e + 1
+                            else:
+                                fp_in_group += w
+                        m += 1
+                        next_mixed = mixed_first[m] if m < seg_mixed_end[g] else -1
+                    w = weight[entry_image[j]]
+                    tp_bits = np.int64(entry_tp[j])
+                    if tp_bits == 0:  # most entries: no branch on the weight, one evaluation at most left out
+                        fp_shared += w
+                        fp_own[entry_missing[j]] -= w
+                        continue
+                    if w == 0:
+                        continue
+                    present = np.int64(entry_present[j])
+                    for s in range(n_evaluations):
+                        if (present >> s) & 1:
+                            if (tp_bits >> s) & 1:
+                                tp[s] += w
+                                e = events[s]
+                                event_tp[s, e] = tp[s]
+                                event_precision[s, e] = tp[s] / (tp[s] + (fp_shared + fp_own[s]))
+                                events[s] = e + 1
+                            else:
+                                fp_own[s] += w
+                for s in range(n_evaluations):
+                    out_points[r, s, k] = tp[s] + (fp_shared + fp_own[s])
+                    n_positive = positives[r, s, k]
+                    if n_positive <= 0:
+                        out_ap[r, s, k] = 0.0
+                        continue
+                    n_events = events[s]
+                    for i in range(n_events - 1, 0, -1):  # the interpolated envelope
+                        event_precision[s, i - 1] = max(event_precision[s, i - 1], event_precision[s, i])
+                    total = 0.0
+                    i = 0
+                    for t in range(n_bars):
+                        while i < n_events and event_tp[s, i] / n_positive < recall_bars[t]:
+                            i += 1
+                        if i >= n_events:
+                            break
+                        total += event_precision[s, i]
+                    out_ap[r, s, k] = total / n_bars
+
+    _COMPILED["accumulate"] = _accumulate
+    return _accumulate
 
 
 # ---------------------------------------------------------------- matched once, accumulated per resample
@@ -592,7 +604,7 @@ class ResampledTide:
     points_by_image: np.ndarray  # (images, classes): detections that are data points (not ignored)
 
     @classmethod
-    def from_coco(cls, gt: dict, detections: list[dict]) -> ResampledTide:
+    def from_coco(cls, gt: dict, detections: list[dict] | DetectionColumns) -> ResampledTide:
         o = _outcome(gt, detections)
         entries = _entries(o)
         shape = (o.n_images, o.n_classes)
@@ -636,7 +648,7 @@ class ResampledTide:
         points = np.zeros_like(ap)
         e = self.entries
         if len(e.seg_start):
-            _accumulate(weights, e.seg_start, e.seg_end, e.seg_class, self.entry_image, e.present, e.tp, e.missing,
+            _accumulate_kernel()(weights, e.seg_start, e.seg_end, e.seg_class, self.entry_image, e.present, e.tp, e.missing,
                         e.base_order, e.base_tp, e.mixed_first, e.mixed_start, e.mixed_end, e.seg_mixed_start,
                         e.seg_mixed_end, evaluation_positives, TIDE_RECALL_BARS, ap, points)
         return _summary(ap, points, evaluation_positives, positives, weights @ self.points_by_image, averaging)
@@ -676,14 +688,15 @@ def _summary(ap, points, evaluation_positives, positives, fp_points, averaging) 
 # ---------------------------------------------------------------- the API
 
 
-def tide_breakdown(gt: dict, detections: list[dict], averaging: str = "coco") -> dict[str, float]:
+def tide_breakdown(gt: dict, detections: list[dict] | DetectionColumns, averaging: str = "coco") -> dict[str, float]:
     """tidecv's box-mode AP50 and dAPs (keys BREAKDOWN_KEYS: AP50, the six main errors, FP, FN) as
     fractions; `averaging` "coco" (pycocotools' classes, the default) or "tidecv" (issue #28's way)."""
     return ResampledTide.from_coco(gt, detections).breakdown(averaging)
 
 
-def resampled_tide(gt: dict, detections: list[dict]) -> ResampledTide:
-    """Match once, for `resampled_tide_breakdown` (and `.breakdown(averaging)` on the data)."""
+def resampled_tide(gt: dict, detections: list[dict] | DetectionColumns) -> ResampledTide:
+    """Match once, for `resampled_tide_breakdown` (and `.breakdown(averaging)` on the data);
+    `detections` are COCO results or their columns."""
     return ResampledTide.from_coco(gt, detections)
 
 
