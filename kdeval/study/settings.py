@@ -26,7 +26,7 @@ class StudySettings:
     student_arch: str = "r18"
     # the teacher gets most of a CPU's 20 minutes; students stay short, where distillation's help shows
     # most (benchmarks/RESULTS.md: the levers and what each bought)
-    teacher_epochs: int = 7
+    teacher_epochs: int = 10
     student_epochs: int = 3
     losses: tuple[str, ...] = ("ssim",)
     distill_weights: tuple[float, ...] = ()  # one per loss; empty: DEFAULT_DISTILL_WEIGHTS
