@@ -7,6 +7,7 @@ assert, cited by file at each test.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,29 @@ def test_boxes_clipped_to_no_width_are_dropped_as_min_bbox_size_0_does():
     head_outputs = {"cls_logits": [torch.full((1, 2, 1), 5.0)], "bbox_regression": [torch.zeros(1, 2, 4)]}
     detections = model.postprocess_detections(head_outputs, anchors, [(32, 32)])[0]
     assert detections["boxes"].tolist() == [[10., 10., 20., 20.]]
+
+
+def test_an_mmdet_models_classes_reach_the_dataset_by_name(tiny_shapes, tmp_path):
+    """mmdetection knows classes by name and index alone: a checkpoint whose class order differs from
+    the dataset's ids gets each class's dataset id by name, in predict, evaluate and robustness; a kdeval
+    checkpoint's ids are its own and a mismatch stays an error (--category-map maps it)."""
+    from kdeval.models.checkpoint import dataset_labels
+
+    coco = json.loads((tiny_shapes / "annotations" / "instances_val.json").read_text())
+    by_name = {c["name"]: c["id"] for c in coco["categories"]}
+    names = sorted(by_name, reverse=True)  # the dataset's ids are in generator order: this is another
+    _, model = _random_mmdet_model(len(names))
+    checkpoint = tmp_path / "reordered.pth"
+    torch.save(mmdet_checkpoint_payload(model, names, "3.x"), checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.labels.category_ids != tuple(by_name[n] for n in names)  # kdeval's own 1..N
+    mapped = dataset_labels(loaded, coco["categories"], "val")
+    assert mapped.category_ids == tuple(by_name[n] for n in names) and mapped.names == tuple(names)
+
+    result = CliRunner().invoke(app, ["evaluate", f"mm={checkpoint}", *shapes_args(tiny_shapes), "--out", str(tmp_path / "eval"),
+                                      "--no-progress", "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output  # by id alone: "category id 1 is 'circle' in the dataset but 'triangle' …"
+
+    native = replace(loaded, spec=replace(loaded.spec, style="torchvision"))
+    with pytest.raises(KdevalError, match="--category-map"):
+        dataset_labels(native, coco["categories"], "val")

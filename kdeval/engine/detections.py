@@ -190,11 +190,10 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
     from kdeval.data.dataset import CocoDetectionDataset
     from kdeval.engine.predict import batching_order, run_model
 
+    from kdeval.models.checkpoint import dataset_labels
+
     coco = load_coco_annotations(split.annotations)
-    labels = loaded.labels
-    if settings.category_map is not None:
-        labels = settings.category_map.map_labels(labels, coco["categories"])
-    labels.check_matches(coco["categories"], str(split.annotations))
+    labels = dataset_labels(loaded, coco["categories"], str(split.annotations), settings.category_map)
     dataset = CocoDetectionDataset(split, coco, labels, pixels=settings.pixels())
     dataset.check_images_exist()
     order = batching_order(loaded.model, dataset.images)

@@ -46,6 +46,22 @@ class LoadedModel:
     source: str  # "kdeval", "torchvision" or "mmdetection"
 
 
+def dataset_labels(loaded: LoadedModel, categories: list[dict], where: str, category_map=None) -> LabelSpace:
+    """The model's label space in the dataset's category ids, checked against them: --category-map's
+    mapping where one is given; a mmdetection model's classes by name, since its checkpoint knows them
+    by name alone (meta.CLASSES) and the ids kdeval gave them (COCO's, else 1..N) are its own; else the
+    ids it was trained with."""
+    labels = loaded.labels
+    if category_map is not None:
+        labels = category_map.map_labels(labels, categories)
+    elif loaded.spec.style == "mmdet":
+        from kdeval.data.foreign_results import CategoryMap
+
+        labels = CategoryMap(source="class names").map_labels(labels, categories)
+    labels.check_matches(categories, where)
+    return labels
+
+
 # Set only by the command line's --trust-checkpoint, for the command it runs: then files that need
 # full unpickling (an old torchvision or mmdetection pickle) are loaded. Never set by a library call.
 _PICKLE_OPCODES = {ord(op.code) for op in pickletools.opcodes}

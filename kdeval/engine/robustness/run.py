@@ -23,7 +23,7 @@ from kdeval.engine.robustness.scoring import scenario_scoring
 from kdeval.engine.robustness.settings import RobustnessRun, RobustnessSettings
 from kdeval.errors import KdevalError
 from kdeval.fileio import file_sha256, safe_file_stem
-from kdeval.models.checkpoint import LoadedModel, load_checkpoint
+from kdeval.models.checkpoint import LoadedModel, dataset_labels, load_checkpoint
 from kdeval.vocab import COCO_STAT_NAMES, ROBUSTNESS_TIDY_COLUMNS
 
 
@@ -69,8 +69,8 @@ def _load_models(models: list[ModelInput], pending: dict[int, list[str]], gt: di
     for model in models:
         if any(model.name in names for names in pending.values()):
             checkpoint = load_checkpoint(model.path)
-            checkpoint.labels.check_matches(gt["categories"], str(split.annotations))
-            loaded[model.name] = replace(checkpoint, model=inference_model(checkpoint.model, settings.predict))
+            labels = dataset_labels(checkpoint, gt["categories"], str(split.annotations))
+            loaded[model.name] = replace(checkpoint, labels=labels, model=inference_model(checkpoint.model, settings.predict))
     return loaded
 
 
