@@ -427,3 +427,20 @@ def test_a_study_of_two_seeds_reports_each_model_over_its_runs(tiny_shapes, tmp_
     assert intervals.groupby("model")["runs"].unique().map(list).to_dict() == {"baseline": [2], "distilled-ssim": [2], "teacher": [2]}
     again = run_study(tiny(tiny_shapes, seeds=[0, 1], bootstrap=20), tmp_path, progress=False, echo=lines.append)
     assert again.ran == []
+
+
+def test_the_shipped_gpu_config_is_the_whole_appendix_study_and_quick_shrinks_it():
+    """configs/gpu-study.yaml: Table 1 with every feature loss, Table 2, three seeds, on CUDA; with
+    --quick its schedules fall to --quick's ceilings and the command line's --device wins."""
+    from pathlib import Path
+
+    from kdeval.study.settings import quick_settings, study_settings
+    from kdeval.vocab import DISTILL_LOSSES
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "gpu-study.yaml"
+    settings = study_settings(config, {})
+    assert settings.device == "cuda" and settings.seeds == (0, 1, 2) and settings.unlabeled
+    assert set(settings.losses) == set(DISTILL_LOSSES)
+    assert settings.teacher_epochs > settings.student_epochs
+    quick = quick_settings(study_settings(config, {"device": "cpu"}))
+    assert quick.device == "cpu" and quick.teacher_epochs <= 5 and quick.student_epochs <= 3 and quick.seeds == (0, 1, 2)
