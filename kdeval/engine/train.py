@@ -390,8 +390,7 @@ def setup(settings: TrainSettings, train_split: Split, device: str, backbone_wei
             student, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
         )
     optimizer = _make_optimizer(settings, model)
-    use_scaler = torch_device.type == "cuda" and settings.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler("cuda", enabled=training_precision(torch_device, settings.amp) == "fp16")
     return Training(settings, dist_env, torch_device, coco["categories"], dataset, spec, model, student, teacher, optimizer, scaler)
 
 
@@ -463,10 +462,7 @@ def _autocast(device: torch.device, enabled: bool):
     precision = training_precision(device, enabled)
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _loader(run: Training, start: int, end: int, workers: int | None) -> DataLoader:
