@@ -3,7 +3,7 @@ it needs mmdetection, which kdeval never imports). Run with a scratch environmen
 
     python -m venv /tmp/mmenv && /tmp/mmenv/bin/pip install mmengine mmcv-lite==2.1.0 shapely terminaltables
     /tmp/mmenv/bin/pip install --no-deps mmdet==3.3.0
-    python tests/reference_mmdet.py        # the project's python: its torch, mmdetection appended to sys.path
+    python tests/reference_mmdet.py [H W]  # the project's python: its torch, mmdetection appended to sys.path
 
 mmcv's compiled ops do not build against this torch, so mmcv.ops is stubbed and its batched_nms is
 torchvision's: the one step of mmdetection's path that is not its own code. Checked: the real
@@ -71,7 +71,9 @@ kd = loaded.model.eval()
 print("loaded", loaded.spec)
 
 # 1. the same normalised, padded batch through both networks
-H0, W0 = 400, 608  # an exact 2× resize to 800×1216: no padding, whose constant maps tie scores
+# default: an exact 2× resize to 800×1216, no padding, whose constant maps tie scores; give another
+# size (python tests/reference_mmdet.py 427 641) for unequal x and y scale factors
+H0, W0 = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) == 3 else (400, 608)
 rng = np.random.default_rng(0)
 rgb = rng.integers(0, 256, (H0, W0, 3), dtype=np.uint8)
 image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255

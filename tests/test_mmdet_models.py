@@ -360,3 +360,98 @@ def test_an_mmdet_models_classes_reach_the_dataset_by_name(tiny_shapes, tmp_path
     native = replace(loaded, spec=replace(loaded.spec, style="torchvision"))
     with pytest.raises(KdevalError, match="--category-map"):
         dataset_labels(native, coco["categories"], "val")
+
+
+# test_cfg as mmdetection 2.x's pretty_text prints a RetinaNet config (meta.config); 3.x's mmengine prints
+# the same dict(...) text under meta.cfg
+_RETINANET_CONFIG_TEXT = """model = dict(
+    type='RetinaNet',
+    backbone=dict(type='ResNet', depth=18, num_stages=4, out_indices=(0, 1, 2, 3), style='pytorch'),
+    neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=16, start_level=1,
+              add_extra_convs='on_input', num_outs=5),
+    train_cfg=dict(
+        assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1),
+        allowed_border=-1, pos_weight=-1, debug=False),
+    test_cfg=dict(
+        nms_pre=%(nms_pre)s,
+        min_bbox_size=%(min_bbox_size)s,
+        score_thr=%(score_thr)s,
+        nms=dict(type='%(nms)s', iou_threshold=%(iou)s),
+        max_per_img=%(max_per_img)s))
+"""
+_DEFAULT_TEST_CFG = {"nms_pre": 1000, "min_bbox_size": 0, "score_thr": 0.05, "nms": "nms", "iou": 0.5, "max_per_img": 100}
+
+
+@pytest.mark.parametrize("meta_layout, key", [("2.x", "config"), ("3.x", "cfg")])
+def test_test_cfg_in_meta_sets_the_postprocessing(tmp_path, meta_layout, key):
+    _, model = _random_mmdet_model(2)
+    payload = mmdet_checkpoint_payload(model, ["a", "b"], meta_layout)
+    payload["meta"][key] = _RETINANET_CONFIG_TEXT % _DEFAULT_TEST_CFG
+    torch.save(payload, tmp_path / "default.pth")
+    default = load_checkpoint(tmp_path / "default.pth")
+    assert (default.spec.topk_candidates, default.spec.score_thresh, default.spec.nms_thresh, default.spec.detections_per_img) == (1000, 0.05, 0.5, 100)
+    changed = dict(_DEFAULT_TEST_CFG, nms_pre=50, score_thr=0.3, iou=0.3, max_per_img=7)
+    payload["meta"][key] = _RETINANET_CONFIG_TEXT % changed
+    torch.save(payload, tmp_path / "changed.pth")
+    loaded = load_checkpoint(tmp_path / "changed.pth")
+    assert (loaded.spec.topk_candidates, loaded.spec.score_thresh, loaded.spec.nms_thresh, loaded.spec.detections_per_img) == (50, 0.3, 0.3, 7)
+    net = loaded.model.eval()
+    assert (net.topk_candidates, net.score_thresh, net.nms_thresh, net.detections_per_img) == (50, 0.3, 0.3, 7)
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4))]
+    many, few = _detections(default.model.eval(), images)[0], _detections(net, images)[0]
+    assert len(many["scores"]) == 100 and len(few["scores"]) == 7 and bool((few["scores"] > 0.3).all())
+
+
+@pytest.mark.parametrize("change, what", [
+    ({"nms": "soft_nms"}, "nms type 'soft_nms'"),
+    ({"min_bbox_size": 2}, "min_bbox_size=2"),
+])
+def test_a_test_cfg_kdeval_cannot_run_is_refused(tmp_path, change, what):
+    _, model = _random_mmdet_model(2)
+    payload = mmdet_checkpoint_payload(model, ["a", "b"], "2.x")
+    payload["meta"]["config"] = _RETINANET_CONFIG_TEXT % dict(_DEFAULT_TEST_CFG, **change)
+    torch.save(payload, tmp_path / "mm.pth")
+    with pytest.raises(KdevalError, match=what):
+        load_checkpoint(tmp_path / "mm.pth")
+
+
+def test_boxes_return_to_the_input_image_before_nms_as_mmdetection_orders_it():
+    """mmdetection 3.x multiplies the clipped boxes by 1 / its scale factors (float32), then runs NMS;
+    torchvision runs NMS in the resized image and rescales after. IoU does not change under a per-axis
+    scaling, but its float32 value can cross the threshold: two boxes at IoU exactly 0.5 in an 800-row
+    resize of a 43-row image are at 0.50000006 there, and NMS (IoU > 0.5) keeps only the better."""
+    from torchvision.ops import box_iou
+
+    from kdeval.models.postprocess import BatchedRetinaNet, NetworkOutputs
+
+    model = build_retinanet(ModelSpec(arch="r18", num_classes=1, fpn_channels=16, norm="frozen-bn", style="mmdet")).eval()
+    anchors = torch.tensor([[0., 0., 16., 16.], [0., 0., 16., 8.]])  # decoded as they are: zero deltas
+    outputs = NetworkOutputs(head_outputs={"cls_logits": [torch.tensor([[[3.0], [2.0]]])], "bbox_regression": [torch.zeros(1, 2, 4)]},
+                             anchors=[[anchors]], image_sizes=[(800, 600)], original_image_sizes=[(43, 600)])
+    scale = torch.tensor([1.0, 1 / (800 / 43)] * 2, dtype=torch.float32)
+    assert box_iou(anchors[:1], anchors[1:]).item() == 0.5 and box_iou(anchors[:1] * scale, anchors[1:] * scale).item() > 0.5
+    torchvision_order = BatchedRetinaNet.postprocess_batch(model, outputs)[0]
+    mmdet_order = model.postprocess_batch(outputs)[0]
+    assert len(torchvision_order["boxes"]) == 2
+    assert len(mmdet_order["boxes"]) == 1 and torch.equal(mmdet_order["boxes"][0], anchors[0] * scale)
+
+
+def test_rescaled_boxes_are_mmdetections_arithmetic_bit_for_bit():
+    """Random weights on two images of unequal x and y scale factors: every kept box is the clipped box
+    of the resized image times float32(1 / scale factor), as mmdetection 3.x's scale_boxes computes it."""
+    from kdeval.models.postprocess import batched_postprocess
+
+    _, model = _random_mmdet_model(2)
+    images = [torch.rand(3, 61, 47, generator=torch.Generator().manual_seed(5)), torch.rand(3, 58, 73)]
+    with torch.no_grad():
+        outputs = model.network_outputs(images)
+        got = model.postprocess_batch(outputs)
+        everything = batched_postprocess(outputs.head_outputs["cls_logits"], outputs.head_outputs["bbox_regression"], outputs.anchors[0],
+                                         outputs.image_sizes, model.box_coder, model.score_thresh, model.topk_candidates, model.nms_thresh,
+                                         10_000)
+    for (height, width), (resized_h, resized_w), image, mine in zip(outputs.original_image_sizes, outputs.image_sizes, everything, got):
+        assert resized_w / width != resized_h / height and len(mine["boxes"]) == 100
+        keep = ((image["boxes"][:, 2] > image["boxes"][:, 0]) & (image["boxes"][:, 3] > image["boxes"][:, 1])).nonzero().squeeze(1)[:100]
+        scale = torch.tensor([1 / (resized_w / width), 1 / (resized_h / height)] * 2, dtype=torch.float32)
+        assert torch.equal(mine["boxes"], image["boxes"][keep] * scale)
+        assert torch.equal(mine["scores"], image["scores"][keep]) and torch.equal(mine["labels"], image["labels"][keep])

@@ -51,21 +51,39 @@ META_SAFE_GLOBALS = [
     (SkippedTrainingState, "mmengine.logging.history_buffer.HistoryBuffer"),
 ]
 
-# mmdetection name → kdeval (torchvision) name; None: a tensor kdeval's frozen BatchNorm does not keep
-_RULES: tuple[tuple[re.Pattern, str | None], ...] = tuple((re.compile(pattern), target) for pattern, target in (
-    (r"backbone\.(.+)\.num_batches_tracked", None),
-    (r"backbone\.((?:conv1|bn1)\.(?:weight|bias|running_mean|running_var))", r"backbone.body.\1"),
-    (r"backbone\.(layer[1-4]\.\d+\.(?:conv[1-3]|bn[1-3]|downsample\.[01])\.(?:weight|bias|running_mean|running_var))",
-     r"backbone.body.\1"),
-    (r"neck\.lateral_convs\.([0-2])\.conv\.(weight|bias)", r"backbone.fpn.inner_blocks.\1.0.\2"),
-    (r"neck\.fpn_convs\.([0-2])\.conv\.(weight|bias)", r"backbone.fpn.layer_blocks.\1.0.\2"),
-    (r"neck\.fpn_convs\.3\.conv\.(weight|bias)", r"backbone.fpn.extra_blocks.p6.\1"),
-    (r"neck\.fpn_convs\.4\.conv\.(weight|bias)", r"backbone.fpn.extra_blocks.p7.\1"),
-    (r"bbox_head\.cls_convs\.([0-3])\.conv\.(weight|bias)", r"head.classification_head.conv.\1.0.\2"),
-    (r"bbox_head\.reg_convs\.([0-3])\.conv\.(weight|bias)", r"head.regression_head.conv.\1.0.\2"),
-    (r"bbox_head\.retina_cls\.(weight|bias)", r"head.classification_head.cls_logits.\1"),
-    (r"bbox_head\.retina_reg\.(weight|bias)", r"head.regression_head.bbox_reg.\1"),
-))
+# One table for both directions: (mmdetection name, kdeval (torchvision) name), each {field} matching
+# the same text on both sides as _KEY_FIELDS allows
+_KEY_FIELDS = {
+    "resnet": r"(?:conv1|bn1|layer[1-4]\.\d+\.(?:conv[1-3]|bn[1-3]|downsample\.[01]))\.(?:weight|bias|running_mean|running_var)",
+    "level": r"[0-2]",  # FPN's lateral and output convs of C3–C5
+    "conv": r"[0-3]",  # the head's four stacked convs
+    "param": r"weight|bias",
+}
+_KEY_PAIRS = (
+    ("backbone.{resnet}", "backbone.body.{resnet}"),
+    ("neck.lateral_convs.{level}.conv.{param}", "backbone.fpn.inner_blocks.{level}.0.{param}"),
+    ("neck.fpn_convs.{level}.conv.{param}", "backbone.fpn.layer_blocks.{level}.0.{param}"),
+    ("neck.fpn_convs.3.conv.{param}", "backbone.fpn.extra_blocks.p6.{param}"),
+    ("neck.fpn_convs.4.conv.{param}", "backbone.fpn.extra_blocks.p7.{param}"),
+    ("bbox_head.cls_convs.{conv}.conv.{param}", "head.classification_head.conv.{conv}.0.{param}"),
+    ("bbox_head.reg_convs.{conv}.conv.{param}", "head.regression_head.conv.{conv}.0.{param}"),
+    ("bbox_head.retina_cls.{param}", "head.classification_head.cls_logits.{param}"),
+    ("bbox_head.retina_reg.{param}", "head.regression_head.bbox_reg.{param}"),
+)
+# mmdetection tensors kdeval's frozen BatchNorm does not keep
+_DROPPED = re.compile(r"backbone\..+\.num_batches_tracked")
+
+
+def _key_rule(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A name template's regex (each {field} a named group) and the other template's replacement."""
+    parts = re.split(r"\{(\w+)\}", source)
+    pattern = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_KEY_FIELDS[part]})" for i, part in enumerate(parts))
+    return re.compile(pattern), re.sub(r"\{(\w+)\}", r"\\g<\1>", target)
+
+
+_TO_KDEVAL = tuple(_key_rule(mmdet, kdeval) for mmdet, kdeval in _KEY_PAIRS)
+_TO_MMDET = tuple(_key_rule(kdeval, mmdet) for mmdet, kdeval in _KEY_PAIRS)
+
 _UNSUPPORTED_HINTS = (
     ("conv_offset", "a DCN backbone"), ("dcn", "a DCN backbone"), (".gn.", "GroupNorm"), (".bn.", "BatchNorm"),
     ("bbox_head.", "a head other than RetinaHead with 4 stacked convs and no norm"),
@@ -83,34 +101,23 @@ def looks_like_mmdet(payload: Any) -> bool:
         for key in state_dict if isinstance(key, str))
 
 
+def _renamed(key: str, rules: tuple[tuple[re.Pattern, str], ...]) -> str:
+    for pattern, target in rules:
+        match = pattern.fullmatch(key)
+        if match:
+            return match.expand(target)
+    raise KeyError(key)
+
+
 def kdeval_key(mmdet_key: str) -> str | None:
     """The kdeval state_dict key of one mmdetection key; None for a tensor kdeval drops on purpose
     (BatchNorm's num_batches_tracked); KeyError for a key kdeval cannot place."""
-    for pattern, target in _RULES:
-        match = pattern.fullmatch(mmdet_key)
-        if match:
-            return None if target is None else match.expand(target)
-    raise KeyError(mmdet_key)
+    return None if _DROPPED.fullmatch(mmdet_key) else _renamed(mmdet_key, _TO_KDEVAL)
 
 
 def mmdet_key(kdeval_state_key: str) -> str:
     """The inverse of kdeval_key: the mmdetection name of a kdeval state_dict key."""
-    inverse = (
-        (r"backbone\.body\.(.+)", r"backbone.\1"),
-        (r"backbone\.fpn\.inner_blocks\.(\d)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
-        (r"backbone\.fpn\.layer_blocks\.(\d)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
-        (r"backbone\.fpn\.extra_blocks\.p6\.(weight|bias)", r"neck.fpn_convs.3.conv.\1"),
-        (r"backbone\.fpn\.extra_blocks\.p7\.(weight|bias)", r"neck.fpn_convs.4.conv.\1"),
-        (r"head\.classification_head\.conv\.(\d)\.0\.(weight|bias)", r"bbox_head.cls_convs.\1.conv.\2"),
-        (r"head\.regression_head\.conv\.(\d)\.0\.(weight|bias)", r"bbox_head.reg_convs.\1.conv.\2"),
-        (r"head\.classification_head\.cls_logits\.(weight|bias)", r"bbox_head.retina_cls.\1"),
-        (r"head\.regression_head\.bbox_reg\.(weight|bias)", r"bbox_head.retina_reg.\1"),
-    )
-    for pattern, target in inverse:
-        match = re.fullmatch(pattern, kdeval_state_key)
-        if match:
-            return match.expand(target)
-    raise KeyError(kdeval_state_key)
+    return _renamed(kdeval_state_key, _TO_MMDET)
 
 
 def student_state_dict(state_dict: dict) -> dict:
@@ -185,6 +192,67 @@ def _check_config_text(meta: Any, path: Path) -> None:
             raise KdevalError(f"{path}: unsupported mmdetection model: its config builds {what}")
 
 
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+
+
+def _config_value(block: str, name: str) -> str | None:
+    """The literal after `name=` (dict(...) text) or `'name':` (a dict literal) in a config block."""
+    match = re.search(rf"(?<![\w.]){name}['\"]?\s*[=:]\s*(?:{_NUMBER}|['\"]([^'\"]*)['\"])", block)
+    return None if match is None else (match.group(1) if match.group(1) is not None else match.group(2))
+
+
+def _balanced_blocks(text: str, opening: re.Pattern) -> list[str]:
+    """The text inside the parentheses that follow each match of `opening` (which ends at its '(')."""
+    blocks = []
+    for match in opening.finditer(text):
+        depth, start = 1, match.end()
+        for end in range(start, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                blocks.append(text[start:end])
+                break
+    return blocks
+
+
+_TEST_CFG = re.compile(r"['\"]?test_cfg['\"]?\s*[=:]\s*dict\(")
+_NMS = re.compile(r"['\"]?nms['\"]?\s*[=:]\s*dict\(")
+
+
+def test_settings(meta: Any, path: Path) -> dict:
+    """ModelSpec's test-time settings from the model's test_cfg, read from the config text mmdetection
+    keeps in meta (2.x meta.config, 3.x meta.cfg); RetinaNet's defaults (ModelSpec's) where there is
+    none: nms_pre → topk_candidates, score_thr → score_thresh, nms.iou_threshold → nms_thresh,
+    max_per_img → detections_per_img. A test_cfg kdeval cannot run (another NMS than plain NMS, a
+    min_bbox_size above 0) is refused."""
+    meta = meta if isinstance(meta, dict) else {}
+    text = meta.get("config") or meta.get("cfg")
+    if not isinstance(text, str):
+        return {}
+    blocks = set(_balanced_blocks(text, _TEST_CFG))
+    if len(blocks) > 1:
+        raise KdevalError(f"{path}: unsupported mmdetection config: it holds {len(blocks)} different test_cfg blocks")
+    if not blocks:
+        return {}
+    block = blocks.pop()
+    settings = {}
+    for name, field, kind in (("nms_pre", "topk_candidates", int), ("score_thr", "score_thresh", float),
+                              ("max_per_img", "detections_per_img", int)):
+        value = _config_value(block, name)
+        if value is not None:
+            settings[field] = kind(float(value))
+    min_size = _config_value(block, "min_bbox_size")
+    if min_size is not None and float(min_size) > 0:
+        raise KdevalError(f"{path}: unsupported mmdetection test_cfg: min_bbox_size={min_size} (kdeval drops only boxes of no width or height)")
+    for nms in _balanced_blocks(block, _NMS)[:1]:
+        kind = _config_value(nms, "type")
+        if kind not in (None, "nms"):
+            raise KdevalError(f"{path}: unsupported mmdetection test_cfg: nms type '{kind}' (kdeval runs plain NMS)")
+        iou = _config_value(nms, "iou_threshold") or _config_value(nms, "iou_thr")
+        if iou is not None:
+            settings["nms_thresh"] = float(iou)
+    return settings
+
+
 def label_space(names: tuple[str, ...]) -> tuple[LabelSpace, list[dict]]:
     """Class index → category: COCO's own ids where every name is a COCO category (mmdetection's COCO
     models), else 1..N in mmdetection's class order (its CocoDataset's order for a custom dataset)."""
@@ -211,7 +279,8 @@ def mmdet_header(payload: dict, path: Path) -> tuple[ModelSpec, LabelSpace, list
         raise KdevalError(f"{path}: unsupported mmdetection FPN: kdeval runs RetinaNet's P6 from C5 "
                           f"(add_extra_convs='on_input') and P7 from P6")
     num_classes = cls_logits.shape[0] // NUM_ANCHORS
-    spec = ModelSpec(arch=arch, num_classes=num_classes, fpn_channels=int(cls_logits.shape[1]), norm="frozen-bn", style="mmdet")
+    spec = ModelSpec(arch=arch, num_classes=num_classes, fpn_channels=int(cls_logits.shape[1]), norm="frozen-bn", style="mmdet",
+                     **test_settings(payload.get("meta"), path))
     labels, categories = label_space(_class_names(payload.get("meta"), num_classes, path))
     return spec, labels, categories, state_dict
 

@@ -10,8 +10,11 @@ runs it as it runs any RetinaNet:
 - DeltaXYWHBBoxCoder: log-size deltas clamped to ±log(1000/16), where torchvision clamps from above only;
 - test-time resize: keep-ratio to 1333×800 with mmcv's rounding (int(side·scale + 0.5)) where torchvision
   floors; a uint8 image resized (cv2 returns uint8) then normalised with mean/std in 0–255 RGB.
-test_cfg (nms_pre 1000, score_thr 0.05, NMS IoU 0.5, max_per_img 100) is ModelSpec's defaults; its
-min_bbox_size=0 (boxes clipped to no width or height dropped) is MMDetRetinaNet's postprocessing.
+- postprocessing: boxes clipped to the resized image, rescaled to the input image by 1 / the per-axis
+  scale factors, then class-wise NMS there (torchvision runs NMS first and rescales after).
+test_cfg (nms_pre 1000, score_thr 0.05, NMS IoU 0.5, max_per_img 100) is ModelSpec's defaults, or what
+the checkpoint's config text sets (models/mmdet.test_settings); its min_bbox_size=0 (boxes clipped to
+no width or height dropped) is MMDetRetinaNet's postprocessing.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class MMDetTransform(SyncFreeTransform):
     """mmdetection's test pipeline on kdeval's [0, 1] float images (made from uint8): keep-ratio resize
     to max_size × min_size by mmcv's rounding, bilinear with half-pixel centres as cv2's INTER_LINEAR,
     rounded to 0–255 integers as cv2 returns uint8, then (x − mean) / std in 0–255 RGB; padding to 32
-    and rescaling boxes back are torchvision's."""
+    is torchvision's (boxes go back to the input image in MMDetRetinaNet.postprocess_batch)."""
 
     def __init__(self, min_size: int, max_size: int) -> None:
         super().__init__(min_size, max_size, [m / 255 for m in PIXEL_MEAN], [s / 255 for s in PIXEL_STD], size_divisible=32)
@@ -166,14 +169,24 @@ class MMDetRetinaNet(BatchedRetinaNet):
         self.box_coder = MMDetBoxCoder()
         self.transform = MMDetTransform(spec.min_size, spec.max_size)
 
+    def postprocess_batch(self, outputs):
+        """Detections in the input images' pixels in mmdetection's order: boxes clipped to the resized
+        image, rescaled (by 1 / its scale factor, float32, as mmdetection 3.x's scale_boxes), then NMS
+        there. IoU does not change under a per-axis scaling, but its float32 value may: torchvision's
+        order (NMS in the resized image, rescaled after) keeps a box whose IoU is exactly the threshold
+        there and just above it in the input image, where mmdetection suppresses it."""
+        box_scales = [(1 / (resized_w / input_w), 1 / (resized_h / input_h)) for (resized_h, resized_w), (input_h, input_w)
+                      in zip(outputs.image_sizes, outputs.original_image_sizes)]
+        return self.postprocess_detections(outputs.head_outputs, outputs.anchors, outputs.image_sizes, box_scales)
+
     @record_function("kdeval.postprocess")
-    def postprocess_detections(self, head_outputs, anchors, image_shapes):
+    def postprocess_detections(self, head_outputs, anchors, image_shapes, box_scales=None):
         """batched_postprocess, then mmdetection's min_bbox_size=0 filter: boxes clipped to no width or
         height are dropped before max_per_img is taken. A box of no area overlaps nothing, so dropping
         it after NMS instead of before leaves the same detections."""
         detections = batched_postprocess(
             head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors[0], image_shapes, self.box_coder,
-            self.score_thresh, self.topk_candidates, self.nms_thresh, sys.maxsize,
+            self.score_thresh, self.topk_candidates, self.nms_thresh, sys.maxsize, box_scales,
         )
         kept = []
         for image in detections:

@@ -104,10 +104,12 @@ def batched_postprocess(
     topk_candidates: int,
     nms_thresh: float,
     detections_per_img: int,
+    box_scales: list[tuple[float, float]] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections (boxes xyxy in the resized image, scores, labels) of every image of a batch, from the
     head's outputs split by level (lists over levels of [B, N_l, C] and [B, N_l, 4]) and one image's
-    anchors per level."""
+    anchors per level. With `box_scales` (each image's x and y factors from the resized image's pixels
+    to the input's), the clipped boxes are multiplied by them before NMS, as mmdetection does."""
     device, batch = class_logits[0].device, len(image_shapes)
     levels = [level_candidates(logits, score_thresh, topk_candidates) for logits in class_logits]
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -132,6 +134,9 @@ def batched_postprocess(
     xs = torch.minimum(boxes[:, 0::2].clamp(min=0), image_sizes[:, 1:2])
     ys = torch.minimum(boxes[:, 1::2].clamp(min=0), image_sizes[:, 0:1])
     boxes = torch.stack((xs, ys), dim=-1).reshape(-1, 4)
+    if box_scales is not None:
+        factors = torch.tensor(box_scales, dtype=torch.float32).reshape(batch, 2).repeat(1, 2)
+        boxes = boxes * to_device(factors, device)[image_idxs]
     keeps, first = [], 0
     for count in per_image:
         image = slice(first, first + count)

@@ -48,6 +48,7 @@ class ModelSpec:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    topk_candidates: int = 1000  # best candidates per level kept for NMS (mmdetection's nms_pre)
     style: str = "torchvision"
 
     def __post_init__(self) -> None:
@@ -61,6 +62,10 @@ class ModelSpec:
             raise KdevalError(f"unknown head_norm '{self.head_norm}' (expected one of {', '.join(HEAD_NORMS)})")
         if self.num_classes < 1 or self.fpn_channels < 1:
             raise KdevalError("num_classes and fpn_channels must be positive")
+        if self.detections_per_img < 1 or self.topk_candidates < 1:
+            raise KdevalError("detections_per_img and topk_candidates must be positive")
+        if not (0.0 <= self.score_thresh <= 1.0 and 0.0 <= self.nms_thresh <= 1.0):  # NaN fails too
+            raise KdevalError(f"score_thresh {self.score_thresh} and nms_thresh {self.nms_thresh} must lie in 0..1")
 
 
 def _norm_layer(norm: str):
@@ -175,6 +180,7 @@ def retinanet_arguments(spec: ModelSpec, anchors) -> dict:
         "score_thresh": spec.score_thresh,
         "nms_thresh": spec.nms_thresh,
         "detections_per_img": spec.detections_per_img,
+        "topk_candidates": spec.topk_candidates,
     }
 
 
