@@ -118,6 +118,25 @@ def test_existing_checkpoints_skip_training(tiny_shapes, trained, tmp_path):
     assert result.ran[:3] == ["teacher", "baseline", "distilled"] and result.ran[-1] == "report"
 
 
+@pytest.mark.slow
+def test_a_study_distils_from_an_mmdet_teacher_and_evaluates_it(tiny_shapes, tmp_path):
+    """--teacher takes mmdetection's checkpoint as it is: the students learn from its FPN maps, and it is
+    evaluated at its own test-time scale beside them, its classes reaching the dataset by name."""
+    from test_mmdet_models import _shapes_mmdet_checkpoint
+
+    from kdeval.models.checkpoint import load_checkpoint
+
+    teacher = _shapes_mmdet_checkpoint(tiny_shapes, tmp_path / "retinanet_r18_fpn_mm.pth")
+    result = run_study(tiny(tiny_shapes, teacher=str(teacher)), tmp_path / "study", progress=False, echo=lambda line: None,
+                       stop_before="errors")
+    assert result.ran[:3] == ["teacher", "baseline", "distilled"] and "evaluate" in result.ran
+    assert not (tmp_path / "study" / "models" / "teacher").exists()
+    student = load_checkpoint(tmp_path / "study" / "models" / "distilled-ssim" / "model.pt")
+    assert student.role == "distilled" and student.spec.style == "torchvision"
+    table = (tmp_path / "study" / "evaluate" / "ap_table.md").read_text()
+    assert "| teacher |" in table and "| distilled-ssim |" in table
+
+
 @pytest.mark.parametrize("suffix,text", [
     (".yaml", "student_epochs: 3\nlosses: [ssim, l2]\nunlabeled: true\n"),
     (".toml", 'student-epochs = 3\nlosses = ["ssim", "l2"]\nunlabeled = true\n'),
