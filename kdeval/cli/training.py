@@ -65,7 +65,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")] = 0,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint for feature distillation (with --distill).")] = None,
     distill: Annotated[Optional[DistillLoss], typer.Option(help="Loss between student and teacher FPN maps.")] = None,
-    distill_weight: Annotated[float, typer.Option(min=0.0, help="λ, the weight of the feature loss (3: best of 1 and 3 for SSIM on Shapes).")] = 3.0,
+    distill_weight: Annotated[float, typer.Option(min=0.0, help="λ, the weight of the feature loss (20 suits SSIM on Shapes; the point-wise losses need far smaller).")] = 20.0,
     ssim_window: Annotated[int, typer.Option(min=2, help="SSIM window side P = Q (shrunk on smaller maps).")] = 3,
     ssim_window_shape: Annotated[WindowShape, typer.Option(help="Uniform P×Q patch (appendix D) or Gaussian (σ 1.5).")] = WindowShape("uniform"),
     ssim_rescale: Annotated[Rescale, typer.Option(help="Min–max rescaling of maps to [0, 1] before SSIM: per sample and channel, sample, batch, or none.")] = Rescale("channel"),
@@ -90,7 +90,7 @@ def train(
       kdeval train --recipe coco-1x --arch r50 --images coco/train2017 \\
           --annotations coco/annotations/instances_train2017.json --backbone-weights resnet50-0676ba61.pth
       kdeval train --resume                          # after a kill: continue where it stopped
-      kdeval train --teacher reports/teacher-r34/model.pt --distill ssim           # λ = 3 by default
+      kdeval train --teacher reports/teacher-r34/model.pt --distill ssim           # λ = 20 by default
       kdeval train --pseudo-labels reports/teacher-r34/model.pt --teacher reports/teacher-r34/model.pt --distill ssim
       torchrun --nproc-per-node 8 -m kdeval train --recipe coco-1x --arch r50 ...   # DistributedDataParallel
     """

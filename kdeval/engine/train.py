@@ -82,7 +82,7 @@ class TrainSettings:
     # distillation: feature losses between student and teacher FPN maps, or the teacher's detections as labels
     teacher: str | None = None  # checkpoint whose FPN maps the student imitates
     distill_loss: str | None = None  # ssim | ms-ssim | l1+ms-ssim | smooth-l1 | l2
-    distill_weight: float = 3.0  # λ; 3 beat 1 on Shapes (benchmarks/RESULTS.md)
+    distill_weight: float = 20.0  # λ for SSIM: where the Shapes sweep levels off (benchmarks/RESULTS.md)
     ssim_window: int = 3
     ssim_window_shape: str = "uniform"
     ssim_rescale: str = "channel"
