@@ -62,8 +62,17 @@ def markdown(table: pd.DataFrame, rows: list[dict]) -> str:
         gain = "" if model == "baseline" else f"{row['AP gain']:+.1f}"
         lines.append(f"| {model} | {int(row['seeds'])} | " + " | ".join(cells) + f" | {gain} |")
     per_seed = pd.DataFrame(rows).pivot_table(index="seed", columns="model", values="AP")[list(table.index)]
-    lines += ["", "AP per seed:", "", "| seed | " + " | ".join(per_seed.columns) + " |", "|---:|" + "---:|" * len(per_seed.columns)]
-    lines += [f"| {seed} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for seed, values in per_seed.iterrows()]
+    students = [m for m in per_seed.columns if m not in ("baseline", "teacher")]
+    closed = pd.DataFrame({m: 100 * (per_seed[m] - per_seed["baseline"]) / (per_seed["teacher"] - per_seed["baseline"])
+                           for m in students}) if {"baseline", "teacher"} <= set(per_seed.columns) else pd.DataFrame(index=per_seed.index)
+    header = list(per_seed.columns) + [f"{m}: gap closed" for m in closed.columns]
+    lines += ["", "AP per seed, and the share of the teacher's lead over the baseline that each student closes:", "",
+              "| seed | " + " | ".join(header) + " |", "|---:|" + "---:|" * len(header)]
+    lines += [f"| {seed} | " + " | ".join([f"{v:.1f}" for v in values] + [f"{v:.1f} %" for v in closed.loc[seed]]) + " |"
+              for seed, values in per_seed.iterrows()]
+    if len(closed) > 1:
+        lines += ["", "Gap closed over the seeds: " + ", ".join(
+            f"{m} {closed[m].mean():.1f} ± {closed[m].std(ddof=1):.1f} %" for m in closed.columns)]
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; mean ± sample std (ddof 1)."]
     return "\n".join(lines) + "\n"
 
