@@ -133,7 +133,6 @@ def test_torchrun_logs_the_losses_averaged_over_the_ranks(two_gloo_ranks):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command,compared,data", [
-    ("evaluate", ["coco_stats.json"], "tiny_shapes"),
     ("evaluate", ["coco_stats.json"], "mixed_shapes"),  # images of three shapes, batched by shape
     ("errors", ["error_curves.csv", "tide.csv"], "tiny_shapes"),
     ("visualize", ["detections.js", "selection.csv"], "tiny_shapes"),

@@ -375,10 +375,9 @@ def test_help_shows_an_example():
     # 2 images, one batch of 2: rank 1 has none, yet gathers and scores every other scenario
     ("fog,snow", "1", "images", ["--max-images", "2"], ["--scoring-processes", "1"], False, "tiny_shapes"),
     # 9 scenarios: 4 whole ones per rank, and the ninth split by images; one scoring process per rank
-    # scores both kinds, and the whole ones' loader worker is forked while it is alive (as beside a GPU)
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1", "--workers", "1"], False, "tiny_shapes"),
-    # the same, two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
-    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], [], True, "tiny_shapes"),
+    # scores both kinds, and the whole ones' loader worker is forked while it is alive (as beside a GPU);
+    # two models, extending a run that has 3 scenarios of one model: scenarios need 1 or 2 models
+    ("fog,snow,contrast,pixelate", "1,2", "scenarios", [], ["--scoring-processes", "1", "--workers", "1"], True, "tiny_shapes"),
 ])
 @pytest.mark.slow
 def test_torchrun_shards_robustness_and_matches_one_process(request, trained, tmp_path, corruptions, severities, way, limit,
