@@ -459,13 +459,13 @@ def test_rescaled_boxes_are_mmdetections_arithmetic_bit_for_bit():
 
 def test_test_cfg_in_mmengines_own_layout_is_read():
     # mmengine 0.10's Config.pretty_text of a 3.x model: keys sorted, nms's type after its threshold
-    from kdeval.models.mmdet import test_settings
+    from kdeval.models.mmdet import postprocessing_settings
 
     text = ("model = dict(\n    test_cfg=dict(\n        max_per_img=50,\n        min_bbox_size=0,\n"
             "        nms=dict(iou_threshold=0.6, type='nms'),\n        nms_pre=500,\n        score_thr=0.1),\n    type='RetinaNet')\n")
     expected = {"topk_candidates": 500, "score_thresh": 0.1, "detections_per_img": 50, "nms_thresh": 0.6}
-    assert test_settings({"cfg": text}, Path("mm.pth")) == expected
+    assert postprocessing_settings({"cfg": text}, Path("mm.pth")) == expected
     # mmdetection 2.0–2.3 spelled NMS's threshold iou_thr
-    assert test_settings({"config": text.replace("iou_threshold", "iou_thr")}, Path("mm.pth")) == expected
+    assert postprocessing_settings({"config": text.replace("iou_threshold", "iou_thr")}, Path("mm.pth")) == expected
     with pytest.raises(KdevalError, match="soft_nms"):
-        test_settings({"cfg": text.replace("type='nms'", "type='soft_nms'")}, Path("mm.pth"))
+        postprocessing_settings({"cfg": text.replace("type='nms'", "type='soft_nms'")}, Path("mm.pth"))

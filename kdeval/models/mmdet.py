@@ -182,10 +182,15 @@ _CONFIG_REFUSALS = (
 )
 
 
+def _config_text(meta: Any) -> str | None:
+    """The config text mmdetection keeps in meta (2.x meta.config, 3.x meta.cfg), if any."""
+    text = (meta.get("config") or meta.get("cfg")) if isinstance(meta, dict) else None
+    return text if isinstance(text, str) else None
+
+
 def _check_config_text(meta: Any, path: Path) -> None:
-    meta = meta if isinstance(meta, dict) else {}
-    text = meta.get("config") or meta.get("cfg")
-    if not isinstance(text, str):
+    text = _config_text(meta)
+    if text is None:
         return
     for pattern, what in _CONFIG_REFUSALS:
         if pattern.search(text):
@@ -218,15 +223,14 @@ _TEST_CFG = re.compile(r"['\"]?test_cfg['\"]?\s*[=:]\s*dict\(")
 _NMS = re.compile(r"['\"]?nms['\"]?\s*[=:]\s*dict\(")
 
 
-def test_settings(meta: Any, path: Path) -> dict:
+def postprocessing_settings(meta: Any, path: Path) -> dict:
     """ModelSpec's test-time settings from the model's test_cfg, read from the config text mmdetection
     keeps in meta (2.x meta.config, 3.x meta.cfg); RetinaNet's defaults (ModelSpec's) where there is
     none: nms_pre → topk_candidates, score_thr → score_thresh, nms.iou_threshold → nms_thresh,
     max_per_img → detections_per_img. A test_cfg kdeval cannot run (another NMS than plain NMS, a
     min_bbox_size above 0) is refused."""
-    meta = meta if isinstance(meta, dict) else {}
-    text = meta.get("config") or meta.get("cfg")
-    if not isinstance(text, str):
+    text = _config_text(meta)
+    if text is None:
         return {}
     blocks = set(_balanced_blocks(text, _TEST_CFG))
     if len(blocks) > 1:
@@ -280,7 +284,7 @@ def mmdet_header(payload: dict, path: Path) -> tuple[ModelSpec, LabelSpace, list
                           f"(add_extra_convs='on_input') and P7 from P6")
     num_classes = cls_logits.shape[0] // NUM_ANCHORS
     spec = ModelSpec(arch=arch, num_classes=num_classes, fpn_channels=int(cls_logits.shape[1]), norm="frozen-bn", style="mmdet",
-                     **test_settings(payload.get("meta"), path))
+                     **postprocessing_settings(payload.get("meta"), path))
     labels, categories = label_space(_class_names(payload.get("meta"), num_classes, path))
     return spec, labels, categories, state_dict
 
