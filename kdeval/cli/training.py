@@ -14,6 +14,7 @@ from kdeval.cli.common import (
     user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
+from kdeval.vocab import DEFAULT_DISTILL_WEIGHTS
 
 
 # ---------------------------------------------------------------- data
@@ -65,7 +66,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")] = 0,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint for feature distillation (with --distill).")] = None,
     distill: Annotated[Optional[DistillLoss], typer.Option(help="Loss between student and teacher FPN maps.")] = None,
-    distill_weight: Annotated[float, typer.Option(min=0.0, help="λ, the weight of the feature loss (20 suits SSIM on Shapes; the point-wise losses need far smaller).")] = 20.0,
+    distill_weight: Annotated[Optional[float], typer.Option(min=0.0, help=f"λ, the weight of the feature loss (default {DEFAULT_DISTILL_WEIGHTS['ssim']:g}, SSIM's on Shapes; the point-wise losses need far smaller).")] = None,
     ssim_window: Annotated[int, typer.Option(min=2, help="SSIM window side P = Q (shrunk on smaller maps).")] = 3,
     ssim_window_shape: Annotated[WindowShape, typer.Option(help="Uniform P×Q patch (appendix D) or Gaussian (σ 1.5).")] = WindowShape("uniform"),
     ssim_rescale: Annotated[Rescale, typer.Option(help="Min–max rescaling of maps to [0, 1] before SSIM: per sample and channel, sample, batch, or none.")] = Rescale("channel"),

@@ -189,7 +189,6 @@ def predict(loaded: LoadedModel, split: Split, settings: PredictSettings = Predi
 
     from kdeval.data.dataset import CocoDetectionDataset
     from kdeval.engine.predict import batching_order, run_model
-
     from kdeval.models.checkpoint import dataset_labels
 
     coco = load_coco_annotations(split.annotations)

@@ -42,7 +42,7 @@ from kdeval.engine.distributed import Distributed, start_distributed
 from kdeval.engine.predict import default_workers
 from kdeval.models.checkpoint import load_checkpoint, save_checkpoint, torch_load_safely
 from kdeval.models.retinanet import ModelSpec, build_retinanet, load_backbone_weights
-from kdeval.vocab import OPTIMIZERS, SCHEDULES
+from kdeval.vocab import DEFAULT_DISTILL_WEIGHTS, OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger("kdeval")
 
@@ -82,7 +82,7 @@ class TrainSettings:
     # distillation: feature losses between student and teacher FPN maps, or the teacher's detections as labels
     teacher: str | None = None  # checkpoint whose FPN maps the student imitates
     distill_loss: str | None = None  # ssim | ms-ssim | l1+ms-ssim | smooth-l1 | l2
-    distill_weight: float = 20.0  # λ for SSIM: where the Shapes sweep levels off (benchmarks/RESULTS.md)
+    distill_weight: float = DEFAULT_DISTILL_WEIGHTS["ssim"]  # λ
     ssim_window: int = 3
     ssim_window_shape: str = "uniform"
     ssim_rescale: str = "channel"

@@ -12,9 +12,9 @@ runs it as it runs any RetinaNet:
   floors; a uint8 image resized (cv2 returns uint8) then normalised with mean/std in 0–255 RGB.
 - postprocessing: boxes clipped to the resized image, rescaled to the input image by 1 / the per-axis
   scale factors, then class-wise NMS there (torchvision runs NMS first and rescales after).
-test_cfg (nms_pre 1000, score_thr 0.05, NMS IoU 0.5, max_per_img 100) is ModelSpec's defaults, or what
-the checkpoint's config text sets (models/mmdet.postprocessing_settings); its min_bbox_size=0 (boxes clipped to
-no width or height dropped) is MMDetRetinaNet's postprocessing.
+test_cfg (nms_pre 1000, score_thr 0.05, NMS IoU 0.5, max_per_img 100) is ModelSpec's defaults, or
+what the checkpoint's config text sets (models/mmdet.postprocessing_settings); its min_bbox_size=0
+(boxes clipped to no width or height dropped) is MMDetRetinaNet's postprocessing.
 """
 
 from __future__ import annotations

@@ -6,11 +6,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from kdeval.errors import KdevalError
-from kdeval.vocab import ARCHS, DISTILL_LOSSES, SEVERITIES
-
-# λ per feature loss: SSIM's 20 is where the Shapes λ sweep levels off (3, 6, 10, 20, 40 on the tuning
-# set, benchmarks/RESULTS.md); the others give each loss the initial pull of SSIM at λ = 1, untuned
-DEFAULT_DISTILL_WEIGHTS = {"ssim": 20.0, "ms-ssim": 1.2, "l1+ms-ssim": 1.3, "smooth-l1": 0.049, "l2": 0.00038}
+from kdeval.vocab import ARCHS, DEFAULT_DISTILL_WEIGHTS, DISTILL_LOSSES, SEVERITIES
 
 
 @dataclass(frozen=True)
