@@ -15,13 +15,35 @@ import torch
 from kdeval.data.shapes import ShapesSpec, generate_shapes
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test, so a fixture's teardown can tell whether it passed."""
+    report = yield
+    item.stash.setdefault(_PHASE_REPORTS, {})[report.when] = report
+    return report
+
+
+_PHASE_REPORTS = pytest.StashKey[dict]()
+
+
 @pytest.fixture(autouse=True)
-def _private_cache_and_folder(tmp_path_factory, monkeypatch):
+def _private_cache_and_folder(request, tmp_path_factory, monkeypatch):
     """Every test gets its own kdeval cache, so no test reads another's cached detections, and runs
     in its own empty folder, so a command left at its default --out (reports/...) writes nothing
-    into the checkout."""
-    monkeypatch.setenv("KDEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    into the checkout.
+
+    Both are removed once the test passes, as pytest removes a passing test's tmp_path (the
+    "failed" retention policy in pyproject.toml): the suite writes many checkpoints and datasets,
+    and keeping every test's folders until the session ends needed about 10 GB of disk."""
+    cache, folder = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("cwd")
+    monkeypatch.setenv("KDEVAL_CACHE", str(cache))
+    monkeypatch.chdir(folder)
+    yield
+    monkeypatch.undo()
+    reports = request.node.stash.get(_PHASE_REPORTS, {})
+    if all(report.passed for report in reports.values()):
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_whole_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kdeval.data.coco import check_coco_annotations
@@ -36,28 +37,22 @@ def test_layout_and_coco_validity(tiny_shapes):
                 assert im.mode == "RGB"
 
 
-def test_categories_have_lookalike_supercategories():
-    coco = json.loads((generate_shapes_small() / "annotations" / "instances_val.json").read_text())
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory) -> Path:
+    """200 default-sized images, shared by the statistics tests of this module."""
+    return generate_shapes(tmp_path_factory.mktemp("small"), ShapesSpec(train=1, val=200))
+
+
+def test_categories_have_lookalike_supercategories(small_shapes):
+    coco = json.loads((small_shapes / "annotations" / "instances_val.json").read_text())
     categories = coco["categories"]
     supers = Counter(c["supercategory"] for c in categories)
     assert len(categories) >= 6
     assert len(supers) >= 2 and all(n >= 2 for n in supers.values())
 
 
-_SMALL_ROOT: dict = {}
-
-
-def generate_shapes_small() -> Path:
-    """200 default-sized images, shared by the statistics tests of this module."""
-    if "root" not in _SMALL_ROOT:
-        import tempfile
-
-        _SMALL_ROOT["root"] = generate_shapes(Path(tempfile.mkdtemp()), ShapesSpec(train=1, val=200))
-    return _SMALL_ROOT["root"]
-
-
-def test_all_coco_size_ranges_and_every_class_occur():
-    coco = json.loads((generate_shapes_small() / "annotations" / "instances_val.json").read_text())
+def test_all_coco_size_ranges_and_every_class_occur(small_shapes):
+    coco = json.loads((small_shapes / "annotations" / "instances_val.json").read_text())
     areas = np.array([a["area"] for a in coco["annotations"]])
     small = np.mean(areas < SMALL_MAX_AREA)
     large = np.mean(areas >= LARGE_MIN_AREA)
@@ -77,8 +72,8 @@ def test_all_coco_size_ranges_and_every_class_occur():
     assert overlaps >= 20
 
 
-def test_annotations_match_their_polygons():
-    coco = json.loads((generate_shapes_small() / "annotations" / "instances_val.json").read_text())
+def test_annotations_match_their_polygons(small_shapes):
+    coco = json.loads((small_shapes / "annotations" / "instances_val.json").read_text())
     for ann in coco["annotations"][:300]:
         xy = np.array(ann["segmentation"][0]).reshape(-1, 2)
         x, y, w, h = ann["bbox"]
