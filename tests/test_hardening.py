@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -198,6 +199,12 @@ def test_config_loader_survives_any_text(tmp_path_factory, text, suffix):
         _assert_named_error(exc, str(path))
 
 
+def _remove_folder(folder) -> None:
+    """Each example writes a whole checkpoint (tens of MB); pytest would keep every one of them
+    until the session ends."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def checkpoint_bytes(trained) -> bytes:
     return trained.read_bytes()
@@ -224,6 +231,8 @@ def test_checkpoint_loader_survives_damaged_files(tmp_path_factory, checkpoint_b
         load_checkpoint(path)
     except KdevalError as exc:
         _assert_named_error(exc, str(path))
+    finally:
+        _remove_folder(path.parent)
 
 
 @pytest.mark.slow
@@ -244,6 +253,8 @@ def test_checkpoint_loader_survives_wrong_fields(tmp_path_factory, trained, data
         load_checkpoint(path)
     except KdevalError as exc:
         _assert_named_error(exc, str(path))
+    finally:
+        _remove_folder(path.parent)
 
 
 def test_check_results_takes_a_list_it_does_not_own():
