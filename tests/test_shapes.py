@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kdeval.data.coco import check_coco_annotations
-from kdeval.data.shapes import ShapesSpec, cached_shapes, generate_shapes
+from kdeval.data.shapes import RING_HOLE_RADIUS, ShapesSpec, cached_shapes, generate_shapes
 from kdeval.vocab import LARGE_MIN_AREA, SMALL_MAX_AREA
 
 
@@ -107,6 +108,28 @@ def test_objects_are_drawn_in_a_colour_that_stands_out(tmp_path):
         fill = np.median(pixels[core], axis=0)
         assert np.mean(np.abs(pixels[core] - fill) < 3) > 0.8  # flat fill, edge pixels aside
         assert np.abs(fill - pixels[ring].mean(axis=0)).mean() > 40  # stands out from its surroundings
+
+
+def test_a_ring_has_a_hole_that_shows_the_background(tmp_path):
+    """The ring is drawn and annotated as an annulus: its centre shows the background, not its fill,
+    and its area is the outer disc's less the hole's."""
+    root = generate_shapes(tmp_path, ShapesSpec(train=1, val=40, max_objects=1, clutter=0.0))
+    coco = json.loads((root / "annotations" / "instances_val.json").read_text())
+    ring_id = next(c["id"] for c in coco["categories"] if c["name"] == "ring")
+    rings = [ann for ann in coco["annotations"] if ann["category_id"] == ring_id]
+    assert len(rings) >= 3
+    for ann in rings:
+        image = next(i for i in coco["images"] if i["id"] == ann["image_id"])
+        pixels = np.asarray(Image.open(root / "val" / image["file_name"]), dtype=float)
+        x, y, w, h = ann["bbox"]
+        radius = (w + h) / 4
+        assert ann["area"] == pytest.approx(math.pi * radius**2 * (1 - RING_HOLE_RADIUS**2), rel=0.03)
+        cx, cy = x + w / 2, y + h / 2
+        centre = pixels[int(cy), int(cx)]
+        band = pixels[int(cy), int(cx + radius * (1 + RING_HOLE_RADIUS) / 2)]  # halfway through the band
+        outside = pixels[int(cy), min(127, int(x + w + 2))] if x + w + 2 < 128 else pixels[int(cy), max(0, int(x - 3))]
+        assert np.abs(centre - band).mean() > 40
+        assert np.abs(centre - outside).mean() < np.abs(centre - band).mean() / 2
 
 
 def test_cached_shapes_generates_once(tmp_path):
