@@ -10,7 +10,7 @@ from kdeval.data.coco import image_path
 from kdeval.errors import KdevalError
 from kdeval.metrics.matching import match_detections
 from kdeval.metrics.selection import ImageCounts, check_selection, count_images, select_images
-from kdeval.vocab import GALLERY_SELECTIONS
+from kdeval.vocab import GALLERY_SCORE_THRESHOLD, GALLERY_SELECTIONS
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class VisualizeSettings:
     select: str = "improved"  # one of GALLERY_SELECTIONS, or "ids"
     image_ids: tuple[int, ...] = ()  # with select="ids", in the order to show
     num: int = 20
-    score_threshold: float = 0.3  # counted by the selection; where the page's slider starts
+    score_threshold: float = GALLERY_SCORE_THRESHOLD  # counted by the selection; where the page's slider starts
     min_score: float = 0.05  # detections below are left out of the page (the slider's lower end)
     seed: int = 0  # of select="random"
 

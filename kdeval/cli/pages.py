@@ -12,7 +12,7 @@ from kdeval.cli.common import (
     reports_dir, user_errors, writing_to,
 )
 from kdeval.errors import KdevalError
-from kdeval.vocab import GALLERY_SELECTIONS
+from kdeval.vocab import GALLERY_SCORE_THRESHOLD, GALLERY_SELECTIONS
 
 
 # ---------------------------------------------------------------- visualize and report
@@ -28,7 +28,7 @@ def visualize(
     names: Annotated[Optional[str], typer.Option(help="One name per model, comma-separated, e.g. baseline,distilled,teacher.")] = None,
     select: Annotated[Optional[str], typer.Option(help=f"Which images: {', '.join(GALLERY_SELECTIONS)}, or image ids such as 12,57 (default: improved with two models or more, else random).")] = None,
     num: Annotated[int, typer.Option(min=1, help="How many images to show.")] = 20,
-    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections the selection counts, and where the page's score slider starts.")] = 0.3,
+    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections the selection counts, and where the page's score slider starts.")] = GALLERY_SCORE_THRESHOLD,
     min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detections below this are left out of the page: the slider's lower end.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of --select random.")] = 0,
     inference: InferenceOptions = None,
@@ -50,7 +50,7 @@ def visualize(
           reports/teacher-r34/model.pt --names baseline,distilled,teacher --select improved
       kdeval visualize base=r50.bbox.json kd=r50kd.bbox.json --images coco/val2017 \\
           --annotations instances_val2017.json --select large --num 10
-      kdeval visualize base=b.json kd=kd.json --select 139,785,872 --score-threshold 0.5
+      kdeval visualize base=b.json kd=kd.json --select 139,785,872 --score-threshold 0.3
     """
     from kdeval.analysis.gallery import VisualizeSettings, parse_selection
     from kdeval.engine.detections import model_paths, parse_named_models
