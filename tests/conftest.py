@@ -34,7 +34,7 @@ def _private_cache_and_folder(request, tmp_path_factory, monkeypatch):
 
     Both are removed once the test passes, as pytest removes a passing test's tmp_path (the
     "failed" retention policy in pyproject.toml): the suite writes many checkpoints and datasets,
-    and keeping every test's folders until the session ends needed about 10 GB of disk."""
+    and keeping every test's folders until the session ends fills gigabytes of disk."""
     cache, folder = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("cwd")
     monkeypatch.setenv("KDEVAL_CACHE", str(cache))
     monkeypatch.chdir(folder)

@@ -6,10 +6,9 @@ produces every error type that the later analysis measures:
 - two supercategories whose members look alike (circle/ellipse/ring, all curved;
   triangle/square/star, all cornered), with colours drawn independently of the class, so only the
   outline tells classes apart (class confusion, and similar-class confusion inside a
-  supercategory) — yet every class stays distinguishable at the smallest size drawn. Version 1's
-  pentagon and hexagon, both near-round at 12 px, were not; nor were version 2's semicircle and
-  its ellipses as round as 0.6, both half-round blobs of the same 2:1 box: its detectors gave the
-  semicircle its own class for 16 % of them, and scored a wrong class above 0.3 on most objects;
+  supercategory) — yet every class stays distinguishable at the smallest size drawn: no two
+  near-round polygons (a 12-px pentagon and hexagon look alike) and no two half-round blobs with
+  the same 2:1 box (a semicircle beside round ellipses), the pairs detectors confused most;
 - textured backgrounds and shape-like distractors that belong to no category (background FPs);
 - objects that overlap (localisation errors and duplicates);
 - objects in all three COCO size ranges (area < 32², 32²–96², > 96²).
